@@ -1,0 +1,44 @@
+"""circuit-atlas: circuit tracing for language models.
+
+The public API is re-exported here lazily, so `import circuit_atlas` stays fast and the CLI can
+start without importing torch until a command needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "CircuitAtlasError": "circuit_atlas.errors",
+    "load": "circuit_atlas.replacement",
+    "ReplacementModel": "circuit_atlas.replacement",
+    "ReplacementRun": "circuit_atlas.replacement",
+    "load_language_model": "circuit_atlas.models",
+    "LanguageModel": "circuit_atlas.models",
+    "load_transcoders": "circuit_atlas.transcoders",
+    "Transcoders": "circuit_atlas.transcoders",
+    "attribute": "circuit_atlas.attribution",
+    "Graph": "circuit_atlas.graph",
+    "prune": "circuit_atlas.graph",
+    "graph_scores": "circuit_atlas.graph",
+    "to_graph_json": "circuit_atlas.graph",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'circuit_atlas' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

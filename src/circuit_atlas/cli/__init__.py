@@ -1,0 +1,1 @@
+"""The `circuit-atlas` command line: one entry point, one module per subcommand."""

@@ -1,0 +1,77 @@
+"""Entry point of the `circuit-atlas` command.
+
+Each subcommand lives in its own module of this package and exposes
+`register(subparsers) -> argparse.ArgumentParser`; the parser it returns must call
+`set_defaults(func=callable)` where `callable(args) -> int | None`. Adding a subcommand means
+adding a module and naming it in `SUBCOMMAND_MODULES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from circuit_atlas.errors import CircuitAtlasError
+
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "trace",
+    "serve",
+    "export",
+    "steer",
+    "features",
+    "train",
+    "demo",
+)
+
+DESCRIPTION = """\
+circuit-atlas: trace attribution graphs through transcoders, explore them in a local web app,
+test them with interventions, build feature dashboards and train transcoders.
+
+Quick start (bundled demo model, no downloads):
+  circuit-atlas demo
+
+Trace your own model:
+  circuit-atlas trace --model meta-llama/Llama-3.2-1B --transcoders mntss/clt-llama-3.2-1b-524k \\
+      --prompt "The capital of the state containing Dallas is" --out graphs/dallas --serve
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="circuit-atlas",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"circuit_atlas.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"circuit_atlas.cli.{name}":
+                continue  # subcommand not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except CircuitAtlasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
