@@ -1,0 +1,174 @@
+"""Per-family adapter table: where each family keeps the modules we hook.
+
+Every supported family is one `FamilyAdapter` row. The rest of the model layer only talks to
+modules through these paths, so adding a family that follows an existing layout is a few lines
+here (plus a norm class in `norms.NORM_KINDS` if it brings a new norm class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from circuit_atlas.errors import UnsupportedArchitectureError
+
+# Block-relative TransformerLens hook names (reference transcoder-formats.md §3).
+HOOK_RESID_MID = "hook_resid_mid"
+HOOK_LN2_NORMALIZED = "ln2.hook_normalized"
+HOOK_MLP_IN = "mlp.hook_in"
+HOOK_MLP_OUT_RAW = "mlp.hook_out"
+HOOK_MLP_OUT = "hook_mlp_out"
+
+ALL_HOOKS = (HOOK_RESID_MID, HOOK_LN2_NORMALIZED, HOOK_MLP_IN, HOOK_MLP_OUT_RAW, HOOK_MLP_OUT)
+# Where a transcoder may read (encoder input) and write (decoder target).
+INPUT_HOOKS = (HOOK_RESID_MID, HOOK_LN2_NORMALIZED, HOOK_MLP_IN)
+OUTPUT_HOOKS = (HOOK_MLP_OUT_RAW, HOOK_MLP_OUT)
+
+
+@dataclass(frozen=True)
+class FamilyAdapter:
+    """Module paths of one model family (dotted, relative to the `*ForCausalLM` module).
+
+    `layer_*` paths are relative to one decoder layer. `post_mlp_norm` is set for families with a
+    norm between the MLP and the residual add (Gemma-2/3); their `hook_mlp_out` is after it.
+    """
+
+    family: str
+    architectures: tuple[str, ...]
+    base: str  # the decoder stack without the LM head (returns last_hidden_state)
+    layers: str
+    embed_tokens: str
+    final_norm: str
+    lm_head: str
+    layer_attention: str
+    layer_pre_mlp_norm: str
+    layer_mlp: str
+    layer_post_mlp_norm: str | None = None
+    position_embedding: str | None = None  # learned absolute positions added before layer 0 (GPT-2)
+    norm_kind: str = "rms"  # "rms" | "rms_one_plus" (Gemma's x·(1+w)) | "layernorm"
+    softcap_attr: str | None = None  # config attribute holding the final-logit soft-cap
+
+    # --- module access -------------------------------------------------------------------------
+    def get(self, hf_model: nn.Module, path: str) -> nn.Module:
+        """Resolve a dotted path under `hf_model`."""
+        return hf_model.get_submodule(path)
+
+    def layer_modules(self, hf_model: nn.Module) -> nn.ModuleList:
+        return self.get(hf_model, self.layers)  # type: ignore[return-value]
+
+    def layer_part(self, hf_model: nn.Module, layer: int, part: str) -> nn.Module:
+        return self.layer_modules(hf_model)[layer].get_submodule(part)
+
+    def embedding_scale(self, hf_model: nn.Module) -> float:
+        """Factor the family multiplies token embeddings by (√d for Gemma, else 1).
+
+        Transformers applies it inside the embedding module for Gemma-2/3, so calling the module
+        already gives the scaled value; this is only reported for documentation and dashboards.
+        """
+        scale = getattr(self.get(hf_model, self.embed_tokens), "embed_scale", None)
+        if scale is None:
+            return 1.0
+        return float(scale) if not isinstance(scale, torch.Tensor) else float(scale.item())
+
+    def final_softcap(self, config) -> float | None:
+        if self.softcap_attr is None:
+            return None
+        value = getattr(config, self.softcap_attr, None)
+        return float(value) if value else None
+
+    def supported_hooks(self) -> tuple[str, ...]:
+        return ALL_HOOKS
+
+
+def _llama_like(family: str, architectures: tuple[str, ...]) -> FamilyAdapter:
+    """Llama layout: input_layernorm → attn → post_attention_layernorm (pre-MLP) → mlp."""
+    return FamilyAdapter(
+        family=family,
+        architectures=architectures,
+        base="model",
+        layers="model.layers",
+        embed_tokens="model.embed_tokens",
+        final_norm="model.norm",
+        lm_head="lm_head",
+        layer_attention="self_attn",
+        layer_pre_mlp_norm="post_attention_layernorm",
+        layer_mlp="mlp",
+    )
+
+
+def _gemma_like(family: str, architectures: tuple[str, ...], base: str = "model",
+                softcap_attr: str | None = "final_logit_softcapping") -> FamilyAdapter:
+    """Gemma layout: sandwich norms; pre_feedforward_layernorm feeds the MLP, post_* follows it."""
+    return FamilyAdapter(
+        family=family,
+        architectures=architectures,
+        base=base,
+        layers=f"{base}.layers",
+        embed_tokens=f"{base}.embed_tokens",
+        final_norm=f"{base}.norm",
+        lm_head="lm_head",
+        layer_attention="self_attn",
+        layer_pre_mlp_norm="pre_feedforward_layernorm",
+        layer_mlp="mlp",
+        layer_post_mlp_norm="post_feedforward_layernorm",
+        norm_kind="rms_one_plus",
+        softcap_attr=softcap_attr,
+    )
+
+
+ADAPTERS: dict[str, FamilyAdapter] = {
+    "gpt2": FamilyAdapter(
+        family="gpt2",
+        architectures=("GPT2LMHeadModel",),
+        base="transformer",
+        layers="transformer.h",
+        embed_tokens="transformer.wte",
+        final_norm="transformer.ln_f",
+        lm_head="lm_head",
+        layer_attention="attn",
+        layer_pre_mlp_norm="ln_2",
+        layer_mlp="mlp",
+        position_embedding="transformer.wpe",
+        norm_kind="layernorm",
+    ),
+    "llama": _llama_like("llama", ("LlamaForCausalLM",)),
+    "mistral": _llama_like("mistral", ("MistralForCausalLM",)),
+    "qwen2": _llama_like("qwen2", ("Qwen2ForCausalLM",)),
+    "qwen3": _llama_like("qwen3", ("Qwen3ForCausalLM",)),
+    "gemma2": _gemma_like("gemma2", ("Gemma2ForCausalLM",)),
+    "gemma3": _gemma_like("gemma3", ("Gemma3ForCausalLM",)),
+    # Gemma-3 4B and larger ship as image-text models; we use the text tower only. Transformers
+    # applies no final soft-cap in this class's forward, so none is declared.
+    "gemma3_multimodal": _gemma_like(
+        "gemma3_multimodal", ("Gemma3ForConditionalGeneration",), base="model.language_model",
+        softcap_attr=None,
+    ),
+}
+
+_BY_ARCHITECTURE = {arch: a for a in ADAPTERS.values() for arch in a.architectures}
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_BY_ARCHITECTURE)
+
+
+def adapter_for_architecture(architecture: str) -> FamilyAdapter:
+    """Look up the adapter for a transformers class name such as `LlamaForCausalLM`."""
+    adapter = _BY_ARCHITECTURE.get(architecture)
+    if adapter is None:
+        raise UnsupportedArchitectureError(
+            f"architecture {architecture!r} is not supported; supported architectures: "
+            f"{', '.join(supported_architectures())}"
+        )
+    return adapter
+
+
+def adapter_for_family(family: str) -> FamilyAdapter:
+    adapter = ADAPTERS.get(family)
+    if adapter is None:
+        raise UnsupportedArchitectureError(
+            f"model family {family!r} is not supported; supported families: {', '.join(sorted(ADAPTERS))}"
+        )
+    return adapter

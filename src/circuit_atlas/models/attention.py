@@ -1,0 +1,117 @@
+"""Attention with recordable, detachable and replayable patterns.
+
+We register one attention function with transformers' `AttentionInterface`. Every supported
+family calls it with the scaling, the mask (already including any sliding window) and the
+Gemma-2 logit soft-cap, so one function covers all families. During one of our passes a
+`PatternSink` (set through a context variable) decides what happens to the softmax output: kept
+(live), detached, or replaced by a recorded pattern. Outside our passes it behaves like eager
+attention, so a model left with this implementation still works.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import torch
+from torch import nn
+
+ATTN_IMPLEMENTATION = "circuit_atlas"
+
+
+class PatternSink(Protocol):
+    def pattern(self, layer: int, compute, shape: tuple[int, ...]) -> torch.Tensor:
+        """Return the pattern `shape` `[B,H,Pq,Pk]` to use at `layer`; `compute()` gives the live one."""
+
+
+_ACTIVE_SINK: contextvars.ContextVar[PatternSink | None] = contextvars.ContextVar(
+    "circuit_atlas_attention_sink", default=None
+)
+
+
+def _live_pattern(query, key, attention_mask, scaling, softcap) -> torch.Tensor:
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+
+
+def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, kv_heads, P, hd] -> [B, kv_heads·n_rep, P, hd] (grouped-query attention)."""
+    if n_rep == 1:
+        return x
+    b, h, p, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, p, d).reshape(b, h * n_rep, p, d)
+
+
+def circuit_atlas_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    softcap: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention whose softmax output goes through the active `PatternSink`."""
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    n_rep = query.shape[1] // key.shape[1]
+    key = _repeat_kv(key, n_rep)
+    value = _repeat_kv(value, n_rep)
+    if attention_mask is not None and attention_mask.dim() == 4:
+        attention_mask = attention_mask[:, :, :, : key.shape[-2]]
+
+    def compute() -> torch.Tensor:
+        return _live_pattern(query, key, attention_mask, scaling, softcap)
+
+    sink = _ACTIVE_SINK.get()
+    shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+    pattern = compute() if sink is None else sink.pattern(int(module.layer_idx), compute, shape)
+    output = torch.matmul(pattern.to(value.dtype), value)
+    return output.transpose(1, 2).contiguous(), pattern
+
+
+def _boolean_mask(*args, **kwargs):
+    """Materialised boolean causal / sliding-window mask (never skipped as 'implicitly causal')."""
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs["allow_is_causal_skip"] = False
+    kwargs.pop("dtype", None)
+    return sdpa_mask(*args, **kwargs)
+
+
+def register() -> None:
+    """Make `ATTN_IMPLEMENTATION` known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, circuit_atlas_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _boolean_mask)
+
+
+@contextmanager
+def use_attention(hf_model: nn.Module, sink: PatternSink) -> Iterator[None]:
+    """Route `hf_model`'s attention through our function with `sink`, restoring it afterwards."""
+    register()
+    configs = {id(m.config): m.config for m in hf_model.modules() if hasattr(m, "config")}
+    configs = {k: c for k, c in configs.items() if hasattr(c, "_attn_implementation_internal")}
+    saved = {k: c._attn_implementation_internal for k, c in configs.items()}
+    token = _ACTIVE_SINK.set(sink)
+    try:
+        for c in configs.values():
+            c._attn_implementation_internal = ATTN_IMPLEMENTATION
+        yield
+    finally:
+        _ACTIVE_SINK.reset(token)
+        for k, c in configs.items():
+            c._attn_implementation_internal = saved[k]

@@ -1,0 +1,281 @@
+"""One instrumented forward pass through a transformers model.
+
+The transformers forward runs unchanged; we attach PyTorch hooks (removed afterwards) that
+read the hook points, replace norm outputs by our frozen-denominator computation, let callers
+edit the output-hook value and the embeddings, and route attention through `attention.py`.
+Keeping transformers' own forward means rotary embeddings, masks, soft-caps and new releases
+stay transformers' job; this module only knows module paths from the `FamilyAdapter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+
+import torch
+from torch import nn
+
+from circuit_atlas.errors import ShapeMismatchError
+from circuit_atlas.models import adapters as A
+from circuit_atlas.models.adapters import FamilyAdapter
+from circuit_atlas.models.attention import use_attention
+from circuit_atlas.models.freeze import DETACH, REPLAY, ForwardRecord, FreezeSpec, broadcast_replay
+from circuit_atlas.models.norms import apply_norm, inverse_scale, norm_kind
+
+OutputEdit = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+EmbeddingEdit = Callable[[torch.Tensor], torch.Tensor]
+
+
+def find_norms(hf_model: nn.Module, base: str) -> dict[str, tuple[nn.Module, str]]:
+    """Every norm module of the decoder stack at `base`, by full dotted path, with its kind.
+
+    Only the language model is searched: image towers of multimodal checkpoints are never run.
+    """
+    found = {}
+    for path, module in hf_model.get_submodule(base).named_modules():
+        kind = norm_kind(module)
+        if kind is not None:
+            found[f"{base}.{path}" if path else base] = (module, kind)
+    return found
+
+
+class _Pass:
+    """State of one pass: the hooks write into it, `run` turns it into a `ForwardRecord`."""
+
+    def __init__(
+        self,
+        hf_model: nn.Module,
+        adapter: FamilyAdapter,
+        norms: dict[str, tuple[nn.Module, str]],
+        input_hook: str,
+        output_hook: str,
+        freeze: FreezeSpec,
+        output_edit: OutputEdit | None,
+        embedding_edit: EmbeddingEdit | None,
+        record_hooks: Sequence[str],
+        record_internals: bool,
+        mlp_values: Mapping[int, torch.Tensor] | None = None,
+    ) -> None:
+        self.hf_model, self.adapter, self.norms = hf_model, adapter, norms
+        self.input_hook, self.output_hook = input_hook, output_hook
+        self.freeze, self.output_edit, self.embedding_edit = freeze, output_edit, embedding_edit
+        self.record_hooks = tuple(record_hooks)
+        self.record_internals = record_internals
+        self.mlp_values = mlp_values
+        self.batch = 0
+        self.embeddings: torch.Tensor | None = None
+        self.final_hidden: torch.Tensor | None = None
+        self.inputs: dict[int, torch.Tensor] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.hooks: dict[str, dict[int, torch.Tensor]] = {name: {} for name in self.record_hooks}
+        self.patterns: dict[int, torch.Tensor] = {}
+        self.scales: dict[str, torch.Tensor] = {}
+        self.normalized: dict[str, torch.Tensor] = {}
+
+    # --- attention (PatternSink) ---------------------------------------------------------------
+    def pattern(self, layer: int, compute, shape: tuple[int, ...]) -> torch.Tensor:
+        mode = self.freeze.attention
+        if mode == REPLAY:
+            saved = self.freeze.replay_from.attention_patterns.get(layer)
+            if saved is None:
+                raise ShapeMismatchError(f"replay record has no attention pattern for layer {layer}")
+            pattern = broadcast_replay(saved, shape[0], f"attention pattern of layer {layer}")
+            if tuple(pattern.shape[1:]) != tuple(shape[1:]):
+                raise ShapeMismatchError(
+                    f"replayed attention pattern of layer {layer} has shape {tuple(saved.shape)}, "
+                    f"this pass needs {tuple(shape)} (different prompt length?)"
+                )
+        else:
+            pattern = compute()
+            if mode == DETACH:
+                pattern = pattern.detach()
+        if self.record_internals:
+            self.patterns[layer] = pattern
+        return pattern
+
+    # --- norms -----------------------------------------------------------------------------------
+    def _norm_hook(self, path: str, kind: str):
+        def hook(module, args, kwargs, output):
+            x = args[0] if args else next(iter(kwargs.values()))
+            mode = self.freeze.norms
+            if mode == REPLAY:
+                saved = self.freeze.replay_from.norm_scales.get(path)
+                if saved is None:
+                    raise ShapeMismatchError(f"replay record has no norm scale for {path!r}")
+                inv = broadcast_replay(saved, x.shape[0], f"norm scale of {path!r}")
+                if inv.shape[1:] != x.shape[1:-1] + (1,):
+                    raise ShapeMismatchError(
+                        f"replayed norm scale of {path!r} has shape {tuple(inv.shape)}, "
+                        f"input has {tuple(x.shape)}"
+                    )
+            else:
+                inv = inverse_scale(kind, module, x)
+                if mode == DETACH:
+                    inv = inv.detach()
+            result = apply_norm(kind, module, x, inv)
+            self.normalized[path] = result.normalized
+            if self.record_internals:
+                self.scales[path] = inv
+            return result.output
+
+        return hook
+
+    # --- hook points ------------------------------------------------------------------------------
+    def _capture(self, name: str, layer: int, value: torch.Tensor) -> None:
+        if name == self.input_hook:
+            self.inputs[layer] = value
+        if name in self.hooks:
+            self.hooks[name][layer] = value
+
+    def _output(self, name: str, layer: int, value: torch.Tensor) -> torch.Tensor:
+        """At the output hook: apply the caller's edit and remember what flows on."""
+        if name == self.output_hook:
+            if self.output_edit is not None:
+                value = self.output_edit(layer, self.inputs[layer], value)
+            self.outputs[layer] = value
+        if name in self.hooks:
+            self.hooks[name][layer] = value
+        return value
+
+    def install(self, stack: ExitStack) -> None:
+        """Register every hook; `stack` removes them. Norm hooks go first so that later hooks on
+        the same module see the frozen-denominator output."""
+        ad, model = self.adapter, self.hf_model
+
+        def keep(handle) -> None:
+            stack.callback(handle.remove)
+
+        for path, (module, kind) in self.norms.items():
+            keep(module.register_forward_hook(self._norm_hook(path, kind), with_kwargs=True))
+
+        layers = ad.layer_modules(model)
+        keep(layers[0].register_forward_pre_hook(self._embedding_hook, with_kwargs=True))
+        for layer in range(len(layers)):
+            self._install_layer(layer, keep)
+        final = ad.get(model, ad.final_norm)
+        keep(final.register_forward_hook(lambda m, a, o: self._set_final(o)))
+
+    def _install_layer(self, layer: int, keep) -> None:
+        ad, model = self.adapter, self.hf_model
+        pre_norm = ad.layer_part(model, layer, ad.layer_pre_mlp_norm)
+        norm_path = _path_of(model, pre_norm)
+        mlp = ad.layer_part(model, layer, ad.layer_mlp)
+        post_norm = (
+            ad.layer_part(model, layer, ad.layer_post_mlp_norm) if ad.layer_post_mlp_norm else None
+        )
+
+        def resid_mid(module, args, kwargs):
+            self._capture(A.HOOK_RESID_MID, layer, _first(args, kwargs))
+
+        def normalized(module, args, output):
+            value = self.normalized[norm_path]
+            self._capture(A.HOOK_LN2_NORMALIZED, layer, value.to(output.dtype))
+
+        def mlp_in(module, args, kwargs):
+            self._capture(A.HOOK_MLP_IN, layer, _first(args, kwargs))
+
+        def mlp_out(module, args, output):
+            output = self._output(A.HOOK_MLP_OUT_RAW, layer, output)
+            if post_norm is None:
+                output = self._output(A.HOOK_MLP_OUT, layer, output)
+            return output
+
+        if self.mlp_values is not None:
+            self._bypass_mlp(mlp, self.mlp_values[layer], keep_callback=keep)
+        keep(pre_norm.register_forward_pre_hook(resid_mid, with_kwargs=True))
+        keep(pre_norm.register_forward_hook(normalized))
+        keep(mlp.register_forward_pre_hook(mlp_in, with_kwargs=True))
+        keep(mlp.register_forward_hook(mlp_out))
+        if post_norm is not None:
+            keep(post_norm.register_forward_hook(lambda m, a, o: self._output(A.HOOK_MLP_OUT, layer, o)))
+
+    def _bypass_mlp(self, mlp: nn.Module, value: torch.Tensor, keep_callback) -> None:
+        """Make `mlp` return a known output instead of computing it (its hooks still run).
+
+        The frozen pass cuts every MLP out of the gradient anyway; not running it saves its
+        compute and, above all, the `[B,P,d_mlp]` tensors autograd would keep for it.
+        """
+        batch = self.batch
+
+        def forward(*args, **kwargs):
+            return value.detach().expand(batch, *value.shape[1:])
+
+        mlp.forward = forward
+        keep_callback(_Removal(lambda: mlp.__dict__.pop("forward", None)))
+
+    def _embedding_hook(self, module, args, kwargs):
+        """Residual stream entering layer 0: record it and let the caller replace it."""
+        if args:
+            emb = args[0]
+        else:
+            emb = kwargs["hidden_states"]
+        if self.embedding_edit is not None:
+            emb = self.embedding_edit(emb)
+        self.embeddings = emb
+        if args:
+            return (emb, *args[1:]), kwargs
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = emb
+        return args, kwargs
+
+    def _check_mlp_values(self, tokens: torch.Tensor) -> None:
+        n_layers = len(self.adapter.layer_modules(self.hf_model))
+        for layer in range(n_layers):
+            value = self.mlp_values.get(layer)
+            if value is None or value.shape[-2] != tokens.shape[1] or value.shape[0] not in (1, self.batch):
+                shape = None if value is None else tuple(value.shape)
+                raise ShapeMismatchError(
+                    f"mlp_values[{layer}] has shape {shape}; expected [1 or {self.batch}, "
+                    f"{tokens.shape[1]}, d_model]"
+                )
+
+    def _set_final(self, output: torch.Tensor) -> None:
+        self.final_hidden = output
+
+    # --- running --------------------------------------------------------------------------------
+    def run(self, tokens: torch.Tensor, compute_logits: bool) -> ForwardRecord:
+        self.batch = tokens.shape[0]
+        if self.mlp_values is not None:
+            self._check_mlp_values(tokens)
+        with ExitStack() as stack:
+            self.install(stack)
+            stack.enter_context(use_attention(self.hf_model, self))
+            if compute_logits:
+                logits = self.hf_model(input_ids=tokens, use_cache=False).logits
+            else:
+                base = self.adapter.get(self.hf_model, self.adapter.base)
+                base(input_ids=tokens, use_cache=False)
+                logits = None
+        n_layers = len(self.adapter.layer_modules(self.hf_model))
+        return ForwardRecord(
+            tokens=tokens,
+            embeddings=self.embeddings,
+            inputs=[self.inputs[l] for l in range(n_layers)],
+            outputs=[self.outputs[l] for l in range(n_layers)],
+            final_hidden=self.final_hidden,
+            logits=logits,
+            attention_patterns=self.patterns,
+            norm_scales=self.scales,
+            hooks={name: [vals[l] for l in range(n_layers)] for name, vals in self.hooks.items()},
+        )
+
+
+class _Removal:
+    """Adapter so `keep` (which stores `handle.remove`) can also undo a monkeypatch."""
+
+    def __init__(self, undo) -> None:
+        self.remove = undo
+
+
+def _first(args, kwargs) -> torch.Tensor:
+    return args[0] if args else next(iter(kwargs.values()))
+
+
+def _path_of(root: nn.Module, target: nn.Module) -> str:
+    for path, module in root.named_modules():
+        if module is target:
+            return path
+    raise KeyError("module not found under the model")
+
+
+__all__ = ["find_norms", "OutputEdit", "EmbeddingEdit"]

@@ -1,0 +1,91 @@
+"""What one forward pass freezes, and what it records.
+
+`FreezeSpec` says, separately for attention patterns and norm denominators, whether they are
+computed live, computed but detached from autograd (the local replacement model used by
+attribution), or replayed from an earlier `ForwardRecord` (interventions: "same patterns as the
+clean run", and linearity checks). `ForwardRecord` is what a pass returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from circuit_atlas.errors import CircuitAtlasError, ShapeMismatchError
+
+LIVE = "live"
+DETACH = "detach"
+REPLAY = "replay"
+_MODES = (LIVE, DETACH, REPLAY)
+
+
+@dataclass
+class ForwardRecord:
+    """Tensors of one forward pass over `tokens [B,P]` (see docs/architecture.md).
+
+    `inputs[l]` / `outputs[l]` are the values at the input / output hook of layer `l`; `outputs`
+    holds the value after any `output_edit` (the one that flowed on), so gradients taken with
+    respect to it are gradients at the output hook. `attention_patterns[l]` is `[B,H,P,P]`
+    (softmax output, after any attention soft-cap and mask). `norm_scales[path]` is the float32
+    inverse denominator `1/sqrt(var+eps)` of the norm module at that dotted path, `[B,P,1]` (or
+    `[B,P,H,1]` for per-head q/k norms). `hooks[name][l]` holds extra hook values asked for with
+    `record_hooks`.
+    """
+
+    tokens: torch.Tensor
+    embeddings: torch.Tensor
+    inputs: list[torch.Tensor]
+    outputs: list[torch.Tensor]
+    final_hidden: torch.Tensor
+    logits: torch.Tensor | None
+    attention_patterns: dict[int, torch.Tensor] = field(default_factory=dict)
+    norm_scales: dict[str, torch.Tensor] = field(default_factory=dict)
+    hooks: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FreezeSpec:
+    """How attention patterns and norm denominators behave in a pass.
+
+    attention / norms: "live" (ordinary), "detach" (computed in this pass, no gradient through
+    them) or "replay" (taken from `replay_from`; a record with batch 1 broadcasts over any batch).
+    Replayed values carry no gradient.
+    """
+
+    attention: str = LIVE
+    norms: str = LIVE
+    replay_from: ForwardRecord | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("attention", "norms"):
+            mode = getattr(self, name)
+            if mode not in _MODES:
+                raise CircuitAtlasError(f"FreezeSpec.{name} must be one of {_MODES}, got {mode!r}")
+        if REPLAY in (self.attention, self.norms) and self.replay_from is None:
+            raise CircuitAtlasError("FreezeSpec with mode 'replay' needs replay_from=<ForwardRecord>")
+
+    @classmethod
+    def live(cls) -> "FreezeSpec":
+        return cls()
+
+    @classmethod
+    def detached(cls) -> "FreezeSpec":
+        """Attention patterns and norm denominators detached: the local replacement model."""
+        return cls(attention=DETACH, norms=DETACH)
+
+    @classmethod
+    def replayed(cls, record: ForwardRecord) -> "FreezeSpec":
+        """Patterns and denominators copied from `record`: the same linear map as `detached`."""
+        return cls(attention=REPLAY, norms=REPLAY, replay_from=record)
+
+
+def broadcast_replay(saved: torch.Tensor, batch: int, what: str) -> torch.Tensor:
+    """A recorded tensor `[B0,...]` usable for a pass of batch `batch` (B0 must be 1 or batch)."""
+    if saved.shape[0] == batch:
+        return saved.detach()
+    if saved.shape[0] == 1:
+        return saved.detach().expand(batch, *saved.shape[1:])
+    raise ShapeMismatchError(
+        f"cannot replay {what} recorded with batch {saved.shape[0]} in a pass of batch {batch}"
+    )

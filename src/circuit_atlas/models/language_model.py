@@ -1,0 +1,260 @@
+"""`LanguageModel`: a transformers causal LM plus its family adapter, hook and freeze points."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from circuit_atlas.errors import CircuitAtlasError, ModelLoadError, UnsupportedArchitectureError
+from circuit_atlas.models import adapters as A
+from circuit_atlas.models.adapters import FamilyAdapter, adapter_for_architecture
+from circuit_atlas.models.forward import EmbeddingEdit, OutputEdit, _Pass, find_norms
+from circuit_atlas.models.freeze import ForwardRecord, FreezeSpec
+from circuit_atlas.models.prompts import is_gemma3_it, to_ids
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """Accept "float32"/"bfloat16"/"float16" (or torch dtypes); None keeps the default."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise CircuitAtlasError(
+            f"dtype {dtype!r} is not supported; use one of float32, bfloat16, float16"
+        )
+    return _DTYPES[key]
+
+
+class LanguageModel:
+    """A transformers `*ForCausalLM` with the hooks circuit tracing needs.
+
+    Parameters are frozen (`requires_grad=False`) and the model is put in eval mode: we only
+    ever differentiate with respect to activations, and this keeps autograd graphs small.
+    """
+
+    def __init__(self, hf_model: nn.Module, tokenizer, name: str, adapter: FamilyAdapter) -> None:
+        self.hf_model = hf_model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.adapter = adapter
+        self._norms = find_norms(hf_model, adapter.base)
+        config = self.text_config
+        self.n_layers = len(adapter.layer_modules(hf_model))
+        self.d_model = int(config.hidden_size)
+        self.vocab_size = int(adapter.get(hf_model, adapter.embed_tokens).weight.shape[0])
+        self.max_positions = getattr(config, "max_position_embeddings", None)
+
+    # --- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_hf(cls, hf_model: nn.Module, tokenizer, name: str) -> "LanguageModel":
+        """Wrap an already built transformers model (tests, tiny models, custom loading)."""
+        adapter = adapter_for_architecture(type(hf_model).__name__)
+        return cls(hf_model, tokenizer, name, adapter)
+
+    def to(self, device: str | torch.device | None = None,
+           dtype: str | torch.dtype | None = None) -> "LanguageModel":
+        """Move / cast the model in place and return self."""
+        torch_dtype = resolve_dtype(dtype)
+        if device is not None or torch_dtype is not None:
+            self.hf_model.to(device=device, dtype=torch_dtype)
+        return self
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write model (safetensors) and tokenizer so `load_language_model(directory)` reads them."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.hf_model.save_pretrained(path)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path)
+        return path
+
+    # --- properties ---------------------------------------------------------------------------
+    @property
+    def text_config(self):
+        """The language model's config (the text sub-config of image-text models)."""
+        config = self.hf_model.config
+        return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf_model.parameters()).dtype
+
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
+    def n_zeroed_positions(self) -> int:
+        """Leading positions without feature or error nodes (reference §2.2)."""
+        return 4 if is_gemma3_it(self.name) else 1
+
+    @property
+    def final_softcap(self) -> float | None:
+        return self.adapter.final_softcap(self.text_config)
+
+    @property
+    def embedding_scale(self) -> float:
+        return self.adapter.embedding_scale(self.hf_model)
+
+    def module(self, path: str) -> nn.Module:
+        return self.adapter.get(self.hf_model, path)
+
+    def layer_module(self, layer: int, part: str) -> nn.Module:
+        return self.adapter.layer_part(self.hf_model, layer, part)
+
+    @property
+    def unembedding(self) -> torch.Tensor:
+        """LM head weight `[V, d]` (rows are token output vectors)."""
+        return self.module(self.adapter.lm_head).weight
+
+    # --- tokens ------------------------------------------------------------------------------
+    def tokenize(self, prompt: str | Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Token ids `[P]` on the model's device; see `prompts.to_ids` for the BOS rule."""
+        ids = to_ids(
+            prompt,
+            self.tokenizer,
+            vocab_size=self.vocab_size,
+            max_positions=self.max_positions,
+            model_name=self.name,
+        )
+        return ids.to(self.device)
+
+    def token_strings(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
+        ids = torch.as_tensor(ids).reshape(-1).tolist()
+        if self.tokenizer is None:
+            return [str(i) for i in ids]
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    def token_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
+        """What each token adds to the residual stream through the token embedding (scale included,
+        learned position embeddings excluded: those are constants of the linearised model)."""
+        return self.module(self.adapter.embed_tokens)(tokens)
+
+    # --- forward -----------------------------------------------------------------------------
+    def check_hooks(self, input_hook: str, output_hook: str) -> None:
+        if input_hook not in A.INPUT_HOOKS:
+            raise UnsupportedArchitectureError(
+                f"input hook {input_hook!r} is not supported for {self.family} models; "
+                f"supported input hooks: {', '.join(A.INPUT_HOOKS)}"
+            )
+        if output_hook not in A.OUTPUT_HOOKS:
+            raise UnsupportedArchitectureError(
+                f"output hook {output_hook!r} is not supported for {self.family} models; "
+                f"supported output hooks: {', '.join(A.OUTPUT_HOOKS)}"
+            )
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        input_hook: str = A.HOOK_RESID_MID,
+        output_hook: str = A.HOOK_MLP_OUT,
+        freeze: FreezeSpec | None = None,
+        output_edit: OutputEdit | None = None,
+        embedding_edit: EmbeddingEdit | None = None,
+        record_hooks: Sequence[str] = (),
+        record_internals: bool = True,
+        compute_logits: bool = True,
+        mlp_values: Mapping[int, torch.Tensor] | None = None,
+    ) -> ForwardRecord:
+        """One instrumented pass over `tokens [B,P]` (a 1-D `[P]` is treated as batch 1).
+
+        Gradient mode is the caller's: wrap in `torch.no_grad()` for plain runs. `output_edit(
+        layer, x_in, y_out) -> y_new` replaces the output-hook value (x_in is the input-hook value
+        of the same layer and pass); `embedding_edit(emb) -> emb_new` replaces the residual stream
+        entering layer 0. `record_hooks` names extra hook points to keep in `record.hooks`.
+        `record_internals=False` skips keeping attention patterns and norm scales (memory);
+        `compute_logits=False` stops at the final norm (no `[B,P,V]` logits tensor).
+        `mlp_values[l]` (`[1 or B, P, d]`, the raw MLP output, i.e. `mlp.hook_out`) makes layer
+        l's MLP return that value instead of running (hooks, edits and Gemma post-norms still
+        apply); the frozen pass uses it, since no gradient flows through the MLPs anyway.
+        """
+        self.check_hooks(input_hook, output_hook)
+        for name in record_hooks:
+            if name not in A.ALL_HOOKS:
+                raise UnsupportedArchitectureError(
+                    f"hook {name!r} is unknown; known hooks: {', '.join(A.ALL_HOOKS)}"
+                )
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        tokens = tokens.to(self.device)
+        run = _Pass(
+            self.hf_model,
+            self.adapter,
+            self._norms,
+            input_hook,
+            output_hook,
+            freeze or FreezeSpec(),
+            output_edit,
+            embedding_edit,
+            record_hooks,
+            record_internals,
+            mlp_values,
+        )
+        return run.run(tokens, compute_logits)
+
+    __call__ = forward
+
+    def __repr__(self) -> str:
+        return (
+            f"LanguageModel({self.name!r}, family={self.family}, n_layers={self.n_layers}, "
+            f"d_model={self.d_model}, vocab_size={self.vocab_size})"
+        )
+
+
+def _looks_like_path(ref: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else (or an existing path) is a directory."""
+    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or "\\" in ref or os.path.exists(ref)
+
+
+def load_language_model(
+    ref: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> LanguageModel:
+    """Load a causal LM and its tokenizer from a local directory or a Hugging Face hub id."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    ref = str(ref)
+    torch_dtype = resolve_dtype(dtype)
+    if _looks_like_path(ref):
+        ref = str(Path(ref).expanduser())
+        if not Path(ref).is_dir():
+            raise ModelLoadError(f"model directory {ref!r} does not exist")
+    try:
+        config = AutoConfig.from_pretrained(ref)
+    except Exception as exc:  # transformers raises OSError/ValueError/HF errors here
+        raise ModelLoadError(f"could not read the model config of {ref!r}: {exc}") from None
+    arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+    adapter_for_architecture(arch)  # fail before reading any weights
+    try:
+        kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+        hf_model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the model weights of {ref!r}: {exc}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the tokenizer of {ref!r}: {exc}") from None
+    if device is not None:
+        hf_model = hf_model.to(device)
+    lm = LanguageModel.from_hf(hf_model, tokenizer, name=ref)
+    return lm

@@ -1,0 +1,272 @@
+"""`ReplacementModel`: a language model paired with transcoders.
+
+It produces what attribution needs (reference attribution-algorithm.md §2.3, §4):
+
+- `run(tokens)`: one clean pass; transcoder activations, reconstructions, error vectors
+  `E = Y − Ŷ` and token vectors. Together with the frozen attention patterns and norm
+  denominators this *is* the local replacement model: replaying the clean pass with every output
+  hook set to `Ŷ + E` reproduces the logits (`frozen_replacement_logits`).
+- `frozen_forward(tokens, batch_size)`: the same prompt repeated `batch_size` times in one autograd
+  graph, with attention patterns and norm denominators constant and each output hook replaced by
+  `skip(x) + stopgrad(Y − skip(x))`. Its forward values equal the clean pass; its gradients are
+  the direct-effect paths (residual stream, attention OV, frozen norms, skip connections).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from circuit_atlas.errors import ShapeMismatchError
+from circuit_atlas.models import ForwardRecord, FreezeSpec, LanguageModel, load_language_model
+from circuit_atlas.models.adapters import HOOK_MLP_OUT_RAW
+from circuit_atlas.models.language_model import resolve_dtype
+
+
+@dataclass
+class ReplacementRun:
+    """Everything attribution takes from the clean pass of one prompt (batch dimension dropped).
+
+    `activations` is a coalesced sparse COO `[L,P,F]` tensor (its indices are therefore sorted by
+    layer, position, feature) with no entries at the zeroed positions. `errors` are zero at the
+    zeroed positions. `token_vectors[p]` is the token-embedding contribution of token p (scale
+    included, position embeddings excluded). `record` is the batch-1 `ForwardRecord` whose
+    attention patterns and norm scales other passes can replay.
+    """
+
+    tokens: torch.Tensor
+    logits: torch.Tensor
+    mlp_inputs: torch.Tensor
+    mlp_outputs: torch.Tensor
+    activations: torch.Tensor
+    reconstruction: torch.Tensor
+    errors: torch.Tensor
+    token_vectors: torch.Tensor
+    final_hidden: torch.Tensor
+    n_zeroed_positions: int
+    record: ForwardRecord
+
+
+@dataclass
+class FrozenForward:
+    """One batch-expanded frozen pass (see module docstring); all tensors share one graph.
+
+    `embeddings` `[B,P,d]` is a leaf that requires grad; `outputs[l]` is the value at the output
+    hook of layer l (`skip(x) + stopgrad(Y − skip(x))`); `inputs[l]` the input hook of layer l;
+    `final_hidden` the final-norm output. Gradients of any function of `inputs` / `final_hidden`
+    with respect to `outputs + [embeddings]` are direct effects.
+    """
+
+    tokens: torch.Tensor
+    embeddings: torch.Tensor
+    inputs: list[torch.Tensor]
+    outputs: list[torch.Tensor]
+    final_hidden: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+class ReplacementModel:
+    """A `LanguageModel` plus a matching transcoder set (`circuit_atlas.transcoders` contract)."""
+
+    def __init__(self, lm: LanguageModel, transcoders) -> None:
+        _check_pairing(lm, transcoders)
+        self.lm = lm
+        self.transcoders = transcoders
+
+    # --- plain attributes ---------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.lm.tokenizer
+
+    @property
+    def n_layers(self) -> int:
+        return self.lm.n_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.lm.d_model
+
+    @property
+    def n_zeroed_positions(self) -> int:
+        return self.lm.n_zeroed_positions
+
+    @property
+    def input_hook(self) -> str:
+        return self.transcoders.input_hook
+
+    @property
+    def output_hook(self) -> str:
+        return self.transcoders.output_hook
+
+    def tokenize(self, prompt) -> torch.Tensor:
+        return self.lm.tokenize(prompt)
+
+    def _forward(self, tokens: torch.Tensor, **kwargs) -> ForwardRecord:
+        return self.lm.forward(tokens, input_hook=self.input_hook, output_hook=self.output_hook, **kwargs)
+
+    # --- clean run ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, tokens: torch.Tensor) -> ReplacementRun:
+        """Clean pass over one prompt `[P]` and everything derived from it."""
+        tokens = _one_prompt(tokens).to(self.lm.device)
+        record = self._forward(tokens[None], record_hooks=[HOOK_MLP_OUT_RAW])
+        x = torch.stack([t[0] for t in record.inputs])
+        y = torch.stack([t[0] for t in record.outputs])
+        zeroed = min(self.n_zeroed_positions, tokens.shape[0])
+        dense = [self._activations(layer, x[layer], zeroed) for layer in range(self.n_layers)]
+        recon = torch.stack(
+            [self._reconstruct(layer, dense, x[layer]).to(y.dtype) for layer in range(self.n_layers)]
+        )
+        errors = y - recon
+        errors[:, :zeroed] = 0
+        return ReplacementRun(
+            tokens=tokens,
+            logits=record.logits[0],
+            mlp_inputs=x,
+            mlp_outputs=y,
+            activations=torch.stack(dense).to_sparse().coalesce(),
+            reconstruction=recon,
+            errors=errors,
+            token_vectors=self.lm.token_vectors(tokens),
+            final_hidden=record.final_hidden[0],
+            n_zeroed_positions=zeroed,
+            record=record,
+        )
+
+    def _activations(self, layer: int, x: torch.Tensor, zeroed: int) -> torch.Tensor:
+        acts = self.transcoders.encode(layer, x).clone()
+        acts[:zeroed] = 0
+        return acts
+
+    def _reconstruct(self, layer: int, dense: list[torch.Tensor], x_in: torch.Tensor) -> torch.Tensor:
+        """Ŷ[layer] from every source layer that writes to it (PLT: itself; CLT: 0..layer)."""
+        sources = {s: dense[s] for s in range(layer + 1) if layer in self.transcoders.target_layers(s)}
+        return self.transcoders.reconstruct(layer, sources, x_in)
+
+    # --- frozen passes --------------------------------------------------------------------------
+    def frozen_forward(
+        self, tokens: torch.Tensor, batch_size: int, *, run: ReplacementRun | None = None
+    ) -> FrozenForward:
+        """The prompt repeated `batch_size` times through the local replacement model, in one graph.
+
+        Attention patterns and norm denominators are replayed (as constants) from the clean pass
+        of `run` (computed here if not given), so the batch pass skips the QK products.
+        """
+        tokens = _one_prompt(tokens).to(self.lm.device)
+        if batch_size < 1:
+            raise ShapeMismatchError(f"batch_size must be at least 1, got {batch_size}")
+        if run is None:
+            with torch.no_grad():
+                clean = self._forward(tokens[None], compute_logits=False, record_hooks=[HOOK_MLP_OUT_RAW])
+        else:
+            if not torch.equal(run.tokens.to(tokens.device), tokens):
+                raise ShapeMismatchError("frozen_forward: `run` was computed for different tokens")
+            clean = run.record
+        tc = self.transcoders
+
+        def freeze_mlp(layer: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            skip = tc.skip(layer, x)
+            if skip is None:
+                return y.detach().requires_grad_(True)
+            skip = skip.to(y.dtype)
+            return skip + (y - skip).detach()
+
+        def leaf(emb: torch.Tensor) -> torch.Tensor:
+            return emb.detach().requires_grad_(True)
+
+        raw = clean.hooks.get(HOOK_MLP_OUT_RAW)
+        mlp_values = None if raw is None else dict(enumerate(raw))
+        with torch.enable_grad():
+            record = self._forward(
+                tokens[None].expand(batch_size, -1),
+                freeze=FreezeSpec.replayed(clean),
+                output_edit=freeze_mlp,
+                embedding_edit=leaf,
+                record_internals=False,
+                compute_logits=False,
+                mlp_values=mlp_values,
+            )
+        return FrozenForward(
+            tokens=tokens,
+            embeddings=record.embeddings,
+            inputs=record.inputs,
+            outputs=record.outputs,
+            final_hidden=record.final_hidden,
+        )
+
+    @torch.no_grad()
+    def frozen_replacement_logits(
+        self, run: ReplacementRun, activations: torch.Tensor | None = None, *, with_errors: bool = True
+    ) -> torch.Tensor:
+        """Logits `[P,V]` of the local replacement model: patterns and norm scales replayed from
+        the clean pass, every output hook set to `Ŷ(activations) + E` (the real MLP output at the
+        zeroed positions). With the clean activations this reproduces `run.logits`; with edited
+        activations `[L,P,F]` (dense or sparse) it is a fully constrained intervention.
+        """
+        acts = run.activations if activations is None else activations
+        dense = list(acts.to_dense() if acts.is_sparse else acts)
+        zeroed = run.n_zeroed_positions
+
+        def replace(layer: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            recon = self._reconstruct(layer, dense, x[0]).to(y.dtype)
+            if with_errors:
+                recon = recon + run.errors[layer]
+            recon[:zeroed] = run.mlp_outputs[layer, :zeroed]
+            return recon[None]
+
+        record = self._forward(
+            run.tokens[None], freeze=FreezeSpec.replayed(run.record), output_edit=replace,
+            record_internals=False,
+        )
+        return record.logits[0]
+
+    def __repr__(self) -> str:
+        return f"ReplacementModel({self.lm!r}, transcoders={self.transcoders!r})"
+
+
+def _one_prompt(tokens: torch.Tensor) -> torch.Tensor:
+    tokens = torch.as_tensor(tokens)
+    if tokens.dim() == 2 and tokens.shape[0] == 1:
+        tokens = tokens[0]
+    if tokens.dim() != 1:
+        raise ShapeMismatchError(f"expected token ids [P] for one prompt, got shape {tuple(tokens.shape)}")
+    return tokens
+
+
+def _check_pairing(lm: LanguageModel, tc) -> None:
+    """Transcoders must have the model's layer count and width, and hooks the model provides."""
+    if int(tc.n_layers) != lm.n_layers or int(tc.d_model) != lm.d_model:
+        label = getattr(tc, "scan", None) or type(tc).__name__
+        raise ShapeMismatchError(
+            f"transcoders {label!r} have n_layers={tc.n_layers}, d_model={tc.d_model}, but model "
+            f"{lm.name!r} has n_layers={lm.n_layers}, d_model={lm.d_model}"
+        )
+    lm.check_hooks(tc.input_hook, tc.output_hook)
+
+
+def load(
+    model: str | os.PathLike | LanguageModel,
+    transcoders,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> ReplacementModel:
+    """Pair a model (hub id, local dir or `LanguageModel`) with transcoders (reference string or
+    a loaded set), on one device and dtype."""
+    torch_dtype = resolve_dtype(dtype)
+    if isinstance(model, LanguageModel):
+        lm = model.to(device=device, dtype=torch_dtype)
+    else:
+        lm = load_language_model(model, device=device, dtype=torch_dtype)
+    if isinstance(transcoders, (str, os.PathLike)):
+        from circuit_atlas.transcoders import load_transcoders
+
+        transcoders = load_transcoders(str(transcoders), device=lm.device, dtype=lm.dtype)
+    elif hasattr(transcoders, "to"):
+        transcoders = transcoders.to(device=lm.device, dtype=lm.dtype)
+    return ReplacementModel(lm, transcoders)
