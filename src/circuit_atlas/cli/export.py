@@ -1,0 +1,84 @@
+"""`circuit-atlas export`: turn a saved graph into the frontend / Neuronpedia JSON file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from circuit_atlas.errors import CircuitAtlasError
+
+EXAMPLE = """\
+examples:
+  circuit-atlas export graphs/dallas --format neuronpedia
+      writes graphs/dallas/dallas.json and adds it to graphs/dallas/graph-metadata.json
+  circuit-atlas export graphs/dallas --format neuronpedia --out upload/dallas-v2.json \\
+      --node-threshold 0.6 --edge-threshold 0.95
+      writes upload/dallas-v2.json (slug "dallas-v2") and upload/graph-metadata.json
+
+GRAPH_DIR is a folder written by Graph.save / `circuit-atlas trace` (graph.json +
+graph.safetensors). The slug must equal the file name without .json, because the frontend loads
+<slug>.json; it defaults to the --out file name, else to GRAPH_DIR's name.
+"""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a saved graph as pruned graph JSON (Neuronpedia / circuit-tracer frontend)",
+        description="Prune a saved attribution graph and write it in the graph-JSON format "
+        "that Neuronpedia and the circuit-tracer frontend load.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("graph_dir", type=Path, metavar="GRAPH_DIR", help="saved graph folder")
+    parser.add_argument(
+        "--format", choices=["neuronpedia"], default="neuronpedia",
+        help="output format (default: neuronpedia, also read by the circuit-tracer frontend)",
+    )
+    parser.add_argument("--out", type=Path, metavar="FILE",
+                        help="output .json file (default: GRAPH_DIR/<slug>.json)")
+    parser.add_argument("--slug", help="graph identifier (default: see below)")
+    parser.add_argument("--scan", help="override the transcoder-set id written as metadata.scan "
+                        "(Neuronpedia reads it as the model id, e.g. gemma-2-2b)")
+    parser.add_argument("--node-threshold", type=float, default=0.8,
+                        help="cumulative influence kept by node pruning, in [0, 1] (default 0.8)")
+    parser.add_argument("--edge-threshold", type=float, default=0.98,
+                        help="cumulative influence kept by edge pruning, in [0, 1] (default 0.98)")
+    parser.add_argument("--no-index", action="store_true",
+                        help="do not add the graph to graph-metadata.json next to the output")
+    parser.add_argument("--indent", type=int, default=None,
+                        help="indent the JSON by this many spaces (default: compact)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def resolve_output(graph_dir: Path, out: Path | None, slug: str | None) -> tuple[Path, str]:
+    """(output directory, slug) from the arguments; the slug is also the file stem."""
+    if out is not None:
+        if out.suffix != ".json":
+            raise CircuitAtlasError(f"--out must name a .json file, got {out}")
+        if slug is not None and slug != out.stem:
+            raise CircuitAtlasError(
+                f"--slug {slug!r} differs from the --out file name {out.name!r}; the frontend "
+                "loads <slug>.json, so they must match"
+            )
+        return out.parent, out.stem
+    return graph_dir, slug or graph_dir.resolve().name
+
+
+def run(args) -> int:
+    from circuit_atlas.graph import Graph, write_graph_json
+    from circuit_atlas.graph.export import check_slug
+    from circuit_atlas.graph.prune import check_threshold
+
+    check_threshold(args.node_threshold, "--node-threshold")
+    check_threshold(args.edge_threshold, "--edge-threshold")
+    out_dir, slug = resolve_output(args.graph_dir, args.out, args.slug)
+    check_slug(slug)
+    graph = Graph.load(args.graph_dir)
+    path = write_graph_json(
+        graph, out_dir, slug, args.node_threshold, args.edge_threshold,
+        scan=args.scan, update_metadata=not args.no_index, indent=args.indent,
+    )
+    print(f"wrote {path}")
+    return 0

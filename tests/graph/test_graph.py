@@ -1,0 +1,172 @@
+"""Graph: validation, node indexing, dense layout, save/load."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from circuit_atlas.errors import CircuitAtlasError, ShapeMismatchError
+from circuit_atlas.graph import Graph, GraphFileError, random_graph
+
+
+@pytest.fixture
+def graph() -> Graph:
+    return random_graph(n_layers=3, n_pos=5, n_sel=18, n_logits=3, seed=3, n_custom_targets=1)
+
+
+def test_sizes_and_ranges_partition_the_dense_order(graph: Graph) -> None:
+    L, P = graph.n_layers, graph.n_positions
+    assert graph.n_nodes == graph.n_selected + (L + 1) * P + graph.n_logits
+    ranges = [graph.feature_range, graph.error_range, graph.token_range, graph.logit_range]
+    flat = [i for r in ranges for i in r]
+    assert flat == list(range(graph.n_nodes))
+    assert graph.error_index(2, 4) == graph.n_selected + 2 * P + 4
+    assert graph.token_index(1) == graph.n_selected + L * P + 1
+    assert graph.logit_index(0) == graph.n_nodes - graph.n_logits
+    kinds = [graph.node_kind(i) for i in range(graph.n_nodes)]
+    assert kinds == (["feature"] * graph.n_selected + ["error"] * (L * P) + ["token"] * P
+                     + ["logit"] * graph.n_logits)
+    with pytest.raises(IndexError):
+        graph.node_kind(graph.n_nodes)
+
+
+def test_node_ids_follow_graph_json_conventions(graph: Graph) -> None:
+    ids = graph.node_ids()
+    assert len(set(ids)) == len(ids)
+    layer, pos, feat = graph.active_features[graph.selected_features[0]].tolist()
+    assert ids[0] == f"{layer}_{feat}_{pos}"
+    assert ids[graph.error_index(1, 3)] == "1_-1_3"
+    assert ids[graph.token_index(2)] == f"E_{int(graph.input_ids[2])}_2"
+    last = graph.logit_index(graph.n_logits - 1)
+    assert ids[last] == f"{graph.n_layers + 1}_{int(graph.logit_token_ids[-1])}_{graph.n_positions - 1}"
+    assert graph.is_virtual_logit(graph.n_logits - 1) and not graph.is_virtual_logit(0)
+    for i, node_id in enumerate(ids):
+        assert graph.node_index(node_id) == i
+    # the legacy error form is accepted where it is not a feature id
+    legacy = "0_2_4"
+    if legacy not in ids:
+        assert graph.node_index(legacy) == graph.error_index(2, 4)
+    with pytest.raises(KeyError):
+        graph.node_index("nonsense")
+    assert "logit" in graph.node_label(last) and "error L1 @3" in graph.node_label(graph.error_index(1, 3))
+
+
+def test_dense_adjacency_layout(graph: Graph) -> None:
+    dense = graph.dense_adjacency()
+    n = graph.n_nodes
+    assert dense.shape == (n, n) and dense.dtype == torch.float32
+    e0, t1 = graph.error_range.start, graph.token_range.stop
+    assert not dense[e0:t1].any(), "error and token rows must be zero"
+    assert not dense[:, graph.logit_range.start :].any(), "logit columns must be zero"
+    # every stored entry is at its dense place, and nothing else is non-zero
+    for r in range(graph.n_targets):
+        assert torch.equal(dense[int(graph.dense_rows[r]), : graph.n_sources], graph.adjacency[r])
+    assert int((dense != 0).sum()) == int((graph.adjacency != 0).sum())
+    for node in range(n):
+        row = graph.storage_row(node)
+        if row is None:
+            assert graph.node_kind(node) in ("error", "token")
+        else:
+            assert int(graph.dense_rows[row]) == node
+
+
+def test_save_load_round_trip_is_exact(graph: Graph, tmp_path) -> None:
+    graph.save(tmp_path / "g")
+    loaded = Graph.load(tmp_path / "g")
+    assert loaded == graph
+    for name in ("adjacency", "activation_values", "logit_probabilities", "error_norms"):
+        a, b = getattr(graph, name), getattr(loaded, name)
+        assert a.dtype == b.dtype and torch.equal(a.view(torch.int32), b.view(torch.int32))
+    assert loaded.settings == graph.settings and loaded.tokens == graph.tokens
+    assert json.loads((tmp_path / "g" / "graph.json").read_text())["format_version"] == 1
+
+
+def test_round_trip_without_error_norms_and_with_scan_list(graph: Graph, tmp_path) -> None:
+    other = dataclasses.replace(graph, error_norms=None, transcoder_scan=["a/b", "a/c", "a/d"],
+                                transcoder_kind="plt", settings={"t": (1, 2), "x": None})
+    assert other.settings == {"t": [1, 2], "x": None}  # stored in JSON form
+    other.save(tmp_path / "g2")
+    loaded = Graph.load(tmp_path / "g2")
+    assert loaded == other and loaded.error_norms is None
+    assert loaded != graph
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "graph.json").unlink(), "graph.json is missing"),
+        (lambda d: (d / "graph.safetensors").unlink(), "graph.safetensors is missing"),
+        (lambda d: (d / "graph.json").write_text("{not json"), "not valid JSON"),
+        (lambda d: (d / "graph.json").write_text('{"format": "other"}'), "not a circuit-atlas graph"),
+        (lambda d: (d / "graph.safetensors").write_bytes(b"\x00" * 5), "corrupt"),
+    ],
+)
+def test_load_reports_damaged_files(graph: Graph, tmp_path, damage, message) -> None:
+    directory = graph.save(tmp_path / "g")
+    damage(directory)
+    with pytest.raises(GraphFileError, match=message):
+        Graph.load(directory)
+
+
+def test_load_reports_newer_version_and_inconsistent_files(graph: Graph, tmp_path) -> None:
+    directory = graph.save(tmp_path / "g")
+    meta = json.loads((directory / "graph.json").read_text())
+    meta["format_version"] = 99
+    (directory / "graph.json").write_text(json.dumps(meta))
+    with pytest.raises(GraphFileError, match="format_version 99"):
+        Graph.load(directory)
+    meta["format_version"] = 1
+    meta["tokens"] = meta["tokens"][:-1]
+    (directory / "graph.json").write_text(json.dumps(meta))
+    with pytest.raises(GraphFileError, match="tokens"):
+        Graph.load(directory)
+    del meta["model_name"]
+    (directory / "graph.json").write_text(json.dumps(meta))
+    with pytest.raises(GraphFileError, match="model_name"):
+        Graph.load(directory)
+
+
+def test_load_missing_directory_and_file_instead_of_directory(tmp_path) -> None:
+    with pytest.raises(GraphFileError, match="does not exist"):
+        Graph.load(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(GraphFileError, match="not a graph directory"):
+        Graph.load(tmp_path / "file")
+    assert issubclass(GraphFileError, CircuitAtlasError)
+
+
+def test_validation_names_the_bad_field(graph: Graph) -> None:
+    with pytest.raises(ShapeMismatchError, match="adjacency"):
+        dataclasses.replace(graph, adjacency=graph.adjacency[:, :-1])
+    with pytest.raises(ShapeMismatchError, match="active_features must be strictly sorted"):
+        dataclasses.replace(graph, active_features=graph.active_features.flip(0))
+    with pytest.raises(ShapeMismatchError, match="selected_features must be strictly ascending"):
+        dataclasses.replace(graph, selected_features=graph.selected_features.flip(0))
+    with pytest.raises(ShapeMismatchError, match="tokens"):
+        dataclasses.replace(graph, tokens=graph.tokens[:-1])
+    with pytest.raises(ShapeMismatchError, match="logit"):
+        dataclasses.replace(graph, logit_tokens=graph.logit_tokens[:-1])
+    with pytest.raises(ShapeMismatchError, match="layer"):
+        dataclasses.replace(graph, n_layers=1)
+    with pytest.raises(ShapeMismatchError, match="NaN"):
+        bad = graph.adjacency.clone()
+        bad[0, 0] = float("nan")
+        dataclasses.replace(graph, adjacency=bad)
+    with pytest.raises(ShapeMismatchError, match="JSON"):
+        dataclasses.replace(graph, settings={"x": object()})
+    with pytest.raises(ShapeMismatchError, match="integer"):
+        dataclasses.replace(graph, input_ids=graph.input_ids.float())
+
+
+def test_inputs_are_coerced_to_cpu_tensors_of_the_documented_dtypes(graph: Graph) -> None:
+    other = dataclasses.replace(
+        graph,
+        input_ids=graph.input_ids.int().tolist(),
+        adjacency=graph.adjacency.double(),
+        logit_probabilities=graph.logit_probabilities.tolist(),
+    )
+    assert other.input_ids.dtype == torch.int64 and other.adjacency.dtype == torch.float32
+    assert other == graph

@@ -1,0 +1,54 @@
+"""random_graph: the synthetic graphs respect the structure of real attribution graphs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuit_atlas.errors import ShapeMismatchError
+from circuit_atlas.graph import random_graph
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_graph_is_causal(seed: int) -> None:
+    g = random_graph(n_layers=4, n_pos=6, n_sel=40, n_logits=4, seed=seed)
+    coords = g.feature_coords
+    for t in range(g.n_selected):
+        lt, pt, _ = coords[t].tolist()
+        row = g.adjacency[t]
+        for s in torch.nonzero(row[: g.n_selected]).flatten().tolist():
+            ls, ps, _ = coords[s].tolist()
+            assert ls < lt and ps <= pt
+        for col in torch.nonzero(row[g.error_range.start : g.error_range.stop]).flatten().tolist():
+            le, pe = divmod(col, g.n_positions)
+            assert le < lt and 0 < pe <= pt
+        for pos in torch.nonzero(row[g.token_range.start :]).flatten().tolist():
+            assert pos <= pt
+    # no features or errors at the zeroed BOS position
+    assert (g.active_features[:, 1] > 0).all()
+    error_cols = g.adjacency[:, g.error_range.start : g.error_range.stop].reshape(-1, g.n_layers, g.n_positions)
+    assert not error_cols[:, :, 0].any()
+    # the feature→feature block is strictly lower triangular: the graph is a DAG
+    assert not torch.triu(g.adjacency[: g.n_selected, : g.n_selected]).any()
+
+
+def test_random_graph_is_deterministic_and_seed_dependent() -> None:
+    a = random_graph(3, 5, 20, 3, seed=7)
+    assert a == random_graph(3, 5, 20, 3, seed=7)
+    assert a != random_graph(3, 5, 20, 3, seed=8)
+
+
+def test_random_graph_targets() -> None:
+    g = random_graph(2, 4, 10, 5, seed=0, n_custom_targets=2)
+    probs = g.logit_probabilities
+    assert (probs[:-1] >= probs[1:]).all() and float(probs.sum()) < 1.0
+    assert [g.is_virtual_logit(i) for i in range(5)] == [False] * 3 + [True] * 2
+    assert g.logit_token_ids[3:].tolist() == [g.vocab_size + 3, g.vocab_size + 4]
+    assert g.n_active == 10 + 10 // 4
+
+
+def test_random_graph_rejects_impossible_sizes() -> None:
+    with pytest.raises(ShapeMismatchError):
+        random_graph(n_layers=1, n_pos=1, n_sel=3)
+    with pytest.raises(ShapeMismatchError):
+        random_graph(n_layers=1, n_pos=2, n_sel=10, n_features=2)
