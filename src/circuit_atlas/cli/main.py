@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "steer",
     "features",
     "train",
+    "eval_transcoders",
     "demo",
 )
 

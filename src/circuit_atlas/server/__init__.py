@@ -1,1 +1,35 @@
-"""server"""
+"""The local graph explorer: a FastAPI app over a folder of graphs, plus the static web app.
+
+Public API (imported lazily, so `import circuit_atlas.server` stays cheap):
+
+- `create_app(data_dir, *, features=None, allowed_hosts=None, max_body_bytes=...)` -> FastAPI
+- `serve(data_dir, *, host="127.0.0.1", port=8041, open_browser=True, features_dir=None)`
+- `BackgroundServer(app, host="127.0.0.1", port=0)` (`.start()`, `.url`, `.stop()`)
+- `write_graph_bundle(graph, out_dir, slug, node_threshold=0.8, edge_threshold=0.98)` -> Path
+- `FeatureProvider` protocol and `load_feature_provider(path)`
+
+The data-folder layout is documented in `circuit_atlas.server.bundle`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "create_app": "circuit_atlas.server.app",
+    "serve": "circuit_atlas.server.runner",
+    "BackgroundServer": "circuit_atlas.server.runner",
+    "write_graph_bundle": "circuit_atlas.server.bundle",
+    "FeatureProvider": "circuit_atlas.server.features",
+    "load_feature_provider": "circuit_atlas.server.features",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'circuit_atlas.server' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,119 @@
+"""Computing adjacency rows: one batched backward pass per batch of targets.
+
+A row holds the direct effects of every source on one target. In the frozen replacement model the
+target's value is linear in the sources, so its gradient at each hook, dotted with each source's
+vector there, is that source's direct effect. A batch of targets is handled by one backward pass:
+
+- "vmap" (default): one forward pass of a single copy of the prompt, then
+  `torch.autograd.grad(..., is_grads_batched=True)` pushes a batch of cotangents through it with
+  vmap. Activations are stored once, not once per batch element.
+- "expand": the prompt is repeated `batch_size` times along the batch axis and batch element `b`
+  carries target `b` (the reference library's approach); used where vmap is unavailable.
+
+Only the causal cone is touched: gradients exist only below the deepest target layer in the
+batch, and targets are processed in layer order so a batch reaches only as deep as it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from circuit_atlas.attribution.sources import AttributionSources, DecoderGroup
+
+LOGIT_LAYER = -1  # marks a target read at the final-norm output
+
+
+@dataclass
+class Injection:
+    """Targets of one batch: where each is read and along which direction."""
+
+    layers: torch.Tensor  # [B] target layer, or LOGIT_LAYER for logits
+    positions: torch.Tensor  # [B]
+    vectors: torch.Tensor  # [B, d]
+
+
+class RowComputer:
+    """Turns batches of targets into adjacency rows over all source columns."""
+
+    def __init__(self, frozen, sources: AttributionSources, strategy: str):
+        self.frozen = frozen
+        self.sources = sources
+        self.strategy = strategy
+        self.n_layers = sources.n_layers
+
+    def rows(self, injection: Injection) -> torch.Tensor:
+        """`[B, n_columns]` float32 rows for one batch of targets."""
+        gradients, embedding_gradient = self._gradients(injection)
+        batch = injection.layers.shape[0]
+        reach = int(injection.positions.max()) + 1
+        out = torch.zeros(batch, self.sources.n_columns, dtype=torch.float32, device=embedding_gradient.device)
+        for layer, gradient in enumerate(gradients):
+            if gradient is None:
+                continue
+            self._add_decoder_effects(out, gradient, self.sources.decoder_groups[layer], reach)
+            start = self.sources.error_column(layer, 0)
+            out[:, start : start + self.sources.n_positions] = torch.einsum(
+                "bpd,pd->bp", gradient, self.sources.errors[layer]
+            ).float()
+        start = self.sources.token_column(0)
+        out[:, start:] = torch.einsum("bpd,pd->bp", embedding_gradient, self.sources.token_vectors).float()
+        return out
+
+    @staticmethod
+    def _add_decoder_effects(out: torch.Tensor, gradient: torch.Tensor, group: DecoderGroup, reach: int) -> None:
+        """Add `⟨gradient[b, pos], vector⟩` into each vector's source column.
+
+        `reach` is one past the last position any target of the batch reads: gradients beyond it
+        are zero (attention is causal), so those positions are skipped.
+        """
+        if group.vectors.shape[1] == 0:
+            return
+        vectors = group.vectors[:reach]  # [p, m, d]
+        effects = torch.bmm(vectors, gradient[:, :reach].permute(1, 2, 0))  # [p, m, B]
+        valid = group.valid[:reach]
+        out.index_add_(1, group.columns[:reach][valid], effects[valid].t().float())
+
+    def _gradients(self, injection: Injection):
+        readouts, cotangents = self._readouts(injection)
+        deepest = int(injection.layers.max()) if (injection.layers >= 0).all() else self.n_layers
+        wrt = [self.frozen.outputs[layer] for layer in range(deepest)] + [self.frozen.embeddings]
+        if self.strategy == "vmap":
+            grads = torch.autograd.grad(
+                readouts, wrt, grad_outputs=cotangents, retain_graph=True, allow_unused=True, is_grads_batched=True
+            )
+            grads = [None if g is None else g[:, 0] for g in grads]
+        else:
+            scalar = sum((r * c).sum() for r, c in zip(readouts, cotangents))
+            grads = list(torch.autograd.grad(scalar, wrt, retain_graph=True, allow_unused=True))
+            batch = injection.layers.shape[0]
+            grads = [None if g is None else g[:batch] for g in grads]
+        layer_grads = list(grads[:-1]) + [None] * (self.n_layers - deepest)
+        embedding_gradient = grads[-1]
+        if embedding_gradient is None:
+            shape = (injection.layers.shape[0],) + tuple(self.frozen.embeddings.shape[1:])
+            embedding_gradient = torch.zeros(shape, dtype=self.frozen.embeddings.dtype, device=self.frozen.embeddings.device)
+        return layer_grads, embedding_gradient
+
+    def _readouts(self, injection: Injection):
+        """The tensors read by the targets, with one cotangent per batch element."""
+        readouts, cotangents = [], []
+        batch = injection.layers.shape[0]
+        for layer in torch.unique(injection.layers).tolist():
+            tensor = self.frozen.final_hidden if layer == LOGIT_LAYER else self.frozen.inputs[layer]
+            members = torch.nonzero(injection.layers == layer).flatten()
+            readouts.append(tensor)
+            cotangents.append(self._cotangent(tensor, batch, members, injection))
+        return readouts, cotangents
+
+    def _cotangent(self, tensor, batch, members, injection) -> torch.Tensor:
+        vectors = injection.vectors[members].to(tensor.dtype)
+        positions = injection.positions[members]
+        if self.strategy == "vmap":
+            cot = torch.zeros((batch,) + tuple(tensor.shape), dtype=tensor.dtype, device=tensor.device)
+            cot[members, 0, positions] = vectors
+        else:
+            cot = torch.zeros_like(tensor)
+            cot[members, positions] = vectors
+        return cot

@@ -1,0 +1,124 @@
+"""Source vectors of the attribution graph: what each node writes into the frozen model.
+
+Every source node contributes a vector at a hook the frozen model reads linearly:
+- an active feature writes `activation × decoder row` into the output hook of each layer its
+  decoder reaches (one layer for a PLT, every later layer for a CLT), at its own position;
+- an error node writes the reconstruction error `E[l, p]` at the output hook of layer `l`;
+- a token node writes its embedding vector into the residual stream entering layer 0.
+An edge's weight is the dot product of that vector with the target's gradient at the same place.
+
+Decoder vectors are grouped by the layer they are written to, because the backward pass delivers
+gradients one output hook at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DecoderGroup:
+    """Decoder vectors written into the output hook of one layer, padded into a block per position.
+
+    Vectors are laid out `[P, m, d]` (position, slot, model dim) with `m` the largest number of
+    vectors at any one position, so the dot products with a batch of gradients `[B, P, d]` are a
+    single batched matrix product per layer instead of a gather of `B × n × d` elements.
+    Unused slots hold zero vectors and column index 0 and are masked out by `valid`.
+    """
+
+    columns: torch.Tensor  # [P, m] index of the source feature among the active features
+    vectors: torch.Tensor  # [P, m, d] activation-scaled decoder rows
+    valid: torch.Tensor  # [P, m] bool: slot holds a real vector
+
+    @property
+    def count(self) -> int:
+        return int(self.valid.sum())
+
+
+@dataclass
+class AttributionSources:
+    """Everything that feeds edges, for one prompt."""
+
+    active_features: torch.Tensor  # [n_act, 3] (layer, position, feature), lexicographic
+    activation_values: torch.Tensor  # [n_act]
+    decoder_groups: list[DecoderGroup]  # one per output layer
+    errors: torch.Tensor  # [L, P, d]
+    token_vectors: torch.Tensor  # [P, d]
+
+    @property
+    def n_active(self) -> int:
+        return int(self.active_features.shape[0])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.errors.shape[0])
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.errors.shape[1])
+
+    @property
+    def n_columns(self) -> int:
+        """Source columns while computing: active features, errors, tokens."""
+        return self.n_active + (self.n_layers + 1) * self.n_positions
+
+    def error_column(self, layer: int, position: int) -> int:
+        return self.n_active + layer * self.n_positions + position
+
+    def token_column(self, position: int) -> int:
+        return self.n_active + self.n_layers * self.n_positions + position
+
+
+def collect_sources(transcoders, run, compute_dtype: torch.dtype) -> AttributionSources:
+    """Gather activation-scaled decoder vectors, errors and token vectors from a clean run."""
+    activations = run.activations.coalesce()
+    indices = activations.indices().t().contiguous()  # [n_act, 3]
+    values = activations.values()
+    n_layers = run.errors.shape[0]
+    device = run.errors.device
+    per_target: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(n_layers)]
+    for source_layer in range(n_layers):
+        in_layer = torch.nonzero(indices[:, 0] == source_layer).flatten()
+        if in_layer.numel() == 0:
+            continue
+        positions = indices[in_layer, 1]
+        features = indices[in_layer, 2]
+        scale = values[in_layer].to(compute_dtype).unsqueeze(1)
+        for target_layer in transcoders.target_layers(source_layer):
+            rows = transcoders.decoder_rows(source_layer, features, target_layer)
+            vectors = rows.to(device=device, dtype=compute_dtype) * scale
+            per_target[target_layer].append((in_layer, positions, vectors))
+    n_positions, d_model = run.errors.shape[1], run.errors.shape[2]
+    groups = [_merge_group(parts, n_positions, d_model, device, compute_dtype) for parts in per_target]
+    return AttributionSources(
+        active_features=indices.cpu(),
+        activation_values=values.float().cpu(),
+        decoder_groups=groups,
+        errors=run.errors.to(compute_dtype),
+        token_vectors=run.token_vectors.to(compute_dtype),
+    )
+
+
+def _merge_group(parts, n_positions: int, d_model: int, device, dtype) -> DecoderGroup:
+    if not parts:
+        return DecoderGroup(
+            torch.zeros(n_positions, 0, dtype=torch.long, device=device),
+            torch.zeros(n_positions, 0, d_model, device=device, dtype=dtype),
+            torch.zeros(n_positions, 0, dtype=torch.bool, device=device),
+        )
+    columns, positions, vectors = (torch.cat(items) for items in zip(*parts))
+    order = torch.argsort(positions, stable=True)
+    columns, positions, vectors = columns[order], positions[order], vectors[order]
+    counts = torch.bincount(positions, minlength=n_positions)
+    starts = torch.cumsum(counts, 0) - counts
+    slots = torch.arange(positions.numel(), device=device) - starts[positions]
+    width = int(counts.max())
+    padded = torch.zeros(n_positions, width, d_model, device=device, dtype=dtype)
+    padded_columns = torch.zeros(n_positions, width, dtype=torch.long, device=device)
+    valid = torch.zeros(n_positions, width, dtype=torch.bool, device=device)
+    padded[positions, slots] = vectors
+    padded_columns[positions, slots] = columns
+    valid[positions, slots] = True
+    return DecoderGroup(padded_columns, padded, valid)

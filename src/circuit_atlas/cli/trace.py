@@ -1,0 +1,125 @@
+"""`circuit-atlas trace`: attribute one prompt and write the graph bundle the explorer serves."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from circuit_atlas.errors import CircuitAtlasError
+
+EXAMPLE = """\
+examples:
+  circuit-atlas trace --model demo --transcoders demo \\
+      --prompt "the capital of the region containing dallas is" --out graphs/dallas --serve
+  circuit-atlas trace --model google/gemma-2-2b --transcoders gemma \\
+      --prompt "Fact: the capital of the state containing Dallas is" --out graphs/dallas \\
+      --logit-diff " Austin" " Dallas" --max-feature-nodes 4096 --dtype bfloat16 --device cuda
+"""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "trace",
+        help="attribute a prompt and write its graph (native + pruned JSON for the explorer)",
+        description="Trace the attribution graph of a prompt through a model's transcoders.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="hub id, local directory, or 'demo'")
+    parser.add_argument("--transcoders", required=True, help="hub id (repo[/sub][@rev]), local directory, or 'demo'")
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text (BOS is prepended when the tokenizer has one)")
+    prompt.add_argument("--token-ids", help="comma-separated token ids, used exactly as given")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for the graph bundle")
+    parser.add_argument("--slug", help="graph name (default: derived from the prompt)")
+    parser.add_argument("--targets", nargs="+", metavar="TOKEN", help="explain these tokens (strings or ids) instead of the most likely ones")
+    parser.add_argument("--logit-diff", nargs=2, metavar=("POS", "NEG"), help="explain the logit difference POS − NEG")
+    parser.add_argument("--max-n-logits", type=int, default=10, help="most likely tokens to explain (default 10)")
+    parser.add_argument("--desired-logit-prob", type=float, default=0.95, help="stop adding logits at this cumulative probability")
+    parser.add_argument("--max-feature-nodes", type=int, default=7500, help="features that get rows (default 7500)")
+    parser.add_argument("--batch-size", type=int, default=64, help="targets per backward pass (default 64)")
+    parser.add_argument("--node-threshold", type=float, default=0.8, help="cumulative influence kept by node pruning")
+    parser.add_argument("--edge-threshold", type=float, default=0.98, help="cumulative influence kept by edge pruning")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: float32)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda if available)")
+    parser.add_argument("--serve", action="store_true", help="start the explorer on the output folder afterwards")
+    parser.add_argument("--port", type=int, default=8041, help="explorer port with --serve (default 8041)")
+    parser.add_argument("--no-browser", action="store_true", help="with --serve: do not open a browser")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def parse_token_ids(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise CircuitAtlasError(f"--token-ids must be comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise CircuitAtlasError("--token-ids is empty")
+    return ids
+
+
+def parse_targets(args) -> list | None:
+    from circuit_atlas.attribution import LogitDifference
+
+    if args.targets and args.logit_diff:
+        raise CircuitAtlasError("give either --targets or --logit-diff, not both")
+    if args.logit_diff:
+        return [LogitDifference(*[_token_or_id(t) for t in args.logit_diff])]
+    if args.targets:
+        return [_token_or_id(t) for t in args.targets]
+    return None
+
+
+def _token_or_id(text: str):
+    return int(text) if re.fullmatch(r"\d+", text) else text
+
+
+def default_slug(prompt_text: str) -> str:
+    words = re.findall(r"[A-Za-z0-9]+", prompt_text.lower())
+    slug = "-".join(words)[:60].strip("-")
+    return slug or "graph"
+
+
+def run(args) -> int:
+    import circuit_atlas
+    from circuit_atlas.graph import graph_scores
+    from circuit_atlas.server.bundle import write_graph_bundle
+
+    prompt = parse_token_ids(args.token_ids) if args.token_ids else args.prompt
+    targets = parse_targets(args)
+    model = circuit_atlas.load(args.model, args.transcoders, device=args.device, dtype=args.dtype)
+    graph = circuit_atlas.attribute(
+        model,
+        prompt,
+        targets=targets,
+        max_n_logits=args.max_n_logits,
+        desired_logit_prob=args.desired_logit_prob,
+        max_feature_nodes=args.max_feature_nodes,
+        batch_size=args.batch_size,
+    )
+    slug = args.slug or default_slug(graph.prompt if args.token_ids else args.prompt)
+    written = write_graph_bundle(graph, args.out, slug, args.node_threshold, args.edge_threshold)
+    print(summarise(graph, graph_scores(graph), written))
+    if args.serve:
+        from circuit_atlas.cli.serve import serve_folder
+
+        serve_folder(args.out, host="127.0.0.1", port=args.port, open_browser=not args.no_browser)
+    return 0
+
+
+def summarise(graph, scores, written) -> str:
+    """The summary printed after tracing: sizes, scores, top logits, where the files are."""
+    lines = [
+        f"prompt: {graph.prompt!r} ({len(graph.tokens)} tokens)",
+        f"active features: {graph.active_features.shape[0]}, with rows: {graph.selected_features.shape[0]}",
+        f"replacement score: {scores.replacement:.3f}   completeness score: {scores.completeness:.3f}",
+        "top logits: "
+        + ", ".join(f"{tok!r} p={p:.3f}" for tok, p in zip(graph.logit_tokens[:5], graph.logit_probabilities.tolist())),
+    ]
+    kept = getattr(written, "n_nodes", None)
+    if kept is not None:
+        lines.append(f"pruned view: {kept} nodes, {getattr(written, 'n_links', '?')} links")
+    lines.append(f"written to: {getattr(written, 'folder', written)}")
+    return "\n".join(lines)

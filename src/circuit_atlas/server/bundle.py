@@ -1,0 +1,138 @@
+"""The on-disk layout the explorer serves, and the writer `trace` uses to produce it.
+
+A data folder (``circuit-atlas serve DIR``) holds graphs in any of these places::
+
+    DIR/<slug>/                     one graph bundle (written by write_graph_bundle)
+        bundle.json                 {"format": "circuit-atlas-graph-bundle", "version": 1,
+                                     "slug", "node_threshold", "edge_threshold"}
+        graph/                      the native Graph (Graph.save / Graph.load)
+        <slug>.json                 pruned graph JSON (graph-json.md) at the default thresholds
+        graph-metadata.json         reference-frontend index of that JSON (graph-json.md §9)
+        <slug>.annotations.json     labels, supernodes, pinned sets (written by the server)
+    DIR/<name>.json                 loose graph-JSON files, e.g. a circuit-tracer output folder
+    DIR/<sub>/<name>.json           ... also one folder down
+    DIR itself may be a bundle      (``serve graphs/dallas`` right after ``trace --out graphs/dallas``
+                                     when trace wrote the bundle files straight into that folder)
+
+A bundle may lack either the native graph (then thresholds filter the JSON's ``influence``
+values and scores are unavailable) or the JSON (then it is pruned on demand).
+Annotations for a loose ``<name>.json`` go to ``<name>.annotations.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.server.atomic import atomic_write_json
+
+BUNDLE_FORMAT = "circuit-atlas-graph-bundle"
+BUNDLE_VERSION = 1
+BUNDLE_FILE = "bundle.json"
+NATIVE_DIR = "graph"
+METADATA_FILE = "graph-metadata.json"
+ANNOTATIONS_SUFFIX = ".annotations.json"
+DEFAULT_NODE_THRESHOLD = 0.8
+DEFAULT_EDGE_THRESHOLD = 0.98
+
+SLUG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# File names in a data folder that are never graphs.
+NOT_GRAPH_FILES = frozenset({BUNDLE_FILE, METADATA_FILE, "package.json", "tsconfig.json"})
+
+
+def check_slug(slug: str) -> str:
+    """Slugs become file names and URL segments, so only a safe character set is allowed."""
+    if not isinstance(slug, str) or not SLUG_PATTERN.match(slug) or slug.endswith(".json"):
+        raise CircuitAtlasError(
+            f"slug {slug!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return slug
+
+
+def check_threshold(name: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise CircuitAtlasError(f"{name} must lie in [0, 1], got {value}")
+    return value
+
+
+def annotations_path_for(folder: Path, slug: str) -> Path:
+    return Path(folder) / f"{slug}{ANNOTATIONS_SUFFIX}"
+
+
+def read_bundle_info(folder: Path) -> dict[str, Any] | None:
+    """The parsed ``bundle.json`` of ``folder``, or ``None`` when it is not a bundle."""
+    path = Path(folder) / BUNDLE_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:
+        return None
+    return info
+
+
+def write_graph_bundle(
+    graph: Any,
+    out_dir: str | Path,
+    slug: str,
+    node_threshold: float = DEFAULT_NODE_THRESHOLD,
+    edge_threshold: float = DEFAULT_EDGE_THRESHOLD,
+    *,
+    labels: Mapping[Any, str] | None = None,
+) -> Path:
+    """Write ``graph`` as ``out_dir/<slug>/`` (layout in this module's docstring); return it.
+
+    The native graph is written to a temporary sibling folder first and swapped in, so a failed
+    write never leaves a half-written graph under the bundle's name. An existing annotations file
+    is kept, so re-tracing a prompt keeps the labels of nodes whose ids did not change.
+    """
+    from circuit_atlas.graph import write_graph_json
+
+    check_slug(slug)
+    node_threshold = check_threshold("node_threshold", node_threshold)
+    edge_threshold = check_threshold("edge_threshold", edge_threshold)
+    folder = Path(out_dir) / slug
+    if folder.exists() and not folder.is_dir():
+        raise CircuitAtlasError(f"cannot write graph bundle: {folder} exists and is not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and read_bundle_info(folder) is None:
+        raise CircuitAtlasError(
+            f"cannot write graph bundle: {folder} already holds files that are not a "
+            f"circuit-atlas bundle (no {BUNDLE_FILE}); choose another --out or slug"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{NATIVE_DIR}.", dir=folder))
+    try:
+        graph.save(staging)
+        final = folder / NATIVE_DIR
+        old = None
+        if final.exists():
+            old = folder / f".{NATIVE_DIR}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        staging.rename(final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    write_graph_json(graph, folder, slug, node_threshold, edge_threshold, labels)
+    atomic_write_json(
+        folder / BUNDLE_FILE,
+        {
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "slug": slug,
+            "node_threshold": node_threshold,
+            "edge_threshold": edge_threshold,
+        },
+    )
+    return folder

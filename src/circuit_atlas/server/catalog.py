@@ -1,0 +1,294 @@
+"""Finds the graphs in a data folder and loads them, never touching anything outside it.
+
+Discovery walks the folder itself and one level of subfolders (layout: ``bundle.py``). Every
+path is resolved and must stay inside the resolved data folder, so a symlink pointing elsewhere
+is ignored rather than followed. Clients name graphs only by id; ids map to paths through a
+table built here, so no client string is ever joined onto a file path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Hashable
+
+from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.server.bundle import (
+    ANNOTATIONS_SUFFIX,
+    DEFAULT_EDGE_THRESHOLD,
+    DEFAULT_NODE_THRESHOLD,
+    NATIVE_DIR,
+    NOT_GRAPH_FILES,
+    annotations_path_for,
+    read_bundle_info,
+)
+
+MAX_GRAPH_JSON_BYTES = 1024 * 1024 * 1024
+_METADATA_PREFIX_BYTES = 1 << 20
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class GraphNotFound(CircuitAtlasError):
+    """No graph with the requested id exists in the data folder."""
+
+
+class GraphUnreadable(CircuitAtlasError):
+    """A graph's files exist but cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """One graph in the data folder; ``native_dir`` and/or ``json_path`` is set."""
+
+    id: str
+    slug: str
+    folder: Path
+    native_dir: Path | None
+    json_path: Path | None
+    annotations_path: Path
+    node_threshold: float = DEFAULT_NODE_THRESHOLD
+    edge_threshold: float = DEFAULT_EDGE_THRESHOLD
+    summary: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def stamp(self) -> tuple:
+        """Changes whenever the graph's files change, so caches know to reload."""
+        parts: list[Any] = []
+        for path in (self.native_dir, self.json_path):
+            if path is None:
+                parts.append(None)
+                continue
+            try:
+                if path.is_dir():
+                    parts.append(
+                        tuple(sorted((p.name, p.stat().st_mtime_ns) for p in path.iterdir()))
+                    )
+                else:
+                    st = path.stat()
+                    parts.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                parts.append("missing")
+        return tuple(parts)
+
+
+class LRUCache:
+    """A small thread-safe LRU cache that builds missing values under a per-key lock."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self._guard = threading.Lock()
+        self._key_locks: dict[Hashable, threading.Lock] = {}
+
+    def get_or_build(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        with self._guard:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        with lock:  # one builder per key; others wait for its result
+            with self._guard:
+                if key in self._data:
+                    return self._data[key]
+            value = build()
+            with self._guard:
+                self._data[key] = value
+                self._data.move_to_end(key)
+                while len(self._data) > self.maxsize:
+                    self._data.popitem(last=False)
+                self._key_locks.pop(key, None)
+            return value
+
+
+def resolve_inside(path: Path, root: Path) -> Path | None:
+    """``path`` resolved, or ``None`` when it resolves outside ``root`` (symlink escape)."""
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    return resolved if resolved == root or resolved.is_relative_to(root) else None
+
+
+def read_json_metadata(path: Path) -> dict[str, Any]:
+    """The ``metadata`` object of a graph-JSON file without parsing the whole file.
+
+    Writers put ``metadata`` first (graph-json.md §1), so decoding from the key onwards in the
+    first MiB usually suffices; otherwise the whole file is parsed.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(_METADATA_PREFIX_BYTES).decode("utf-8", errors="ignore")
+    match = re.search(r'"metadata"\s*:\s*', head)
+    if match:
+        try:
+            value, _ = json.JSONDecoder().raw_decode(head, match.end())
+            if isinstance(value, dict):
+                return value
+        except json.JSONDecodeError:
+            pass
+    doc = load_graph_json(path)
+    return doc.get("metadata", {})
+
+
+def load_graph_json(path: Path) -> dict[str, Any]:
+    """Parse a graph-JSON file, normalised by the graph package's reader (both qParams forms,
+    both error-id forms)."""
+    from circuit_atlas.graph import GraphFileError, read_graph_json
+
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise GraphUnreadable(f"graph file {path} is not readable: {exc}") from exc
+    if size > MAX_GRAPH_JSON_BYTES:
+        raise GraphUnreadable(f"graph file {path} is larger than {MAX_GRAPH_JSON_BYTES} bytes")
+    try:
+        return read_graph_json(path)
+    except GraphFileError as exc:
+        raise GraphUnreadable(str(exc)) from exc
+    except (OSError, ValueError) as exc:
+        raise GraphUnreadable(f"graph file {path} is not readable JSON: {exc}") from exc
+
+
+def _looks_like_graph_json(path: Path) -> bool:
+    name = path.name
+    if not name.endswith(".json") or name.endswith(ANNOTATIONS_SUFFIX) or name in NOT_GRAPH_FILES:
+        return False
+    if name.startswith("."):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096).lstrip()
+    except OSError:
+        return False
+    return head.startswith(b"{") and (b'"metadata"' in head or b'"nodes"' in head)
+
+
+class GraphCatalog:
+    """The graphs in one data folder, re-discovered on each listing (a few stat calls)."""
+
+    def __init__(self, root: str | Path) -> None:
+        root_path = Path(root).expanduser()
+        if not root_path.is_dir():
+            raise CircuitAtlasError(f"data folder {root_path} does not exist or is not a folder")
+        self.root = root_path.resolve()
+        self._entries: dict[str, GraphEntry] = {}
+        self._meta_cache: dict[tuple, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    # -- discovery ---------------------------------------------------------------------------
+    def _bundle_entry(self, folder: Path) -> GraphEntry | None:
+        info = read_bundle_info(folder)
+        native = resolve_inside(folder / NATIVE_DIR, self.root)
+        if native is not None and not native.is_dir():
+            native = None
+        slug = (info or {}).get("slug") or folder.name
+        json_path = resolve_inside(folder / f"{slug}.json", self.root)
+        if info is None and native is None:
+            return None
+        return GraphEntry(
+            id=slug,
+            slug=slug,
+            folder=folder,
+            native_dir=native,
+            json_path=json_path if json_path and json_path.is_file() else None,
+            annotations_path=annotations_path_for(folder, slug),
+            node_threshold=float((info or {}).get("node_threshold", DEFAULT_NODE_THRESHOLD)),
+            edge_threshold=float((info or {}).get("edge_threshold", DEFAULT_EDGE_THRESHOLD)),
+        )
+
+    def _loose_entries(self, folder: Path) -> list[GraphEntry]:
+        out = []
+        for path in sorted(folder.iterdir()):
+            resolved = resolve_inside(path, self.root)
+            if resolved is None or not resolved.is_file() or not _looks_like_graph_json(path):
+                continue
+            slug = path.name[: -len(".json")]
+            out.append(
+                GraphEntry(
+                    id=slug,
+                    slug=slug,
+                    folder=folder,
+                    native_dir=None,
+                    json_path=resolved,
+                    annotations_path=annotations_path_for(folder, slug),
+                )
+            )
+        return out
+
+    def _discover(self) -> list[GraphEntry]:
+        found: list[GraphEntry] = []
+        own = self._bundle_entry(self.root)
+        if own is not None:
+            found.append(own)
+        else:
+            found.extend(self._loose_entries(self.root))
+        for sub in sorted(self.root.iterdir()):
+            if sub.name.startswith(".") or resolve_inside(sub, self.root) is None or not sub.is_dir():
+                continue
+            if own is not None and sub.name == NATIVE_DIR:
+                continue
+            entry = self._bundle_entry(sub)
+            found.extend([entry] if entry is not None else self._loose_entries(sub))
+        return found
+
+    def refresh(self) -> list[GraphEntry]:
+        """Rescan the folder and give every graph a unique, URL-safe id."""
+        entries: dict[str, GraphEntry] = {}
+        for entry in self._discover():
+            base = _ID_UNSAFE.sub("-", entry.slug).strip("-.") or "graph"
+            if entry.folder != self.root and base in entries:
+                base = _ID_UNSAFE.sub("-", f"{entry.folder.name}.{base}")
+            graph_id, n = base, 2
+            while graph_id in entries:
+                graph_id, n = f"{base}-{n}", n + 1
+            entries[graph_id] = dataclasses.replace(entry, id=graph_id)
+        with self._lock:
+            self._entries = entries
+        return list(entries.values())
+
+    def get(self, graph_id: str) -> GraphEntry:
+        with self._lock:
+            entry = self._entries.get(graph_id)
+        if entry is None:
+            self.refresh()
+            with self._lock:
+                entry = self._entries.get(graph_id)
+        if entry is None:
+            raise GraphNotFound(f"no graph with id {graph_id!r} in {self.root}")
+        return entry
+
+    # -- summaries ---------------------------------------------------------------------------
+    def summary(self, entry: GraphEntry, load_native_metadata: Callable[[Path], dict]) -> dict:
+        """Metadata for the graph list (prompt, tokens, scan), cached by file stamp."""
+        key = (entry.id, entry.stamp())
+        cached = self._meta_cache.get(key)
+        if cached is None:
+            metadata: dict[str, Any] = {}
+            try:
+                if entry.json_path is not None:
+                    metadata = read_json_metadata(entry.json_path)
+                elif entry.native_dir is not None:
+                    metadata = load_native_metadata(entry.native_dir)
+                error = None
+            except (CircuitAtlasError, OSError, ValueError) as exc:
+                error = str(exc)
+            cached = {
+                "id": entry.id,
+                "slug": entry.slug,
+                "prompt": metadata.get("prompt", ""),
+                "prompt_tokens": metadata.get("prompt_tokens", []),
+                "scan": metadata.get("scan"),
+                "has_native": entry.native_dir is not None,
+                "has_json": entry.json_path is not None,
+                "node_threshold": entry.node_threshold,
+                "edge_threshold": entry.edge_threshold,
+                "folder": os.path.relpath(entry.folder, self.root),
+                "error": error,
+            }
+            self._meta_cache[key] = cached
+        return cached
+

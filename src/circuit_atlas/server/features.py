@@ -1,0 +1,182 @@
+"""Optional feature details (top examples, promoted/suppressed tokens) for the feature panel.
+
+The explorer works without feature data; `serve --features DIR` plugs a provider in. The
+provider protocol is one method, so the dashboards part (`circuit_atlas.features`) can supply
+its own store later without the server knowing its internals. Two stores are read here directly
+because they are plain files other tools already write (graph-json.md §10):
+
+* a folder of per-feature JSON files, ``DIR/<layer>/<index>.json`` or ``DIR/<feature>.json``
+  (``<feature>`` = Cantor pair of layer and index, the reference frontend's naming);
+* the reference binary bundle, ``DIR/index.json.gz`` + data files of length-prefixed
+  zlib-compressed JSON records.
+
+Records are returned as dicts in the graph-json §10.2 shape (``examples_quantiles``,
+``top_logits``, ``bottom_logits``, ``act_min``, ``act_max``, ...), which the web panel renders.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import json
+import math
+import struct
+import threading
+import zlib
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from circuit_atlas.errors import CircuitAtlasError
+
+MAX_FEATURE_RECORD_BYTES = 32 * 1024 * 1024
+
+
+@runtime_checkable
+class FeatureProvider(Protocol):
+    """Looks up one feature's details; ``None`` when the store has nothing for it."""
+
+    def feature(self, layer: int, index: int) -> dict[str, Any] | None: ...
+
+
+def cantor_pair(layer: int, index: int) -> int:
+    """The node ``feature`` value of schema_version 1 graphs (graph-json.md §6)."""
+    s = layer + index
+    return s * (s + 1) // 2 + index
+
+
+def cantor_unpair(value: int) -> tuple[int, int]:
+    """Inverse of :func:`cantor_pair`: ``(layer, index)``."""
+    w = (math.isqrt(8 * value + 1) - 1) // 2
+    t = (w * w + w) // 2
+    index = value - t
+    return w - index, index
+
+
+class JsonDirFeatureProvider:
+    """Per-feature JSON files: ``<root>/<layer>/<index>.json`` or ``<root>/<cantor>.json``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        # Only names we built from integers are opened, so no traversal is possible; the
+        # resolve check still refuses symlinks that point out of the store.
+        try:
+            resolved = path.resolve(strict=True)
+        except (FileNotFoundError, OSError):
+            return None
+        if not resolved.is_relative_to(self.root) or not resolved.is_file():
+            return None
+        if resolved.stat().st_size > MAX_FEATURE_RECORD_BYTES:
+            raise CircuitAtlasError(f"feature file {resolved} is too large to serve")
+        try:
+            data = json.loads(resolved.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CircuitAtlasError(f"feature file {resolved} is not valid JSON: {exc}") from exc
+        return data if isinstance(data, dict) else None
+
+    def feature(self, layer: int, index: int) -> dict[str, Any] | None:
+        for path in (
+            self.root / str(layer) / f"{index}.json",
+            self.root / f"{cantor_pair(layer, index)}.json",
+        ):
+            record = self._read(path)
+            if record is not None:
+                return record
+        return None
+
+
+class BinaryBundleFeatureProvider:
+    """The reference frontend's ``index.json.gz`` + ``.bin`` bundle (graph-json.md §10.3)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        try:
+            raw = gzip.decompress((self.root / "index.json.gz").read_bytes())
+            index = json.loads(raw)
+        except (OSError, EOFError, zlib.error, json.JSONDecodeError) as exc:
+            raise CircuitAtlasError(
+                f"feature bundle index {self.root / 'index.json.gz'} is unreadable: {exc}"
+            ) from exc
+        if isinstance(index, list):
+            index = {str(i): entry for i, entry in enumerate(index)}
+        if not isinstance(index, dict):
+            raise CircuitAtlasError(f"feature bundle index in {self.root} must be a list or object")
+        self._index: dict[str, Any] = index
+        self._lock = threading.Lock()
+
+    def feature(self, layer: int, index: int) -> dict[str, Any] | None:
+        entry = self._index.get(str(layer))
+        if not isinstance(entry, dict):
+            return None
+        offsets = entry.get("offsets") or []
+        filename = entry.get("filename")
+        if not isinstance(filename, str) or not 0 <= index < len(offsets) - 1:
+            return None
+        path = (self.root / filename).resolve()
+        if not path.is_relative_to(self.root):
+            raise CircuitAtlasError(f"feature bundle entry {filename!r} points outside {self.root}")
+        start = int(offsets[index])
+        with self._lock, open(path, "rb") as handle:
+            handle.seek(start)
+            header = handle.read(4)
+            if len(header) < 4:
+                return None
+            (length,) = struct.unpack("<I", header)
+            if length > MAX_FEATURE_RECORD_BYTES:
+                raise CircuitAtlasError(f"feature record {layer}/{index} in {path} is too large")
+            payload = handle.read(length)
+        try:
+            data = json.loads(zlib.decompress(payload, wbits=47))  # 47: zlib or gzip header
+        except (zlib.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CircuitAtlasError(f"feature record {layer}/{index} in {path} is corrupt") from exc
+        return data if isinstance(data, dict) else None
+
+
+class _ExternalProvider:
+    """Wraps an object from ``circuit_atlas.features`` that returns cards instead of dicts."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def feature(self, layer: int, index: int) -> dict[str, Any] | None:
+        for name in ("feature", "get", "card", "lookup"):
+            method = getattr(self.store, name, None)
+            if callable(method):
+                card = method(layer, index)
+                break
+        else:
+            return None
+        if card is None or isinstance(card, dict):
+            return card
+        for name in ("to_frontend_json", "to_json_dict", "to_dict"):
+            method = getattr(card, name, None)
+            if callable(method):
+                return method()
+        return None
+
+
+def load_feature_provider(path: str | Path) -> FeatureProvider:
+    """Open the feature store at ``path``, whichever of the supported layouts it uses.
+
+    Order: the dashboards part's own store (``circuit_atlas.features.open_feature_store``) when
+    that function exists and accepts the folder, then the binary bundle, then JSON files.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise CircuitAtlasError(f"--features: {root} is not a folder")
+    try:
+        features_module = importlib.import_module("circuit_atlas.features")
+    except ImportError:  # pragma: no cover - the package always ships it
+        features_module = None
+    opener = getattr(features_module, "open_feature_store", None)
+    if callable(opener):
+        try:
+            store = opener(root)
+        except CircuitAtlasError:
+            store = None
+        if store is not None:
+            return _ExternalProvider(store)
+    if (root / "index.json.gz").is_file():
+        return BinaryBundleFeatureProvider(root)
+    return JsonDirFeatureProvider(root)

@@ -1,0 +1,197 @@
+"""The trainable transcoder stack: PLT, skip transcoder and CLT in one module.
+
+All layers are trained together on `[N, L, d]` batches (N tokens, every layer at once), because a
+CLT couples layers anyway and a PLT stack then costs one batched einsum per step instead of L
+separate models. Orientation matches circuit-tracer (one row per feature): `W_enc [L, F, d]`,
+PLT `W_dec [L, F, d]`, CLT `W_dec[s] [F, L−s, d]` (row f of source s, block j writes into layer s+j),
+`W_skip [L, d_out, d_in]` applied as `x·W_skipᵀ`.
+
+The module works in *normalised* units: inputs and targets are divided per layer by
+`input_scale` / `target_scale` (buffers, so checkpoints carry them) to have mean squared norm d.
+That makes one set of hyper-parameters fit models of any width; `export_weights` folds the
+scales back into the weights so exported transcoders read raw model activations and produce the
+same feature activations as during training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from circuit_atlas.training.activations import batch_topk, jumprelu, topk_per_token
+from circuit_atlas.training.config import ArchitectureConfig
+
+
+@dataclass
+class StackOutput:
+    """One forward pass: pre-activations and activations `[N, L, F]`, reconstruction `[N, L, d]`,
+    and the decoder norms `[L, F]` the sparsity penalties are weighted by."""
+
+    pre: torch.Tensor
+    acts: torch.Tensor
+    recon: torch.Tensor
+    decoder_norms: torch.Tensor
+
+
+@dataclass
+class ExportedWeights:
+    """Weights in raw model units (scales folded in), ready for any on-disk format.
+
+    `W_dec[s]` is `[F, d]` for PLT/skip and `[F, L−s, d]` for CLT; `threshold` is `[L, F]` for
+    JumpReLU (TopK/BatchTopK are exported as JumpReLU) and None for ReLU.
+    """
+
+    kind: str
+    activation: str
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    W_dec: list[torch.Tensor]
+    b_dec: torch.Tensor
+    W_skip: torch.Tensor | None
+    threshold: torch.Tensor | None
+
+
+class TranscoderStack(nn.Module):
+    """Encoders, decoders, optional skip and JumpReLU thresholds for every layer."""
+
+    def __init__(self, config: ArchitectureConfig, *, seed: int = 0) -> None:
+        super().__init__()
+        self.config = config.validate()
+        L, F, d = config.n_layers, config.n_features, config.d_model
+        gen = torch.Generator().manual_seed(seed)
+        self.W_enc = nn.Parameter(_unit_rows((L, F, d), gen))
+        self.b_enc = nn.Parameter(torch.zeros(L, F))
+        dec_scale = config.decoder_init_norm * math.sqrt(d)
+        if config.cross_layer:
+            self.W_dec = nn.ParameterList(
+                nn.Parameter(_unit_rows((F, L - s, d), gen) * dec_scale / math.sqrt(L - s))
+                for s in range(L))
+        else:
+            self.W_dec = nn.Parameter(_unit_rows((L, F, d), gen) * dec_scale)
+        self.b_dec = nn.Parameter(torch.zeros(L, d))
+        self.W_skip = nn.Parameter(torch.zeros(L, d, d)) if config.has_skip else None
+        if config.activation == "jumprelu":
+            self.log_threshold = nn.Parameter(
+                torch.full((L, F), math.log(config.initial_threshold)))
+        else:
+            self.log_threshold = None
+        self.register_buffer("input_scale", torch.ones(L))
+        self.register_buffer("target_scale", torch.ones(L))
+        # TopK/BatchTopK → JumpReLU conversion: EMA of the batch threshold and its update count.
+        self.register_buffer("threshold_estimate", torch.zeros(L))
+        self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.int64))
+
+    # -- shapes -----------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return self.config.n_layers
+
+    @property
+    def n_features(self) -> int:
+        return self.config.n_features
+
+    @property
+    def d_model(self) -> int:
+        return self.config.d_model
+
+    def decoder_blocks(self) -> list[torch.Tensor]:
+        """Per source layer s, the decoder `[F, T_s, d]` with T_s target layers (1 for PLT)."""
+        if self.config.cross_layer:
+            return list(self.W_dec)
+        return [self.W_dec[s].unsqueeze(1) for s in range(self.n_layers)]
+
+    # -- forward ----------------------------------------------------------------------------
+    def threshold(self) -> torch.Tensor | None:
+        return None if self.log_threshold is None else self.log_threshold.exp()
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nld,lfd->nlf", x, self.W_enc) + self.b_enc
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """Training activation (TopK/BatchTopK stay TopK here; see `activate_inference`)."""
+        act = self.config.activation
+        if act == "relu":
+            return torch.relu(pre)
+        if act == "jumprelu":
+            return jumprelu(pre, self.threshold(), self.config.bandwidth)
+        if act == "topk":
+            return topk_per_token(pre, self.config.k)
+        return batch_topk(pre, self.config.k)
+
+    def inference_threshold(self) -> torch.Tensor | None:
+        """θ `[L, F]` of the exported JumpReLU, or None for ReLU."""
+        act = self.config.activation
+        if act == "relu":
+            return None
+        if act == "jumprelu":
+            return self.threshold().detach()
+        return self.threshold_estimate.detach()[:, None].expand(self.n_layers, self.n_features)
+
+    def activate_inference(self, pre: torch.Tensor) -> torch.Tensor:
+        """The activation function of the exported transcoders: ReLU or strict JumpReLU."""
+        theta = self.inference_threshold()
+        if theta is None:
+            return torch.relu(pre)
+        return pre * (pre > theta).to(pre.dtype)
+
+    def decode(self, acts: torch.Tensor, x: torch.Tensor | None = None, *,
+               biases: bool = True) -> torch.Tensor:
+        """Reconstruction `[N, L, d]`: Σ over sources s ≤ t of acts_s·W_dec[s][:, t−s] (+ b_dec and
+        the skip term when `biases`)."""
+        n = acts.shape[0]
+        # accumulate in float32: under bf16 autocast the einsums return bf16 contributions
+        recon = acts.new_zeros(n, self.n_layers, self.d_model, dtype=torch.float32)
+        for s, block in enumerate(self.decoder_blocks()):
+            contrib = torch.einsum("nf,ftd->ntd", acts[:, s], block.to(acts.dtype))
+            recon = recon.index_add(1, torch.arange(s, s + block.shape[1], device=acts.device),
+                                    contrib.float())
+        if biases:
+            recon = recon + self.b_dec.float()
+            if self.W_skip is not None and x is not None:
+                recon = recon + torch.einsum("nli,loi->nlo", x, self.W_skip).float()
+        return recon
+
+    def decoder_norms(self) -> torch.Tensor:
+        """‖W_dec‖ `[L, F]`; for a CLT the norm of the concatenation over all target layers."""
+        return torch.stack([b.pow(2).sum(dim=(1, 2)).sqrt() for b in self.decoder_blocks()])
+
+    def forward(self, x: torch.Tensor) -> StackOutput:
+        pre = self.pre_activations(x).float()
+        acts = self.activate(pre)
+        recon = self.decode(acts, x).float()
+        return StackOutput(pre=pre, acts=acts, recon=recon, decoder_norms=self.decoder_norms())
+
+    # -- export -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def export_weights(self) -> ExportedWeights:
+        """Fold the normalisation scales into the weights (see module docstring)."""
+        s_in = self.input_scale.float()
+        s_out = self.target_scale.float()
+        W_enc = self.W_enc.detach().float() / s_in[:, None, None]
+        W_dec = []
+        for s, block in enumerate(self.decoder_blocks()):
+            scaled = block.detach().float() * s_out[s:s + block.shape[1]][None, :, None]
+            W_dec.append(scaled if self.config.cross_layer else scaled[:, 0])
+        W_skip = None
+        if self.W_skip is not None:
+            W_skip = self.W_skip.detach().float() * (s_out / s_in)[:, None, None]
+        theta = self.inference_threshold()
+        return ExportedWeights(
+            kind=self.config.kind,
+            activation="relu" if theta is None else "jumprelu",
+            W_enc=W_enc.contiguous(),
+            b_enc=self.b_enc.detach().float().clone(),
+            W_dec=[w.contiguous() for w in W_dec],
+            b_dec=(self.b_dec.detach().float() * s_out[:, None]).contiguous(),
+            W_skip=None if W_skip is None else W_skip.contiguous(),
+            threshold=None if theta is None else theta.float().contiguous().clone(),
+        )
+
+
+def _unit_rows(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Gaussian tensor whose last-axis vectors have unit norm."""
+    w = torch.randn(shape, generator=gen)
+    return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -1,0 +1,185 @@
+"""Settings of a transcoder training run: what to build (`ArchitectureConfig`) and how to
+optimise it (`OptimConfig`).
+
+Both are plain dataclasses that round-trip through JSON, because they are stored in every
+checkpoint (so a resumed run provably continues the same experiment) and in the exported
+transcoder config. `validate()` turns user mistakes into `TrainingConfigError`s that name the
+offending argument, before any tensor is allocated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from circuit_atlas.training.errors import TrainingConfigError
+
+KINDS = ("plt", "skip", "clt")
+ACTIVATIONS = ("relu", "jumprelu", "topk", "batchtopk")
+
+
+@dataclass
+class ArchitectureConfig:
+    """Shape and activation function of the transcoder stack.
+
+    `kind`: "plt" (one transcoder per layer), "skip" (PLT plus an affine skip `x·W_skipᵀ`) or
+    "clt" (encoder per layer, decoders from layer l into every layer ≥ l).
+    `k` is the number of active features per token and layer for topk / batchtopk.
+    `bandwidth` is the width ε of the rectangle kernel of the JumpReLU straight-through
+    estimator and `initial_threshold` the starting θ; both are in units of the normalised
+    pre-activations (encoder rows start at unit norm and inputs at unit variance per coordinate,
+    so pre-activations start near N(0, 1)).
+    """
+
+    kind: str
+    n_layers: int
+    d_model: int
+    n_features: int
+    activation: str = "jumprelu"
+    k: int | None = None
+    bandwidth: float = 0.1
+    initial_threshold: float = 0.5
+    decoder_init_norm: float = 0.1
+
+    @property
+    def cross_layer(self) -> bool:
+        return self.kind == "clt"
+
+    @property
+    def has_skip(self) -> bool:
+        return self.kind == "skip"
+
+    def validate(self) -> "ArchitectureConfig":
+        if self.kind not in KINDS:
+            raise TrainingConfigError(
+                f"--kind: unknown transcoder kind {self.kind!r}; expected one of {', '.join(KINDS)}")
+        if self.activation not in ACTIVATIONS:
+            raise TrainingConfigError(
+                f"--activation: unknown activation {self.activation!r}; expected one of "
+                f"{', '.join(ACTIVATIONS)}")
+        _positive_int("--features", self.n_features)
+        _positive_int("n_layers", self.n_layers)
+        _positive_int("d_model", self.d_model)
+        if self.activation in ("topk", "batchtopk"):
+            if self.k is None:
+                raise TrainingConfigError(f"--k is required with --activation {self.activation}")
+            _positive_int("--k", self.k)
+            if self.k > self.n_features:
+                raise TrainingConfigError(
+                    f"--k ({self.k}) must not exceed --features ({self.n_features})")
+        _positive_float("bandwidth", self.bandwidth)
+        _positive_float("initial_threshold", self.initial_threshold)
+        _positive_float("decoder_init_norm", self.decoder_init_norm)
+        return self
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation and bookkeeping of a run.
+
+    Units: `batch_size` is the *global* number of tokens per step (split across DDP ranks);
+    `dead_after_tokens` counts tokens seen without a feature firing.
+    `sparsity_coefficient` weighs Σ tanh(c·a·‖W_dec‖/√d) (JumpReLU) or Σ a·‖W_dec‖/√d (ReLU);
+    `preact_coefficient` weighs Σ relu(θ − h)·‖W_dec‖/√d, the circuit-tracing paper's auxiliary
+    loss that pulls dead features back towards their threshold; `auxk_coefficient` weighs the
+    AuxK loss of TopK/BatchTopK (dead features reconstruct the residual error).
+    """
+
+    steps: int = 1000
+    batch_size: int = 4096
+    lr: float = 2e-4
+    lr_warmup_steps: int = 100
+    lr_decay_fraction: float = 0.2
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    sparsity_coefficient: float = 1e-3
+    sparsity_c: float = 4.0
+    sparsity_warmup_steps: int = 0
+    preact_coefficient: float = 3e-6
+    auxk_coefficient: float = 1.0 / 32
+    auxk_k: int | None = None
+    dead_after_tokens: int = 10_000_000
+    threshold_ema: float = 0.99
+    normalize: bool = True
+    normalization_batches: int = 4
+    mixed_precision: str = "auto"
+    log_every: int = 50
+    checkpoint_every: int = 500
+    seed: int = 0
+
+    def validate(self) -> "OptimConfig":
+        _positive_int("--steps", self.steps)
+        _positive_int("--batch-size", self.batch_size)
+        _positive_float("--lr", self.lr)
+        _non_negative_int("--lr-warmup-steps", self.lr_warmup_steps)
+        if not 0.0 <= self.lr_decay_fraction <= 1.0:
+            raise TrainingConfigError(
+                f"--lr-decay-fraction must be in [0, 1], got {self.lr_decay_fraction}")
+        for name in ("sparsity_coefficient", "preact_coefficient", "auxk_coefficient",
+                     "grad_clip"):
+            value = getattr(self, name)
+            if not value >= 0.0:  # also rejects NaN
+                raise TrainingConfigError(f"--{name.replace('_', '-')} must be ≥ 0, got {value}")
+        _positive_float("--sparsity-c", self.sparsity_c)
+        _non_negative_int("--sparsity-warmup-steps", self.sparsity_warmup_steps)
+        _positive_int("--dead-after-tokens", self.dead_after_tokens)
+        _positive_int("--log-every", self.log_every)
+        _positive_int("--checkpoint-every", self.checkpoint_every)
+        _positive_int("normalization_batches", self.normalization_batches)
+        if self.auxk_k is not None:
+            _positive_int("auxk_k", self.auxk_k)
+        if not 0.0 <= self.threshold_ema < 1.0:
+            raise TrainingConfigError(f"threshold_ema must be in [0, 1), got {self.threshold_ema}")
+        if self.mixed_precision not in ("auto", "bf16", "none"):
+            raise TrainingConfigError(
+                f"--mixed-precision must be auto, bf16 or none, got {self.mixed_precision!r}")
+        return self
+
+
+def to_json_dict(config: ArchitectureConfig | OptimConfig) -> dict[str, Any]:
+    """Dataclass → JSON-ready dict (tuples become lists)."""
+    return json_ready(dataclasses.asdict(config))
+
+
+def architecture_from_dict(data: dict[str, Any]) -> ArchitectureConfig:
+    return ArchitectureConfig(**_known_fields(ArchitectureConfig, data)).validate()
+
+
+def optim_from_dict(data: dict[str, Any]) -> OptimConfig:
+    values = _known_fields(OptimConfig, data)
+    if "adam_betas" in values:
+        values["adam_betas"] = tuple(values["adam_betas"])
+    return OptimConfig(**values).validate()
+
+
+def json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise TrainingConfigError(f"{cls.__name__}: unknown setting(s) {', '.join(unknown)}")
+    return dict(data)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise TrainingConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _non_negative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TrainingConfigError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def _positive_float(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or not value > 0:
+        raise TrainingConfigError(f"{name} must be a positive number, got {value!r}")

@@ -1,0 +1,208 @@
+"""circuit-atlas's own transcoder format: one JSON config + safetensors files.
+
+Why a format of our own when circuit-tracer's exists: its config cannot say everything a set
+needs (TopK k for local sets, CLT skips, the model it belongs to, sizes to check before reading
+gigabytes), and its loader picks formats by repo-name substrings. Ours states all of it
+explicitly and is versioned.
+
+Layout of a directory:
+- `circuit_atlas_transcoders.json`: {"format": "circuit-atlas-transcoders", "version": 1, "kind",
+  "n_layers", "d_model", "n_features", "activation", "k", "input_hook", "output_hook",
+  "model_name", "scan", "dtype", "skip"}. Written last, so its presence marks a complete save.
+- `encoder_{l}.safetensors`: `W_enc [F, d]`, `b_enc [F]`, `b_dec [d]` (bias of target layer l),
+  `threshold [F]` (JumpReLU only), `W_skip [d_out, d_in]` applied as `x · W_skipᵀ` (skip only;
+  the same convention for PLT and CLT).
+- `decoder_{l}.safetensors`: `W_dec [F, T_l, d]`, `T_l = 1` (PLT) or `L − l` (CLT); offset j
+  writes to target layer l + j. Separate from the encoder so it can stay memory-mapped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuit_atlas.errors import TranscoderFormatError
+from circuit_atlas.transcoders.core import KINDS, Transcoders
+from circuit_atlas.transcoders.decoders import MappedDecoder
+from circuit_atlas.transcoders.layers import LayerParts, assemble, progress
+from circuit_atlas.transcoders.refs import NATIVE_CONFIG
+from circuit_atlas.transcoders.safetensors_io import SafetensorsFile, TensorSource, write_safetensors
+from circuit_atlas.transcoders.validation import check_keys, check_mapped, read_tensor
+
+FORMAT_NAME = "circuit-atlas-transcoders"
+FORMAT_VERSION = 1
+_DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                "float64": torch.float64}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# ---------------------------------------------------------------------------------------------
+# writer
+
+
+def save_native(tc: Transcoders, directory: str | Path) -> None:
+    """Write `tc` (decoders streamed chunk by chunk, so lazy sets convert in bounded memory)."""
+    directory = Path(directory)
+    tc.check_output_dir(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / NATIVE_CONFIG).unlink(missing_ok=True)
+    for old in [*directory.glob("encoder_*.safetensors"), *directory.glob("decoder_*.safetensors")]:
+        old.unlink()
+    for layer in progress(range(tc.n_layers), "writing transcoders"):
+        write_safetensors(directory / f"encoder_{layer}.safetensors", _encoder_tensors(tc, layer))
+        write_safetensors(directory / f"decoder_{layer}.safetensors", {"W_dec": _decoder_source(tc, layer)})
+    config = {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": tc.kind,
+        "n_layers": tc.n_layers, "d_model": tc.d_model, "n_features": tc.n_features,
+        "activation": tc.activation_name, "k": tc.k,
+        "input_hook": tc.input_hook, "output_hook": tc.output_hook,
+        "model_name": tc.model_name, "scan": _portable_scan(tc.scan), "dtype": dtype_name(tc.dtype), "skip": tc.has_skip,
+    }
+    (directory / NATIVE_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def _portable_scan(scan: str | None) -> str | None:
+    """A local set's scan is its absolute path; stored, it would point at the old location."""
+    return None if scan is None or Path(scan).is_absolute() else scan
+
+
+def _encoder_tensors(tc: Transcoders, layer: int) -> dict[str, torch.Tensor]:
+    tensors = {"W_enc": tc.encoder_weight(layer), "b_enc": tc.encoder_bias(layer), "b_dec": tc.decoder_bias(layer)}
+    threshold, skip = tc.threshold(layer), tc.skip_weight(layer)
+    if threshold is not None:
+        tensors["threshold"] = threshold
+    if skip is not None:
+        tensors["W_skip"] = skip
+    return tensors
+
+
+def _decoder_source(tc: Transcoders, layer: int) -> TensorSource:
+    store = tc.decoder_store(layer)
+
+    def chunks() -> Any:
+        for chunk in store.chunks(256 << 20):
+            yield chunk.to(tc.dtype)
+
+    return TensorSource((store.n_features, store.n_targets, store.d_model), tc.dtype, chunks)
+
+
+# ---------------------------------------------------------------------------------------------
+# reader
+
+
+def read_native_config(path: Path) -> dict[str, Any]:
+    """Parse and type-check the JSON config; each error names the file and the key."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TranscoderFormatError(f"{path}: cannot parse JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        raise TranscoderFormatError(f"{path}: key 'format' must be {FORMAT_NAME!r}")
+    version = config.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise TranscoderFormatError(f"{path}: key 'version' must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise TranscoderFormatError(
+            f"{path}: format version {version} is newer than this circuit-atlas reads ({FORMAT_VERSION}); upgrade"
+        )
+    _expect(path, config, "kind", str, choices=KINDS)
+    for key in ("n_layers", "d_model", "n_features"):
+        _expect(path, config, key, int, positive=True)
+    for key in ("input_hook", "output_hook", "activation"):
+        _expect(path, config, key, str)
+    for key in ("model_name", "scan"):
+        _expect(path, config, key, str, optional=True)
+    _expect(path, config, "k", int, optional=True, positive=True)
+    _expect(path, config, "dtype", str, choices=tuple(_DTYPE_NAMES))
+    _expect(path, config, "skip", bool)
+    return config
+
+
+def _expect(path: Path, config: dict[str, Any], key: str, kind: type, *, optional: bool = False,
+            positive: bool = False, choices: tuple[str, ...] = ()) -> None:
+    value = config.get(key)
+    if value is None and optional:
+        return
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    ok = ok and (not positive or value > 0) and (not choices or value in choices)
+    if not ok:
+        want = f"one of {list(choices)}" if choices else ("a positive " if positive else "a ") + kind.__name__
+        raise TranscoderFormatError(f"{path}: key {key!r} must be {want}, got {value!r}")
+
+
+def read_native(directory: Path, *, dtype: torch.dtype, lazy_decoder: bool, scan: str | None) -> Transcoders:
+    """Load a native directory; every file is checked against the config's sizes."""
+    config_path = directory / NATIVE_CONFIG
+    config = read_native_config(config_path)
+    _check_no_extra_layers(directory, config["n_layers"])
+    parts = [_read_layer(directory, layer, config, dtype, lazy_decoder)
+             for layer in progress(range(config["n_layers"]), "reading transcoders")]
+    return assemble(
+        config["kind"], parts, activation=config["activation"], k=config["k"],
+        input_hook=config["input_hook"], output_hook=config["output_hook"],
+        scan=scan or config.get("scan") or str(directory.resolve()),
+        model_name=config.get("model_name"), where=str(config_path),
+    )
+
+
+def _check_no_extra_layers(directory: Path, n_layers: int) -> None:
+    for prefix in ("encoder_", "decoder_"):
+        for path in directory.glob(f"{prefix}*.safetensors"):
+            suffix = path.name[len(prefix):-len(".safetensors")]
+            if not suffix.isdigit() or int(suffix) >= n_layers:
+                raise TranscoderFormatError(
+                    f"{path}: unexpected file; {NATIVE_CONFIG} says n_layers={n_layers}"
+                )
+
+
+def _layer_file(directory: Path, name: str) -> SafetensorsFile:
+    path = directory / name
+    if not path.is_file():
+        raise TranscoderFormatError(f"{directory}: missing layer file {name}")
+    return SafetensorsFile(path)
+
+
+def _read_layer(directory: Path, layer: int, config: dict[str, Any], dtype: torch.dtype,
+                lazy: bool) -> LayerParts:
+    F, d, L = config["n_features"], config["d_model"], config["n_layers"]
+    targets = 1 if config["kind"] == "plt" else L - layer
+    enc = _layer_file(directory, f"encoder_{layer}.safetensors")
+    dec = _layer_file(directory, f"decoder_{layer}.safetensors")
+    jump = config["activation"] == "jumprelu"
+    required = ["W_enc", "b_enc", "b_dec"] + (["threshold"] if jump else []) + (["W_skip"] if config["skip"] else [])
+    check_keys(enc.path, enc.keys(), required)
+    check_keys(dec.path, dec.keys(), ["W_dec"])
+    _check_stored_dtype(enc, config)
+    _check_stored_dtype(dec, config)
+    parts = LayerParts(
+        origin=str(enc.path),
+        W_enc=read_tensor(enc, "W_enc", [F, d], dtype, "[F, d] from the config"),
+        b_enc=read_tensor(enc, "b_enc", [F], dtype),
+        b_dec=read_tensor(enc, "b_dec", [d], dtype),
+        threshold=read_tensor(enc, "threshold", [F], dtype) if jump else None,
+        W_skip=read_tensor(enc, "W_skip", [d, d], dtype, "[d_out, d_in]") if config["skip"] else None,
+        W_dec=torch.empty(0),
+    )
+    meaning = f"[F, T, d] with T = {'1 (PLT)' if targets == 1 and config['kind'] == 'plt' else f'L - {layer}'}"
+    if lazy:
+        check_mapped(dec, "W_dec", [F, targets, d], meaning)
+        parts.W_dec = MappedDecoder(dec, "W_dec", dtype=dtype)
+    else:
+        parts.W_dec = read_tensor(dec, "W_dec", [F, targets, d], dtype, meaning)
+    return parts
+
+
+def _check_stored_dtype(file: SafetensorsFile, config: dict[str, Any]) -> None:
+    expected = _DTYPE_NAMES[config["dtype"]]
+    for name in file.keys():
+        actual = file.info(name).torch_dtype
+        if actual is not None and actual.is_floating_point and actual != expected:
+            raise TranscoderFormatError(
+                f"{file.path}: tensor {name!r} is stored as {dtype_name(actual)}, config says {config['dtype']}"
+            )

@@ -1,0 +1,122 @@
+// Feature details from the optional feature store: top-activating examples with per-token
+// highlighting and the tokens the feature promotes / suppresses. Hidden when there is no store.
+
+import { api } from "./api.js";
+import { clear, el, featureCoords, fmt, showToken } from "./util.js";
+
+const MAX_EXAMPLES_PER_GROUP = 6;
+const CONTEXT = 12;
+
+export class FeaturePanel {
+  constructor(root, app) {
+    this.root = root;
+    this.app = app;
+    this.request = 0;
+    this.root.hidden = true;
+  }
+
+  async show(node) {
+    const ticket = ++this.request;
+    const coords = node ? featureCoords(node, this.app.schemaVersion()) : null;
+    if (!coords || !this.app.state.featuresAvailable) {
+      this.root.hidden = true;
+      return;
+    }
+    let data;
+    try {
+      data = await api.feature(coords.layer, coords.index);
+    } catch (error) {
+      if (ticket !== this.request) return;
+      this.root.hidden = false;
+      clear(this.root).append(el("div", { class: "error" }, error.message));
+      return;
+    }
+    if (ticket !== this.request) return;
+    if (!data.feature) {
+      this.root.hidden = false;
+      clear(this.root).append(
+        el("h2", {}, `Feature L${coords.layer} #${coords.index}`),
+        el("div", { class: "empty small" }, "No details in the feature store."),
+      );
+      return;
+    }
+    this.render(coords, node, data.feature);
+  }
+
+  render(coords, node, feature) {
+    this.root.hidden = false;
+    const parts = [
+      el(
+        "h2",
+        {},
+        `Feature L${coords.layer} #${coords.index}`,
+        el("span", { class: "count" }, this.app.labelOf(node) ? ` — ${this.app.labelOf(node)}` : ""),
+      ),
+    ];
+    const stats = [];
+    if (node.activation !== null && node.activation !== undefined) stats.push(`activation here ${fmt(node.activation, 3)}`);
+    if (feature.activation_frequency !== undefined) stats.push(`active on ${fmt(100 * feature.activation_frequency, 3)}% of tokens`);
+    if (feature.act_max !== undefined) stats.push(`max ${fmt(feature.act_max, 2)}`);
+    if (stats.length) parts.push(el("div", { class: "meta" }, stats.join(" · ")));
+    parts.push(this.logitRow("Promotes", feature.top_logits, "pos"));
+    parts.push(this.logitRow("Suppresses", feature.bottom_logits, "neg"));
+    const actMax = feature.act_max || this.maxAct(feature) || 1;
+    for (const group of feature.examples_quantiles || []) {
+      parts.push(el("h3", {}, group.quantile_name || "Examples"));
+      for (const example of (group.examples || []).slice(0, MAX_EXAMPLES_PER_GROUP)) {
+        parts.push(this.example(example, actMax));
+      }
+    }
+    clear(this.root).append(...parts.filter(Boolean));
+  }
+
+  maxAct(feature) {
+    let best = 0;
+    for (const group of feature.examples_quantiles || []) {
+      for (const ex of group.examples || []) {
+        for (const a of ex.tokens_acts_list || []) best = Math.max(best, a);
+      }
+    }
+    return best;
+  }
+
+  logitRow(title, tokens, cls) {
+    if (!tokens || !tokens.length) return null;
+    return el(
+      "div",
+      { class: "logit-row" },
+      el("span", { class: "logit-title" }, title),
+      ...tokens.slice(0, 12).map((t) => el("code", { class: `chip chip-${cls}` }, showToken(t))),
+    );
+  }
+
+  example(example, actMax) {
+    const tokens = example.tokens || [];
+    const acts = example.tokens_acts_list || [];
+    let focus = example.train_token_ind;
+    if (focus === undefined || focus === null) {
+      focus = acts.reduce((best, a, i) => (a > (acts[best] ?? -Infinity) ? i : best), 0);
+    }
+    const start = Math.max(0, focus - CONTEXT);
+    const end = Math.min(tokens.length, focus + CONTEXT / 2 + 1);
+    const line = el("div", {
+      class: `example${example.is_repeated_datapoint ? " repeated" : ""}`,
+      "data-testid": "feature-example",
+    });
+    for (let i = start; i < end; i += 1) {
+      const strength = Math.max(0, Math.min(1, (acts[i] || 0) / actMax));
+      line.append(
+        el(
+          "span",
+          {
+            class: `tok${i === focus ? " focus" : ""}`,
+            title: `${fmt(acts[i] || 0, 3)}`,
+            style: strength > 0 ? { background: `rgba(224, 123, 36, ${0.12 + 0.7 * strength})` } : {},
+          },
+          showToken(tokens[i]),
+        ),
+      );
+    }
+    return line;
+  }
+}

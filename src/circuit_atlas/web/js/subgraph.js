@@ -1,0 +1,387 @@
+// The pinned subgraph: pinned nodes and supernodes laid out by layer and position, with every
+// edge among them taken from the unpruned graph (so pins survive the pruning slider), grouping
+// into supernodes, and replacement / completeness scores of the pinned set.
+
+import { api } from "./api.js";
+import { clear, debounce, edgeColor, el, fmt, nodeKind } from "./util.js";
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const BOX_W = 132;
+const BOX_H = 34;
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null) continue;
+    if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function truncate(text, n) {
+  return text.length > n ? `${text.slice(0, n - 1)}…` : text;
+}
+
+export class SubgraphPane {
+  constructor(root, app) {
+    this.root = root;
+    this.app = app;
+    this.selection = new Set(); // item ids (node ids or supernode ids) chosen for grouping
+    this.data = { nodes: [], links: [], missing: [] };
+    this.dataKey = "";
+    this.scoreTicket = 0;
+    this.toolbar = el("div", { class: "sub-toolbar" });
+    this.body = el("div", { class: "sub-body" });
+    this.canvasBox = el("div", { class: "sub-canvas", "data-testid": "subgraph" });
+    this.groups = el("div", { class: "sub-groups", "data-testid": "supernode-list" });
+    this.body.append(this.canvasBox, this.groups);
+    root.append(this.toolbar, this.body);
+    this.refreshScores = debounce(() => this.updateScores(), 250);
+    new ResizeObserver(() => this.draw()).observe(this.canvasBox);
+  }
+
+  /** All node ids the pane needs: pins plus every supernode member. */
+  neededIds() {
+    const ids = new Set(this.app.state.pinned);
+    for (const sn of this.app.state.supernodes.values()) sn.members.forEach((m) => ids.add(m));
+    return [...ids];
+  }
+
+  async update() {
+    const ids = this.neededIds();
+    const key = `${this.app.state.graphId}|${[...ids].sort().join(",")}|${this.app.state.annotations.revision}`;
+    for (const id of [...this.selection]) {
+      if (!ids.includes(id) && !this.app.state.supernodes.has(id)) this.selection.delete(id);
+    }
+    if (key !== this.dataKey) {
+      this.dataKey = key;
+      let data = { nodes: [], links: [], missing: [] };
+      if (ids.length) {
+        try {
+          data = await api.subgraph(this.app.state.graphId, ids);
+        } catch (error) {
+          data = { nodes: [], links: [], missing: ids, error: error.message };
+        }
+      }
+      if (key !== this.dataKey) return; // superseded by a newer update
+      this.data = data;
+      this.refreshScores();
+    }
+    this.draw();
+  }
+
+  /** Display items: supernodes, and pinned nodes that are in no supernode. */
+  items() {
+    const byId = new Map(this.data.nodes.map((n) => [n.node_id, n]));
+    const items = [];
+    const grouped = new Set();
+    for (const [sid, sn] of this.app.state.supernodes) {
+      const members = sn.members.map((m) => byId.get(m)).filter(Boolean);
+      sn.members.forEach((m) => grouped.add(m));
+      items.push({ id: sid, supernode: true, name: sn.name, members, memberIds: sn.members });
+    }
+    for (const id of this.app.state.pinned) {
+      if (grouped.has(id)) continue;
+      const node = byId.get(id);
+      items.push({ id, supernode: false, node, members: node ? [node] : [], memberIds: [id] });
+    }
+    return items;
+  }
+
+  layout(items, width, height) {
+    const levelOf = (n) => {
+      const kind = nodeKind(n);
+      if (kind === "embedding") return -1;
+      if (kind === "logit") return 1e6;
+      return Number(n.layer);
+    };
+    for (const item of items) {
+      const ms = item.members.length ? item.members : [{ layer: 0, ctx_idx: 0, feature_type: "" }];
+      item.level = ms.reduce((a, n) => a + levelOf(n), 0) / ms.length;
+      item.pos = ms.reduce((a, n) => a + Number(n.ctx_idx || 0), 0) / ms.length;
+    }
+    const levels = [...new Set(items.map((i) => i.level))].sort((a, b) => a - b);
+    const rowGap = levels.length > 1 ? (height - 2 * BOX_H) / (levels.length - 1) : 0;
+    const rows = new Map();
+    for (const item of items) {
+      if (!rows.has(item.level)) rows.set(item.level, []);
+      rows.get(item.level).push(item);
+    }
+    for (const [level, members] of rows) {
+      members.sort((a, b) => a.pos - b.pos || a.id.localeCompare(b.id));
+      const y = levels.length > 1 ? height - BOX_H - levels.indexOf(level) * rowGap : height / 2;
+      const step = Math.min(BOX_W + 18, (width - BOX_W) / Math.max(members.length - 1, 1));
+      const start = members.length > 1 ? (width - step * (members.length - 1)) / 2 : width / 2;
+      members.forEach((item, i) => {
+        item.x = start + i * step;
+        item.y = y;
+      });
+    }
+  }
+
+  /** Edges between display items: sums of member-to-member weights (internal ones dropped). */
+  itemLinks(items) {
+    const owner = new Map();
+    for (const item of items) item.memberIds.forEach((m) => owner.set(m, item.id));
+    const sums = new Map();
+    for (const link of this.data.links) {
+      const a = owner.get(link.source);
+      const b = owner.get(link.target);
+      if (!a || !b || a === b) continue;
+      const key = `${a}\u0000${b}`;
+      sums.set(key, (sums.get(key) || 0) + link.weight);
+    }
+    return [...sums].map(([key, weight]) => {
+      const [source, target] = key.split("\u0000");
+      return { source, target, weight };
+    });
+  }
+
+  draw() {
+    this.drawToolbar();
+    this.drawGroups();
+    const items = this.items();
+    const width = Math.max(this.canvasBox.clientWidth, 200);
+    const height = Math.max(this.canvasBox.clientHeight, 120);
+    clear(this.canvasBox);
+    if (!items.length) {
+      this.canvasBox.append(
+        el("div", { class: "empty" }, "Ctrl/⌘-click nodes to pin them here. Shift-click pinned nodes to select them for grouping."),
+      );
+      return;
+    }
+    this.layout(items, width, height);
+    const links = this.itemLinks(items);
+    const maxAbs = Math.max(1e-12, ...links.map((l) => Math.abs(l.weight)));
+    const byId = new Map(items.map((i) => [i.id, i]));
+    const root = svg("svg", { width, height, class: "sub-svg" });
+    for (const link of links) {
+      const a = byId.get(link.source);
+      const b = byId.get(link.target);
+      const strength = Math.abs(link.weight) / maxAbs;
+      const midY = (a.y + b.y) / 2;
+      root.append(
+        svg(
+          "path",
+          {
+            d: `M${a.x},${a.y - BOX_H / 2} C${a.x},${midY} ${b.x},${midY} ${b.x},${b.y + BOX_H / 2}`,
+            fill: "none",
+            stroke: edgeColor(link.weight),
+            "stroke-width": 0.6 + 4 * strength,
+            "stroke-opacity": 0.25 + 0.6 * strength,
+          },
+          svg("title", {}, `${fmt(link.weight, 3)}`),
+        ),
+      );
+    }
+    for (const item of items) root.append(this.itemBox(item));
+    this.canvasBox.append(root);
+  }
+
+  itemBox(item) {
+    const selected = this.selection.has(item.id);
+    const clicked = !item.supernode && item.id === this.app.state.clickedId;
+    let title;
+    let subtitle;
+    if (item.supernode) {
+      title = item.name || "(unnamed)";
+      subtitle = `${item.memberIds.length} nodes`;
+    } else if (item.node) {
+      title = this.app.displayName(item.node);
+      subtitle = item.id;
+    } else {
+      title = item.id;
+      subtitle = "not in graph";
+    }
+    const cls = [
+      "sub-item",
+      item.supernode ? "supernode" : `kind-${item.node ? nodeKind(item.node) : "missing"}`,
+      selected ? "selected" : "",
+      clicked ? "clicked" : "",
+    ].join(" ");
+    const group = svg(
+      "g",
+      {
+        class: cls,
+        transform: `translate(${item.x - BOX_W / 2},${item.y - BOX_H / 2})`,
+        "data-item-id": item.id,
+        "data-testid": item.supernode ? "supernode-item" : "pinned-item",
+        onclick: (e) => {
+          if (e.shiftKey || item.supernode) this.toggleSelection(item.id);
+          else this.app.selectNode(item.id);
+        },
+      },
+      svg("title", {}, item.supernode ? `${title}: ${item.memberIds.join(", ")}` : `${title}\n${subtitle}`),
+      svg("rect", { width: BOX_W, height: BOX_H, rx: 6 }),
+      svg("text", { x: 8, y: 14, class: "t1" }, truncate(title, 20)),
+      svg("text", { x: 8, y: 27, class: "t2" }, truncate(subtitle, 24)),
+    );
+    return group;
+  }
+
+  toggleSelection(id) {
+    if (this.selection.has(id)) this.selection.delete(id);
+    else this.selection.add(id);
+    this.draw();
+  }
+
+  drawToolbar() {
+    const pinned = this.app.state.pinned.length;
+    const selectedNodes = [...this.selection].filter((id) => !this.app.state.supernodes.has(id));
+    const groupable = selectedNodes.length >= 2 || (this.selection.size >= 2);
+    this.scoreText = this.scoreText || el("span", { class: "scores", "data-testid": "scores" });
+    clear(this.toolbar).append(
+      el("h2", {}, "Subgraph"),
+      el("span", { class: "count" }, `${pinned} pinned · ${this.app.state.supernodes.size} groups`),
+      el(
+        "button",
+        {
+          class: "small",
+          "data-testid": "group-button",
+          disabled: !groupable,
+          title: "Group the selected (shift-clicked) items into a supernode",
+          onclick: () => this.groupSelection(),
+        },
+        "Group selected",
+      ),
+      el(
+        "button",
+        {
+          class: "small",
+          disabled: !pinned,
+          "data-testid": "clear-pins",
+          onclick: () => this.app.setPinned([]),
+        },
+        "Clear pins",
+      ),
+      this.pinnedSetControls(),
+      this.scoreText,
+    );
+  }
+
+  pinnedSetControls() {
+    const sets = this.app.state.annotations.pinned_sets || {};
+    const select = el(
+      "select",
+      {
+        class: "small",
+        title: "Restore a saved set of pins",
+        onchange: (e) => {
+          const ids = sets[e.target.value];
+          if (ids) this.app.setPinned(ids);
+        },
+      },
+      el("option", { value: "" }, "Saved pin sets…"),
+      ...Object.keys(sets).sort().map((name) => el("option", { value: name }, name)),
+    );
+    const name = el("input", { type: "text", class: "small set-name", placeholder: "set name" });
+    const save = el(
+      "button",
+      {
+        class: "small",
+        disabled: !this.app.state.pinned.length,
+        onclick: () => {
+          const key = name.value.trim();
+          if (key) this.app.patch({ pinned_sets: { [key]: this.app.state.pinned } });
+        },
+      },
+      "Save pins",
+    );
+    return el("span", { class: "pin-sets" }, select, name, save);
+  }
+
+  drawGroups() {
+    clear(this.groups);
+    if (!this.app.state.supernodes.size) {
+      this.groups.append(el("div", { class: "empty small" }, "No supernodes yet."));
+      return;
+    }
+    for (const [sid, sn] of this.app.state.supernodes) {
+      const input = el("input", {
+        type: "text",
+        value: sn.name,
+        "data-testid": "supernode-name",
+        "data-supernode-id": sid,
+        placeholder: "supernode name",
+      });
+      const commit = () => {
+        const name = input.value.trim();
+        if (name !== sn.name) this.app.saveSupernode(sid, { name, members: sn.members });
+      };
+      input.addEventListener("keydown", (e) => {
+        if (e.key === "Enter") input.blur();
+      });
+      input.addEventListener("blur", commit);
+      this.groups.append(
+        el(
+          "div",
+          { class: `group-row${this.selection.has(sid) ? " selected" : ""}` },
+          input,
+          el("span", { class: "count" }, `${sn.members.length}`),
+          el(
+            "button",
+            {
+              class: "small",
+              "data-testid": "ungroup",
+              onclick: () => this.app.saveSupernode(sid, null),
+            },
+            "Ungroup",
+          ),
+        ),
+      );
+    }
+  }
+
+  async groupSelection() {
+    const members = [];
+    const absorbed = [];
+    for (const id of this.selection) {
+      const sn = this.app.state.supernodes.get(id);
+      if (sn) {
+        members.push(...sn.members);
+        absorbed.push(id);
+      } else {
+        members.push(id);
+      }
+    }
+    this.selection.clear();
+    const sid = await this.app.createSupernode([...new Set(members)], absorbed);
+    const input = this.groups.querySelector(`input[data-supernode-id="${sid}"]`);
+    if (input) {
+      input.focus();
+      input.select();
+    }
+  }
+
+  async updateScores() {
+    const ids = this.neededIds();
+    const ticket = ++this.scoreTicket;
+    if (!this.scoreText) return;
+    if (!ids.length) {
+      this.scoreText.textContent = "";
+      return;
+    }
+    const summary = this.app.state.graphs.find((g) => g.id === this.app.state.graphId);
+    if (summary && !summary.has_native) {
+      this.scoreText.textContent = "scores need the native graph";
+      this.scoreText.title = "This graph exists only as JSON; replacement/completeness need the unpruned graph.";
+      return;
+    }
+    this.scoreText.textContent = "scoring…";
+    try {
+      const s = await api.scores(this.app.state.graphId, ids);
+      if (ticket !== this.scoreTicket) return;
+      this.scoreText.textContent = `replacement ${fmt(s.replacement, 3)} · completeness ${fmt(s.completeness, 3)}`;
+      this.scoreText.title =
+        "Scores of the pinned features alone: unpinned features count as errors (graph_scores with subgraph).";
+    } catch (error) {
+      if (ticket !== this.scoreTicket) return;
+      this.scoreText.textContent = error.status === 409 ? "scores need the native graph" : error.message;
+    }
+  }
+}

@@ -1,0 +1,141 @@
+"""`circuit-atlas train` and `eval-transcoders` end to end on a saved tiny model, and the
+messages users get for bad inputs."""
+
+import json
+
+import pytest
+import torch
+
+from circuit_atlas.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_lm):
+    from circuit_atlas.models.tiny import WORDS
+    import random
+
+    root = tmp_path_factory.mktemp("train_cli")
+    tiny_lm.save(root / "model")
+    rng = random.Random(0)
+    with (root / "corpus.jsonl").open("w") as handle:
+        for _ in range(300):
+            words = [rng.choice(WORDS[:60]) for _ in range(rng.randint(5, 30))]
+            handle.write(json.dumps({"text": " ".join(words)}) + "\n")
+    (root / "tiny.jsonl").write_text(json.dumps({"text": "the cat saw the dog"}) + "\n")
+    return root
+
+
+def _train_args(ws, out, *extra):
+    return ["train", "--model", str(ws / "model"), "--corpus", str(ws / "corpus.jsonl"),
+            "--kind", "clt", "--features", "24", "--steps", "30", "--batch-size", "128",
+            "--lr", "3e-3", "--lr-warmup-steps", "5", "--context-length", "16",
+            "--buffer-tokens", "512", "--log-every", "10", "--checkpoint-every", "10",
+            "--eval-every", "15", "--out", str(out), "--quiet", *extra]
+
+
+def test_train_then_eval_transcoders(workspace, capsys):
+    out = workspace / "run"
+    assert main(_train_args(workspace, out, "--input-hook", "mlp.hook_in",
+                            "--output-hook", "mlp.hook_out")) == 0
+    printed = capsys.readouterr().out
+    assert "loss recovered" in printed and "wrote native transcoders" in printed
+    from circuit_atlas.training.metrics import JsonlLog
+
+    records = JsonlLog(out / "metrics.jsonl").read()
+    assert [r["step"] for r in records if "fvu" in r] == [10, 20, 30]
+    assert [r["step"] for r in records if "eval" in r] == [15, 30]
+    first, last = records[0], [r for r in records if "fvu" in r][-1]
+    assert len(last["fvu"]) == len(last["l0"]) == len(last["dead_fraction"]) == 2
+    assert last["loss"]["reconstruction"] < first["loss"]["reconstruction"]  # it learned
+    saved_eval = json.loads((out / "eval.json").read_text())
+    assert set(saved_eval) >= {"layers", "ce_original", "ce_replacement", "loss_recovered"}
+
+    tables = []
+    for fmt in ("transcoders", "circuit_tracer"):
+        code = main(["eval-transcoders", "--model", str(workspace / "model"), "--transcoders",
+                     str(out / fmt), "--corpus", str(workspace / "corpus.jsonl"),
+                     "--context-length", "16", "--windows", "8", "--quiet",
+                     "--json", str(workspace / f"{fmt}.json")])
+        assert code == 0
+        tables.append(capsys.readouterr().out)
+    assert tables[0] == tables[1]  # both formats describe the same transcoders
+    assert "layer" in tables[0] and "loss recovered" in tables[0]
+
+    # re-running the finished command resumes at step 30 and trains no further
+    assert main(_train_args(workspace, out, "--input-hook", "mlp.hook_in",
+                            "--output-hook", "mlp.hook_out")) == 0
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 30
+
+
+@pytest.mark.parametrize("change,message", [
+    (("--features", "0"), "--features must be a positive integer, got 0"),
+    (("--features", "-5"), "--features must be a positive integer, got -5"),
+    (("--kind", "mlp"), "--kind: unknown transcoder kind 'mlp'"),
+    (("--activation", "topk"), "--k is required with --activation topk"),
+])
+def test_bad_arguments_fail_before_loading_anything(workspace, capsys, change, message):
+    args = _train_args(workspace, workspace / "bad")
+    if change[0] in args:
+        args[args.index(change[0]) + 1] = change[1]
+    else:
+        args += list(change)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (workspace / "bad").exists()
+
+
+def test_corpus_too_small_for_one_batch(workspace, capsys):
+    args = _train_args(workspace, workspace / "small")
+    args[args.index("--corpus") + 1] = str(workspace / "tiny.jsonl")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "tiny.jsonl" in err and ("fewer than one batch" in err or "context window" in err)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(workspace, capsys):
+    out = workspace / "nan"
+    # an absurd learning rate overflows the weights within a few steps
+    args = _train_args(workspace, out, "--checkpoint-every", "1", "--grad-clip", "0")
+    args[args.index("--lr") + 1] = "1e38"
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "training stopped at step" in err and "last good checkpoint" in err
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / "checkpoint" / "model.safetensors"))
+    assert all(torch.isfinite(w.float()).all() for w in weights.values())
+    assert f"(step {state['step']})" in err
+
+
+def test_eval_transcoders_bad_inputs(workspace, capsys):
+    code = main(["eval-transcoders", "--model", str(workspace / "model"), "--transcoders",
+                 str(workspace / "missing"), "--corpus", str(workspace / "corpus.jsonl")])
+    assert code == 1
+    assert "missing" in capsys.readouterr().err
+    code = main(["eval-transcoders", "--model", str(workspace / "model"), "--transcoders",
+                 str(workspace / "run" / "transcoders"), "--corpus",
+                 str(workspace / "nope.jsonl")])
+    assert code == 1 and "nope.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_activation_cache_is_built_once_and_checked(workspace, capsys):
+    cache = workspace / "acts"
+    args = _train_args(workspace, workspace / "cached1", "--cache", str(cache),
+                       "--cache-tokens", "600", "--no-circuit-tracer")
+    args[args.index("--steps") + 1] = "8"
+    assert main(args) == 0
+    shards = sorted(p.name for p in cache.iterdir())
+    assert "cache.json" in shards and "shard_00000.safetensors" in shards
+    assert json.loads((cache / "cache.json").read_text())["total_tokens"] == 600
+    before = (cache / "shard_00000.safetensors").stat().st_mtime_ns
+    args[args.index("--out") + 1] = str(workspace / "cached2")
+    assert main(args) == 0  # reuses the cache
+    assert (cache / "shard_00000.safetensors").stat().st_mtime_ns == before
+    assert not (workspace / "cached1" / "circuit_tracer").exists()
+    args[args.index("--context-length") + 1] = "12"
+    args[args.index("--out") + 1] = str(workspace / "cached3")
+    assert main(args) == 1
+    assert "was built for" in capsys.readouterr().err

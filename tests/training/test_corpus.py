@@ -1,0 +1,73 @@
+"""Corpus readers: formats, resumable document indices, held-out split, errors naming files."""
+
+import json
+
+import pytest
+
+from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.training.corpus import CorpusError, open_corpus
+
+
+def test_folder_of_txt_files_is_read_recursively_in_path_order(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "2.txt").write_text("second")
+    (tmp_path / "a.txt").write_text("first")
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "notes.md").write_text("ignored")
+    corpus = open_corpus(tmp_path)
+    assert list(corpus) == ["first", "second"]
+    assert list(corpus.documents(start=1)) == ["second"]
+
+
+def test_jsonl_with_text_field_and_resume_index(tmp_path):
+    path = tmp_path / "c.jsonl"
+    rows = [{"text": f"doc {i}", "id": i} for i in range(5)] + [{"text": ""}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    corpus = open_corpus(path)
+    assert list(corpus) == [f"doc {i}" for i in range(5)]
+    assert list(corpus.documents(3)) == ["doc 3", "doc 4"]
+    other = tmp_path / "d.jsonl"
+    other.write_text(json.dumps({"body": "x"}) + "\n")
+    assert list(open_corpus(other, text_field="body")) == ["x"]
+
+
+def test_txt_file_paragraphs(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("one\nline two\n\n\nthree\n")
+    assert list(open_corpus(path)) == ["one\nline two", "three"]
+
+
+def test_split_is_disjoint_and_complete():
+    corpus = open_corpus([f"d{i}" for i in range(10)])
+    train, held = corpus.split(every=4)
+    assert list(held) == ["d3", "d7"]
+    assert sorted(list(train) + list(held)) == sorted(corpus)
+
+
+@pytest.mark.parametrize("content,match", [
+    ('{"text": "ok"}\n{not json}\n', "line 2: not valid JSON"),
+    ('{"text": "ok"}\n{"body": "x"}\n', "line 2: no 'text' field"),
+    ('{"text": 3}\n', "line 1: field 'text' is int"),
+])
+def test_bad_jsonl_names_file_and_line(tmp_path, content, match):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(CorpusError, match=match) as info:
+        list(open_corpus(path))
+    assert str(path) in str(info.value)
+
+
+def test_missing_and_unsupported_paths(tmp_path):
+    with pytest.raises(CorpusError, match="does not exist"):
+        open_corpus(tmp_path / "nope.jsonl")
+    (tmp_path / "x.csv").write_text("a,b")
+    with pytest.raises(CorpusError, match="unsupported file type '.csv'"):
+        open_corpus(tmp_path / "x.csv")
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(CorpusError, match="no .txt files"):
+        open_corpus(empty)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(CorpusError, match="not UTF-8"):
+        list(open_corpus(tmp_path / "latin1.txt"))
+    assert issubclass(CorpusError, CircuitAtlasError)

@@ -1,0 +1,118 @@
+"""Browser-test fixtures: Debian's Chromium through Playwright, against a live server thread.
+
+Never downloads a browser: when /usr/bin/chromium is missing the tests are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from circuit_atlas.graph import random_graph, to_graph_json
+from circuit_atlas.server.app import create_app
+from circuit_atlas.server.bundle import write_graph_bundle
+from circuit_atlas.server.features import JsonDirFeatureProvider
+from circuit_atlas.server.runner import BackgroundServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (install Debian's chromium package to run browser tests)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            chromium_sandbox=False,
+            args=CHROMIUM_ARGS,
+        )
+        yield browser
+        browser.close()
+
+
+def _feature_card(layer: int, index: int) -> dict:
+    tokens = ["The", " capital", " of", " the", " state", " containing", " Dallas", " is"]
+    acts = [0.0] * len(tokens)
+    acts[6] = 3.0 + (index % 5) * 0.2
+    acts[5] = 1.1
+    return {
+        "index": index,
+        "top_logits": [" Austin", " Texas", " Houston"],
+        "bottom_logits": [" Paris", " London"],
+        "act_min": 0.0,
+        "act_max": 4.0,
+        "activation_frequency": 0.0012,
+        "examples_quantiles": [
+            {
+                "quantile_name": "Top activations",
+                "examples": [
+                    {"tokens": tokens, "tokens_acts_list": acts, "train_token_ind": 6, "is_repeated_datapoint": False},
+                    {"tokens": tokens[::-1], "tokens_acts_list": acts[::-1], "train_token_ind": 1, "is_repeated_datapoint": False},
+                ],
+            }
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A data folder (native bundle + JSON-only graph), a feature store, and a running server."""
+    root = tmp_path_factory.mktemp("web")
+    data = root / "data"
+    graph = random_graph(n_layers=4, n_pos=7, n_sel=90, n_logits=3, seed=11)
+    write_graph_bundle(graph, data, "demo")
+    (data / "loose").mkdir()
+    doc = to_graph_json(graph, "jsonly", 1.0, 0.98)
+    # A saved view in the reference frontend's string form (graph-json.md §4).
+    saved = [n["node_id"] for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder"][:2]
+    doc["qParams"]["pinnedIds"] = ",".join(saved)
+    doc["qParams"]["supernodes"] = json.dumps([["saved group", *saved]])
+    (data / "loose" / "jsonly.json").write_text(json.dumps(doc))
+    big = random_graph(n_layers=6, n_pos=10, n_sel=600, n_logits=5, seed=5, density=0.3)
+    (data / "loose" / "dense.json").write_text(json.dumps(to_graph_json(big, "dense", 1.0, 0.97)))
+    features = root / "features"
+    for layer, _pos, index in graph.feature_coords.tolist():
+        (features / str(layer)).mkdir(parents=True, exist_ok=True)
+        (features / str(layer) / f"{index}.json").write_text(json.dumps(_feature_card(layer, index)))
+    app = create_app(data, features=JsonDirFeatureProvider(features))
+    with BackgroundServer(app) as server:
+        yield {"url": server.url, "data": data, "graph": graph}
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 880})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    yield page
+    context.close()
+    assert not errors, f"browser errors: {errors}"
+
+
+@pytest.fixture()
+def shot():
+    """``shot(page, name)`` saves a screenshot to test-artifacts/<name>.png (gitignored)."""
+
+    def take(page, name: str) -> Path:
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        page.screenshot(path=str(path))
+        return path
+
+    return take
