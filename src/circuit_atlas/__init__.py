@@ -26,6 +26,15 @@ _EXPORTS: dict[str, str] = {
     "prune": "circuit_atlas.graph",
     "graph_scores": "circuit_atlas.graph",
     "to_graph_json": "circuit_atlas.graph",
+    "CustomTarget": "circuit_atlas.attribution",
+    "LogitDifference": "circuit_atlas.attribution",
+    "intervene": "circuit_atlas.interventions",
+    "generate": "circuit_atlas.interventions",
+    "validate_graph": "circuit_atlas.interventions",
+    "Intervention": "circuit_atlas.interventions",
+    "Supernode": "circuit_atlas.interventions",
+    "write_graph_bundle": "circuit_atlas.server",
+    "serve": "circuit_atlas.server",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -31,7 +31,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (BOS is prepended when the tokenizer has one)")
     prompt.add_argument("--token-ids", help="comma-separated token ids, used exactly as given")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for the graph bundle")
+    parser.add_argument("--out", required=True, type=Path, help="data folder; the graph goes to OUT/<slug>/ (serve OUT shows every graph in it)")
     parser.add_argument("--slug", help="graph name (default: derived from the prompt)")
     parser.add_argument("--targets", nargs="+", metavar="TOKEN", help="explain these tokens (strings or ids) instead of the most likely ones")
     parser.add_argument("--logit-diff", nargs=2, metavar=("POS", "NEG"), help="explain the logit difference POS − NEG")
@@ -87,6 +87,10 @@ def run(args) -> int:
     from circuit_atlas.graph import graph_scores
     from circuit_atlas.server.bundle import write_graph_bundle
 
+    from circuit_atlas.graph.prune import check_threshold
+
+    check_threshold(args.node_threshold, "--node-threshold")
+    check_threshold(args.edge_threshold, "--edge-threshold")
     prompt = parse_token_ids(args.token_ids) if args.token_ids else args.prompt
     targets = parse_targets(args)
     model = circuit_atlas.load(args.model, args.transcoders, device=args.device, dtype=args.dtype)
@@ -100,8 +104,8 @@ def run(args) -> int:
         batch_size=args.batch_size,
     )
     slug = args.slug or default_slug(graph.prompt if args.token_ids else args.prompt)
-    written = write_graph_bundle(graph, args.out, slug, args.node_threshold, args.edge_threshold)
-    print(summarise(graph, graph_scores(graph), written))
+    folder = write_graph_bundle(graph, args.out, slug, args.node_threshold, args.edge_threshold)
+    print(summarise(graph, graph_scores(graph), folder, slug))
     if args.serve:
         from circuit_atlas.cli.serve import serve_folder
 
@@ -109,17 +113,25 @@ def run(args) -> int:
     return 0
 
 
-def summarise(graph, scores, written) -> str:
+def summarise(graph, scores, folder: Path, slug: str) -> str:
     """The summary printed after tracing: sizes, scores, top logits, where the files are."""
-    lines = [
-        f"prompt: {graph.prompt!r} ({len(graph.tokens)} tokens)",
-        f"active features: {graph.active_features.shape[0]}, with rows: {graph.selected_features.shape[0]}",
-        f"replacement score: {scores.replacement:.3f}   completeness score: {scores.completeness:.3f}",
-        "top logits: "
-        + ", ".join(f"{tok!r} p={p:.3f}" for tok, p in zip(graph.logit_tokens[:5], graph.logit_probabilities.tolist())),
-    ]
-    kept = getattr(written, "n_nodes", None)
-    if kept is not None:
-        lines.append(f"pruned view: {kept} nodes, {getattr(written, 'n_links', '?')} links")
-    lines.append(f"written to: {getattr(written, 'folder', written)}")
-    return "\n".join(lines)
+    import json
+
+    view = json.loads((Path(folder) / f"{slug}.json").read_text(encoding="utf-8"))
+    kinds: dict[str, int] = {}
+    for node in view["nodes"]:
+        kinds[node["feature_type"]] = kinds.get(node["feature_type"], 0) + 1
+    n_errors = graph.n_layers * len(graph.tokens)
+    return "\n".join(
+        [
+            f"prompt: {graph.prompt!r} ({len(graph.tokens)} tokens)",
+            f"active features: {graph.active_features.shape[0]}  with rows: {graph.selected_features.shape[0]}"
+            f"  error nodes: {n_errors}  logit targets: {len(graph.logit_tokens)}",
+            f"pruned view: {len(view['nodes'])} nodes ({kinds.get('cross layer transcoder', 0)} features, "
+            f"{kinds.get('mlp reconstruction error', 0)} errors), {len(view['links'])} links",
+            f"replacement score: {scores.replacement:.3f}   completeness score: {scores.completeness:.3f}",
+            "top logits: "
+            + ", ".join(f"{tok!r} p={p:.3f}" for tok, p in zip(graph.logit_tokens[:5], graph.logit_probabilities.tolist())),
+            f"written to: {folder}",
+        ]
+    )

@@ -1,0 +1,82 @@
+"""`circuit-atlas trace` end to end on a tiny model saved to disk, as a user would run it."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import torch
+
+from circuit_atlas.cli.main import main
+from circuit_atlas.graph import Graph
+from circuit_atlas.graph.export import SCHEMA_FILE
+from circuit_atlas.models.tiny import tiny_language_model
+from circuit_atlas.transcoders.random import random_transcoders
+
+
+@pytest.fixture(scope="module")
+def saved_pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    lm = tiny_language_model("llama", seed=1, n_layers=2, d_model=32)
+    lm.save(root / "model")
+    tc = random_transcoders("clt", n_layers=2, d_model=32, n_features=48, seed=2,
+                            input_hook="hook_resid_mid", output_hook="hook_mlp_out")
+    tc.save_native(root / "transcoders")
+    return root / "model", root / "transcoders"
+
+
+def test_trace_writes_a_loadable_graph_and_a_valid_pruned_view(saved_pair, tmp_path, capsys):
+    model_dir, tc_dir = saved_pair
+    out = tmp_path / "graphs"
+    code = main([
+        "trace", "--model", str(model_dir), "--transcoders", str(tc_dir),
+        "--prompt", "the capital of Texas is", "--out", str(out), "--max-feature-nodes", "40",
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "replacement score" in printed and "completeness score" in printed and "top logits" in printed
+    folder = out / "the-capital-of-texas-is"
+    graph = Graph.load(folder / "graph")
+    assert graph.tokens[0] == "<bos>" and graph.selected_features.shape[0] == 40
+    view = json.loads((folder / "the-capital-of-texas-is.json").read_text())
+    jsonschema.validate(view, json.loads(SCHEMA_FILE.read_text()))
+    ids = {node["node_id"] for node in view["nodes"]}
+    assert all(link["source"] in ids and link["target"] in ids for link in view["links"])
+    # Every link weight is the graph's raw adjacency entry.
+    index = {node_id: i for i, node_id in enumerate(graph.node_ids())}
+    dense = graph.dense_adjacency()
+    for link in view["links"][:50]:
+        assert dense[index[link["target"]], index[link["source"]]].item() == pytest.approx(link["weight"], rel=1e-5, abs=1e-6)
+
+
+def test_trace_with_token_ids_and_logit_difference(saved_pair, tmp_path):
+    model_dir, tc_dir = saved_pair
+    code = main([
+        "trace", "--model", str(model_dir), "--transcoders", str(tc_dir), "--token-ids", "1,8,14,9",
+        "--logit-diff", "Austin", "Dallas", "--out", str(tmp_path), "--slug", "diff", "--max-feature-nodes", "10",
+    ])
+    assert code == 0
+    graph = Graph.load(tmp_path / "diff" / "graph")
+    assert torch.equal(graph.input_ids, torch.tensor([1, 8, 14, 9]))
+    assert graph.logit_tokens == ["Austin − Dallas"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--token-ids", "1,x"], "comma-separated integers"),
+        (["--prompt", "the", "--targets", "the cat"], "single token"),
+        (["--prompt", "the", "--node-threshold", "1.5"], "threshold"),
+    ],
+)
+def test_trace_bad_input_prints_an_error_not_a_traceback(saved_pair, tmp_path, capsys, extra, message):
+    model_dir, tc_dir = saved_pair
+    code = main(["trace", "--model", str(model_dir), "--transcoders", str(tc_dir), "--out", str(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and "Traceback" not in err
+
+
+def test_trace_missing_model_dir_is_a_clear_error(tmp_path, capsys):
+    code = main(["trace", "--model", str(tmp_path / "nope"), "--transcoders", str(tmp_path), "--prompt", "x", "--out", str(tmp_path)])
+    assert code == 1 and "nope" in capsys.readouterr().err
