@@ -46,3 +46,11 @@ def test_show_graph_rejects_other_things(tmp_path: Path) -> None:
         show_graph(tmp_path / "missing")
     with pytest.raises(CircuitAtlasError, match="holds no graphs"):
         show_graph(tmp_path)
+
+
+def test_graph_show_method_renders_the_same_explorer(tmp_path: Path) -> None:
+    graph = random_graph(n_layers=2, n_pos=4, n_sel=8, n_logits=2, seed=5)
+    view = graph.show(data_dir=tmp_path, slug="via-method")
+    assert isinstance(view, ExplorerView) and view.graph_id == "via-method"
+    base = view.url.split("?")[0]
+    assert httpx.get(f"{base}api/graphs/via-method", timeout=10).json()["metadata"]["prompt"] == graph.prompt

@@ -403,6 +403,18 @@ class Graph:
                 return self.error_index(layer, pos)
         raise KeyError(f"no node with id {node_id!r} in this graph")
 
+    # ------------------------------------------------------------------ display
+    def show(self, **options: Any):
+        """Render this graph in the explorer inline in a Jupyter notebook.
+
+        Starts (once per kernel) a local explorer server on 127.0.0.1 and returns a view that
+        Jupyter displays as an iframe; `options` go to `circuit_atlas.graph.notebook.show_graph`
+        (slug, node_threshold, edge_threshold, height, url_template for remote notebooks).
+        """
+        from circuit_atlas.graph.notebook import show_graph
+
+        return show_graph(self, **options)
+
     # ------------------------------------------------------------------ matrices
     def dense_adjacency(self) -> torch.Tensor:
         """float32 [N, N] in the reference order [features | errors | tokens | logits].
