@@ -22,6 +22,7 @@ import torch
 from circuit_atlas.errors import ShapeMismatchError
 from circuit_atlas.models import ForwardRecord, FreezeSpec, LanguageModel, load_language_model
 from circuit_atlas.models.adapters import HOOK_MLP_OUT_RAW
+from circuit_atlas.models.freeze import prefix_record
 from circuit_atlas.models.language_model import resolve_dtype
 
 
@@ -150,12 +151,15 @@ class ReplacementModel:
 
     # --- frozen passes --------------------------------------------------------------------------
     def frozen_forward(
-        self, tokens: torch.Tensor, batch_size: int, *, run: ReplacementRun | None = None
+        self, tokens: torch.Tensor, batch_size: int, *, run: ReplacementRun | None = None,
+        length: int | None = None,
     ) -> FrozenForward:
         """The prompt repeated `batch_size` times through the local replacement model, in one graph.
 
         Attention patterns and norm denominators are replayed (as constants) from the clean pass
         of `run` (computed here if not given), so the batch pass skips the QK products.
+        `length` runs only the first `length` positions (replaying the clean pass's prefix):
+        targets at early positions need nothing later, and attention cost grows with length².
         """
         tokens = _one_prompt(tokens).to(self.lm.device)
         if batch_size < 1:
@@ -167,6 +171,9 @@ class ReplacementModel:
             if not torch.equal(run.tokens.to(tokens.device), tokens):
                 raise ShapeMismatchError("frozen_forward: `run` was computed for different tokens")
             clean = run.record
+        if length is not None and length != tokens.shape[0]:
+            clean = prefix_record(clean, length)
+            tokens = tokens[:length]
         tc = self.transcoders
 
         def freeze_mlp(layer: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -153,3 +153,40 @@ def test_logit_difference_row_is_difference_of_token_rows():
     expected = pair.adjacency[n_sel] - pair.adjacency[n_sel + 1]
     assert torch.allclose(diff.adjacency[0], expected, atol=1e-5)
     assert int(diff.logit_token_ids[0]) >= model.lm.vocab_size  # virtual id for a custom direction
+
+
+def test_long_prompts_use_prefix_passes_with_identical_rows(monkeypatch):
+    """Rows computed through shorter prefix passes equal rows from whole-prompt passes."""
+    from circuit_atlas.attribution import rows as rows_module
+    from circuit_atlas.models.tiny import tiny_language_model
+    from circuit_atlas.transcoders.random import random_transcoders
+
+    lm = tiny_language_model("gemma2", seed=3, n_layers=2, d_model=32, max_positions=128)
+    tc = random_transcoders("clt", n_layers=2, d_model=32, n_features=24, seed=5,
+                            input_hook="hook_resid_mid", output_hook="hook_mlp_out")
+    model = circuit_atlas.load(lm, tc)
+    tokens = prompt_ids(model, length=90, seed=4)
+    lengths_used = []
+    original = model.frozen_forward
+
+    def spy(*args, **kwargs):
+        lengths_used.append(kwargs.get("length"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "frozen_forward", spy)
+    bucketed = circuit_atlas.attribute(model, tokens, max_feature_nodes=300, batch_size=32, progress=False)
+    assert len(set(lengths_used)) > 1 and min(lengths_used) < 90  # prefixes were really used
+    monkeypatch.setattr(rows_module, "MIN_BUCKETED_LENGTH", 10_000)
+    whole = circuit_atlas.attribute(model, tokens, max_feature_nodes=300, batch_size=32, progress=False)
+    assert torch.equal(bucketed.selected_features, whole.selected_features)
+    assert torch.allclose(bucketed.adjacency, whole.adjacency, atol=1e-5, rtol=1e-4)
+    # And a few edges of the long prompt against the independent frozen-model probe.
+    run = model.run(tokens)
+    probe = FrozenProbe(model, run)
+    base = probe.record()
+    scale = float(bucketed.adjacency.abs().max())
+    for row, column in _sample_edges(bucketed, torch.Generator().manual_seed(7), per_kind=3):
+        emb_delta, out_deltas = _source_perturbation(bucketed, run, model, column)
+        moved = probe.record(emb_delta, out_deltas)
+        expected = _target_readout(bucketed, model, row, moved) - _target_readout(bucketed, model, row, base)
+        assert _relative_close(float(bucketed.adjacency[row, column]), expected, scale)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from circuit_atlas.attribution.exploration import next_features, partial_influence
 from circuit_atlas.attribution.memory import check_memory, estimate_memory
-from circuit_atlas.attribution.rows import LOGIT_LAYER, Injection, RowComputer
+from circuit_atlas.attribution.rows import LOGIT_LAYER, Injection, RowComputer, bucket_of
 from circuit_atlas.attribution.sources import AttributionSources, collect_sources
 from circuit_atlas.attribution.targets import (
     LogitTargets,
@@ -135,8 +135,12 @@ def _check_memory(model, sources, n_rows, batch_size, strategy, memory_limit) ->
 
 
 def _compute_all_rows(model, run, sources, logit_targets, n_selected, batch_size, update_interval, strategy, progress):
-    frozen = model.frozen_forward(run.tokens, batch_size=1 if strategy == "vmap" else batch_size, run=run)
-    computer = RowComputer(frozen, sources, strategy)
+    copies = 1 if strategy == "vmap" else batch_size
+
+    def frozen_for(length: int):
+        return model.frozen_forward(run.tokens, batch_size=copies, run=run, length=length)
+
+    computer = RowComputer(frozen_for, sources, strategy)
     n_logits = len(logit_targets)
     total_rows = n_logits + n_selected
     bar = tqdm(total=total_rows, desc="attribution rows", unit="row", disable=not progress, leave=False)
@@ -185,24 +189,34 @@ def _feature_rows(model, computer, sources, logit_rows, logit_targets, n_selecte
         influence = partial_influence(all_rows, row_nodes, logit_targets.probabilities, sources.n_columns)
         count = min(update_interval * batch_size, n_selected - visited.numel())
         chosen = next_features(influence, n_active, visited, count)
-        # Within a refresh, go in layer order: batches then share a shallow causal cone.
-        chosen = chosen[torch.argsort(sources.active_features[chosen, 0], stable=True)]
         rows = torch.cat([rows, _rows_for(model, computer, sources, chosen, batch_size, bar)])
         visited = torch.cat([visited, chosen])
     return rows, visited
 
 
 def _rows_for(model, computer, sources: AttributionSources, features: torch.Tensor, batch_size, bar) -> torch.Tensor:
+    """Rows of `features`, returned in the order given; computed in causal-cone order."""
+    order = _cone_order(sources.active_features[features], computer.lengths, sources.n_layers)
     parts = []
     device = sources.errors.device
     for start in range(0, features.numel(), batch_size):
-        batch = features[start : start + batch_size]
+        batch = features[order[start : start + batch_size]]
         layers = sources.active_features[batch, 0]
         positions = sources.active_features[batch, 1]
         vectors = _encoder_rows(model.transcoders, sources.active_features[batch], device, sources.errors.dtype)
         parts.append(computer.rows(Injection(layers.to(device), positions.to(device), vectors)).cpu())
         bar.update(batch.numel())
-    return torch.cat(parts)
+    rows = torch.cat(parts)
+    restored = torch.empty_like(rows)
+    restored[order] = rows
+    return restored
+
+
+def _cone_order(features: torch.Tensor, lengths: list[int], n_layers: int) -> torch.Tensor:
+    """Visit order grouping targets by prefix bucket, then layer: batches then share a short
+    prefix and a shallow backward pass (both shrink the work per row)."""
+    key = bucket_of(features[:, 1], lengths) * n_layers + features[:, 0]
+    return torch.argsort(key, stable=True)
 
 
 def _encoder_rows(transcoders, features: torch.Tensor, device, dtype) -> torch.Tensor:

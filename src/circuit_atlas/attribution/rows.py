@@ -10,19 +10,40 @@ vector there, is that source's direct effect. A batch of targets is handled by o
 - "expand": the prompt is repeated `batch_size` times along the batch axis and batch element `b`
   carries target `b` (the reference library's approach); used where vmap is unavailable.
 
-Only the causal cone is touched: gradients exist only below the deepest target layer in the
-batch, and targets are processed in layer order so a batch reaches only as deep as it needs.
+Only the causal cone is touched. Gradients exist only below the deepest target layer in the
+batch, and nothing after the last target position matters (attention is causal), so each batch
+runs through a frozen pass over a prefix of the prompt: prompt lengths are split into a few
+buckets, targets are grouped by bucket and, within one, by layer, and a batch uses the shortest
+prefix that holds all its targets. Attention's cost grows with length², so this about halves
+the work on long prompts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from circuit_atlas.attribution.sources import AttributionSources, DecoderGroup
 
 LOGIT_LAYER = -1  # marks a target read at the final-norm output
+
+# Prompts up to this length run every batch over the whole prompt; longer ones use prefixes.
+MIN_BUCKETED_LENGTH = 64
+N_LENGTH_BUCKETS = 4
+
+
+def prefix_lengths(n_positions: int) -> list[int]:
+    """The prefix lengths batches may run over (ascending, the last is the whole prompt)."""
+    if n_positions <= MIN_BUCKETED_LENGTH:
+        return [n_positions]
+    return sorted({-(-n_positions * i // N_LENGTH_BUCKETS) for i in range(1, N_LENGTH_BUCKETS + 1)})
+
+
+def bucket_of(positions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Index of the shortest prefix length that contains each position."""
+    return torch.bucketize(positions.contiguous(), torch.tensor(lengths, device=positions.device), right=True)
 
 
 @dataclass
@@ -37,28 +58,44 @@ class Injection:
 class RowComputer:
     """Turns batches of targets into adjacency rows over all source columns."""
 
-    def __init__(self, frozen, sources: AttributionSources, strategy: str):
-        self.frozen = frozen
+    def __init__(self, frozen_for: Callable[[int], object], sources: AttributionSources, strategy: str):
+        """`frozen_for(length)` builds the frozen pass over the first `length` positions."""
+        self.frozen_for = frozen_for
         self.sources = sources
         self.strategy = strategy
         self.n_layers = sources.n_layers
+        self.lengths = prefix_lengths(sources.n_positions)
+        self._frozen_length = -1
+        self.frozen = None
+
+    def _use_length(self, reach: int) -> int:
+        """Switch to the shortest frozen prefix holding position `reach - 1` (one kept at a time)."""
+        length = next(n for n in self.lengths if n >= reach)
+        if length != self._frozen_length:
+            self.frozen = None  # free the previous pass before building the next
+            self.frozen = self.frozen_for(length)
+            self._frozen_length = length
+        return length
 
     def rows(self, injection: Injection) -> torch.Tensor:
         """`[B, n_columns]` float32 rows for one batch of targets."""
         gradients, embedding_gradient = self._gradients(injection)
         batch = injection.layers.shape[0]
         reach = int(injection.positions.max()) + 1
+        length = self._frozen_length
         out = torch.zeros(batch, self.sources.n_columns, dtype=torch.float32, device=embedding_gradient.device)
         for layer, gradient in enumerate(gradients):
             if gradient is None:
                 continue
             self._add_decoder_effects(out, gradient, self.sources.decoder_groups[layer], reach)
             start = self.sources.error_column(layer, 0)
-            out[:, start : start + self.sources.n_positions] = torch.einsum(
-                "bpd,pd->bp", gradient, self.sources.errors[layer]
+            out[:, start : start + length] = torch.einsum(
+                "bpd,pd->bp", gradient, self.sources.errors[layer, :length]
             ).float()
         start = self.sources.token_column(0)
-        out[:, start:] = torch.einsum("bpd,pd->bp", embedding_gradient, self.sources.token_vectors).float()
+        out[:, start : start + length] = torch.einsum(
+            "bpd,pd->bp", embedding_gradient, self.sources.token_vectors[:length]
+        ).float()
         return out
 
     @staticmethod
@@ -76,6 +113,7 @@ class RowComputer:
         out.index_add_(1, group.columns[:reach][valid], effects[valid].t().float())
 
     def _gradients(self, injection: Injection):
+        self._use_length(int(injection.positions.max()) + 1)
         readouts, cotangents = self._readouts(injection)
         deepest = int(injection.layers.max()) if (injection.layers >= 0).all() else self.n_layers
         wrt = [self.frozen.outputs[layer] for layer in range(deepest)] + [self.frozen.embeddings]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from circuit_atlas.errors import CircuitAtlasError
 
@@ -15,6 +16,14 @@ DIR may hold graph bundles written by `circuit-atlas trace` (DIR/<slug>/graph/ +
 be one such bundle itself, or hold graph-JSON files (circuit-tracer / Neuronpedia format).
 Labels, supernodes and pinned sets you save in the app are written next to each graph as
 <slug>.annotations.json.
+
+With --model and --transcoders the server loads the replacement model once and holds it, and the
+Steer panel can ablate, scale or set the pinned features of graphs traced with that model and
+those transcoders, showing top tokens and generated text before/after.
+
+examples:
+  circuit-atlas serve graphs/
+  circuit-atlas serve graphs/ --model google/gemma-2-2b --transcoders gemma --device cuda
 """
 
 
@@ -45,6 +54,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-browser", action="store_true", help="do not open a browser tab on start"
     )
+    steer = parser.add_argument_group("steering (optional; needs both --model and --transcoders)")
+    steer.add_argument("--model", default=None, help="hub id or local directory of the model")
+    steer.add_argument(
+        "--transcoders", default=None, help="hub id (repo[/sub][@rev]) or local directory"
+    )
+    steer.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: auto)")
+    steer.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+        help="model dtype (default float32)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -56,8 +75,10 @@ def serve_folder(
     port: int = 8041,
     open_browser: bool = True,
     features_dir: str | Path | None = None,
+    model: Any | None = None,
 ) -> None:
-    """Check the arguments and serve ``data_dir`` until interrupted (also used by `trace --serve`)."""
+    """Check the arguments and serve ``data_dir`` until interrupted (also used by `trace --serve`,
+    which may pass the model it already holds as ``model`` to enable steering)."""
     from circuit_atlas.server.runner import serve
 
     data_dir = Path(data_dir).expanduser()
@@ -65,15 +86,44 @@ def serve_folder(
         raise CircuitAtlasError(f"serve: {data_dir} is not a folder")
     if not 0 <= port <= 65535:
         raise CircuitAtlasError(f"serve: --port must lie in 0..65535, got {port}")
-    serve(data_dir, host=host, port=port, open_browser=open_browser, features_dir=features_dir)
+    serve(
+        data_dir, host=host, port=port, open_browser=open_browser, features_dir=features_dir,
+        model=model,
+    )
+
+
+def load_steering_model(
+    model: str | None, transcoders: str | None, device: str | None, dtype: str | None
+) -> Any | None:
+    """The replacement model to hold for steering, or None when neither flag is given."""
+    if model is None and transcoders is None:
+        if device is not None or dtype is not None:
+            raise CircuitAtlasError("serve: --device and --dtype need --model and --transcoders")
+        return None
+    if model is None or transcoders is None:
+        missing = "--transcoders" if transcoders is None else "--model"
+        raise CircuitAtlasError(
+            f"serve: steering needs both --model and --transcoders; {missing} is missing"
+        )
+    import circuit_atlas
+
+    print(f"loading {model} with transcoders {transcoders} for steering…", flush=True)
+    return circuit_atlas.load(model, transcoders, device=device, dtype=dtype)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not Path(args.data_dir).expanduser().is_dir():
+        raise CircuitAtlasError(f"serve: {args.data_dir} is not a folder")
+    if args.features is not None and not Path(args.features).expanduser().exists():
+        # Checked before the (slow) model load, so a typo fails fast.
+        raise CircuitAtlasError(f"serve: --features {args.features} does not exist")
+    model = load_steering_model(args.model, args.transcoders, args.device, args.dtype)
     serve_folder(
         args.data_dir,
         host=args.host,
         port=args.port,
         open_browser=not args.no_browser,
         features_dir=args.features,
+        model=model,
     )
     return 0

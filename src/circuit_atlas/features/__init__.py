@@ -1,1 +1,50 @@
-"""features"""
+"""Feature dashboards: what each transcoder feature responds to, computed from a text corpus.
+
+`build_feature_store(model, corpus, out)` streams a corpus through a `ReplacementModel` and
+records, per feature: top activating contexts, examples across activation quantiles, activation
+density, a histogram and the output tokens its decoder promotes / suppresses. The store is one
+SQLite file, resumable after interruption (`storage.py`, `build.py`).
+`FeatureStore(out).card(layer, feature)` reads a `FeatureCard`; `to_frontend_json` gives the
+graph-json §10.2 object the explorer's feature panel draws; `set_label` labels features.
+
+Public API (imported lazily so `import circuit_atlas.features` stays cheap):
+`build_feature_store`, `BuildSettings`, `BuildReport`, `FeatureStore`, `FeatureCard`, `Example`,
+`QuantileExamples`, `TokenEffect`, `Histogram`, `open_feature_store`, `open_feature_corpus`,
+`FeatureStoreError`, `FeatureBuildError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "build_feature_store": "circuit_atlas.features.build",
+    "BuildSettings": "circuit_atlas.features.build",
+    "BuildReport": "circuit_atlas.features.build",
+    "FeatureStore": "circuit_atlas.features.store",
+    "FeatureCard": "circuit_atlas.features.store",
+    "Example": "circuit_atlas.features.store",
+    "QuantileExamples": "circuit_atlas.features.store",
+    "TokenEffect": "circuit_atlas.features.store",
+    "Histogram": "circuit_atlas.features.store",
+    "open_feature_store": "circuit_atlas.features.store",
+    "open_feature_corpus": "circuit_atlas.features.sources",
+    "FeatureStoreError": "circuit_atlas.features.errors",
+    "FeatureBuildError": "circuit_atlas.features.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'circuit_atlas.features' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

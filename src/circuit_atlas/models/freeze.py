@@ -44,6 +44,33 @@ class ForwardRecord:
     hooks: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
+def prefix_record(record: ForwardRecord, length: int) -> ForwardRecord:
+    """The record of the first `length` positions of a pass, without re-running anything.
+
+    Attention is causal and norms act per position, so the first `length` rows of every pattern
+    and scale are exactly those a pass over the prefix would compute; a frozen pass over a
+    prefix can therefore replay them. Attribution uses this to run targets at early positions
+    through a shorter sequence.
+    """
+    if not 1 <= length <= record.tokens.shape[-1]:
+        raise ShapeMismatchError(f"prefix length {length} is outside 1..{record.tokens.shape[-1]}")
+
+    def cut(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor[:, :length]
+
+    return ForwardRecord(
+        tokens=cut(record.tokens),
+        embeddings=cut(record.embeddings),
+        inputs=[cut(t) for t in record.inputs],
+        outputs=[cut(t) for t in record.outputs],
+        final_hidden=cut(record.final_hidden),
+        logits=None if record.logits is None else cut(record.logits),
+        attention_patterns={k: v[..., :length, :length] for k, v in record.attention_patterns.items()},
+        norm_scales={k: cut(v) for k, v in record.norm_scales.items()},
+        hooks={k: [cut(t) for t in v] for k, v in record.hooks.items()},
+    )
+
+
 @dataclass(frozen=True)
 class FreezeSpec:
     """How attention patterns and norm denominators behave in a pass.

@@ -2,8 +2,10 @@
 
 Public API (imported lazily, so `import circuit_atlas.server` stays cheap):
 
-- `create_app(data_dir, *, features=None, allowed_hosts=None, max_body_bytes=...)` -> FastAPI
-- `serve(data_dir, *, host="127.0.0.1", port=8041, open_browser=True, features_dir=None)`
+- `create_app(data_dir, *, features=None, allowed_hosts=None, max_body_bytes=..., model=None)`
+  -> FastAPI (`model`: a loaded `ReplacementModel` for the steering endpoints)
+- `serve(data_dir, *, host="127.0.0.1", port=8041, open_browser=True, features_dir=None,
+  model=None)`
 - `BackgroundServer(app, host="127.0.0.1", port=0)` (`.start()`, `.url`, `.stop()`)
 - `write_graph_bundle(graph, out_dir, slug, node_threshold=0.8, edge_threshold=0.98)` -> Path
 - `FeatureProvider` protocol and `load_feature_provider(path)`

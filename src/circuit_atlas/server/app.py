@@ -24,6 +24,7 @@ from circuit_atlas.server.catalog import GraphNotFound, GraphUnreadable
 from circuit_atlas.server.explorer import Explorer, NodeNotFound, ScoresUnavailable
 from circuit_atlas.server.features import FeatureProvider
 from circuit_atlas.server.limits import DEFAULT_MAX_BODY_BYTES, RequestLimitsMiddleware
+from circuit_atlas.server.steer import MAX_NEW_TOKENS, OPS, POSITIONS, SteerBusy, Steerer, SteerUnavailable
 
 log = logging.getLogger("circuit_atlas.server")
 
@@ -39,8 +40,10 @@ def web_dir() -> Path:
 def _status_for(exc: CircuitAtlasError) -> int:
     if isinstance(exc, (GraphNotFound, NodeNotFound)):
         return 404
-    if isinstance(exc, ScoresUnavailable):
+    if isinstance(exc, (ScoresUnavailable, SteerUnavailable)):
         return 409
+    if isinstance(exc, SteerBusy):
+        return 503
     if isinstance(exc, GraphUnreadable):
         return 422
     return 400
@@ -92,20 +95,24 @@ def create_app(
     features: FeatureProvider | None = None,
     allowed_hosts: list[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    model: Any | None = None,
 ) -> FastAPI:
     """Build the explorer app for ``data_dir``.
 
     ``allowed_hosts``: when set, requests with another ``Host`` header are refused, which stops
     DNS-rebinding pages from reading a server bound to 127.0.0.1 (the CLI passes the loopback
-    names). ``features``: optional provider for the feature panel.
+    names). ``features``: optional provider for the feature panel. ``model``: a loaded
+    `ReplacementModel` for the steering endpoints (without one they answer 409).
     """
     explorer = Explorer(data_dir, features)
+    steerer = Steerer(model)
     app = FastAPI(
         title="circuit-atlas explorer",
         version=circuit_atlas.__version__,
         description="Browse attribution graphs, annotate them and score pinned subgraphs.",
     )
     app.state.explorer = explorer
+    app.state.steerer = steerer
     app.add_middleware(RequestLimitsMiddleware, max_body_bytes=max_body_bytes)
     if allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
@@ -122,6 +129,7 @@ def create_app(
         )
 
     _add_api_routes(app, explorer)
+    _add_steer_routes(app, explorer, steerer)
     _add_static_routes(app)
     return app
 
@@ -138,7 +146,11 @@ def _add_api_routes(app: FastAPI, explorer: Explorer) -> None:
 
     @app.get("/api/graphs", tags=["graphs"], summary="List the graphs in the data folder")
     def list_graphs() -> dict[str, Any]:
-        return {"graphs": explorer.list_graphs(), "features": explorer.features is not None}
+        return {
+            "graphs": explorer.list_graphs(),
+            "features": explorer.features is not None,
+            "steer": app.state.steerer.available,
+        }
 
     @app.get(
         "/api/graphs/{graph_id}",
@@ -238,6 +250,79 @@ def _add_api_routes(app: FastAPI, explorer: Explorer) -> None:
             "index": index,
             "feature": record,
         }
+
+
+_STEER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["interventions"],
+                    "properties": {
+                        "interventions": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["nodes", "op"],
+                                "properties": {
+                                    "nodes": {"type": "array", "items": {"type": "string"}},
+                                    "op": {"enum": list(OPS)},
+                                    "value": {"type": "number"},
+                                    "positions": {"enum": list(POSITIONS)},
+                                    "name": {"type": "string"},
+                                },
+                            },
+                        },
+                        "mode": {"enum": ["free", "constrained"]},
+                        "freeze_attention": {"type": "boolean"},
+                        "max_new_tokens": {"type": "integer", "minimum": 0, "maximum": MAX_NEW_TOKENS},
+                        "temperature": {"type": "number", "minimum": 0},
+                        "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                        "seed": {"type": "integer", "minimum": 0},
+                        "top_k": {"type": "integer", "minimum": 1},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _add_steer_routes(app: FastAPI, explorer: Explorer, steerer: Steerer) -> None:
+    def steerable_graph(graph_id: str) -> Any | None:
+        """The native graph (404 for unknown ids); not loaded when there is no model to use it."""
+        if not steerer.available:
+            explorer.catalog.get(graph_id)
+            return None
+        return explorer.native_graph(graph_id)
+
+    @app.get("/api/steer", tags=["steer"], summary="Whether the server holds a model to steer")
+    def steer_info() -> dict[str, Any]:
+        return steerer.info()
+
+    @app.get(
+        "/api/graphs/{graph_id}/steer",
+        tags=["steer"],
+        summary="Whether this graph can be steered with the loaded model, and why not",
+    )
+    def steer_status(graph_id: str) -> dict[str, Any]:
+        return steerer.graph_status(steerable_graph(graph_id), graph_id)
+
+    @app.post(
+        "/api/graphs/{graph_id}/steer",
+        tags=["steer"],
+        summary="Ablate, scale or set feature nodes; top tokens and generated text before/after",
+        openapi_extra=_STEER_BODY,
+    )
+    async def post_steer(graph_id: str, request: Request) -> dict[str, Any]:
+        body = await _json_body(request)
+
+        def work() -> dict[str, Any]:
+            return steerer.steer(steerable_graph(graph_id), graph_id, body)
+
+        return await run_in_threadpool(work)
 
 
 def _add_static_routes(app: FastAPI) -> None:

@@ -267,6 +267,12 @@ class Explorer:
         result["n_nodes"] = None if node_ids is None else len(node_ids)
         return result
 
+    # -- steering -----------------------------------------------------------------------------
+    def native_graph(self, graph_id: str) -> Any | None:
+        """The loaded native `Graph`, or None when the graph exists only as JSON."""
+        entry = self.catalog.get(graph_id)
+        return None if entry.native_dir is None else self._native(entry)
+
     # -- features -----------------------------------------------------------------------------
     def feature(self, layer: int, index: int) -> dict[str, Any] | None:
         if self.features is None:

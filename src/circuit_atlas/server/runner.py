@@ -53,15 +53,18 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def build_app(
-    data_dir: str | Path, host: str, features_dir: str | Path | None = None
+    data_dir: str | Path,
+    host: str,
+    features_dir: str | Path | None = None,
+    model: Any | None = None,
 ) -> Any:
-    """The app with the security settings that suit ``host``."""
+    """The app with the security settings that suit ``host`` (``model``: for steering)."""
     from circuit_atlas.server.app import LOOPBACK_HOSTS, create_app
     from circuit_atlas.server.features import load_feature_provider
 
     features = load_feature_provider(features_dir) if features_dir else None
     allowed = LOOPBACK_HOSTS if is_loopback(host) else None
-    return create_app(data_dir, features=features, allowed_hosts=allowed)
+    return create_app(data_dir, features=features, allowed_hosts=allowed, model=model)
 
 
 def _url(host: str, port: int) -> str:
@@ -120,11 +123,15 @@ def serve(
     port: int = DEFAULT_PORT,
     open_browser: bool = True,
     features_dir: str | Path | None = None,
+    model: Any | None = None,
 ) -> None:
-    """Serve ``data_dir`` until interrupted (the ``circuit-atlas serve`` command)."""
+    """Serve ``data_dir`` until interrupted (the ``circuit-atlas serve`` command).
+
+    ``model``: a loaded `ReplacementModel`, held for the Steer panel's requests.
+    """
     import uvicorn
 
-    app = build_app(data_dir, host, features_dir)
+    app = build_app(data_dir, host, features_dir, model)
     sock = bind_socket(host, port)
     url = _url(host, sock.getsockname()[1])
     if not is_loopback(host):
@@ -135,6 +142,8 @@ def serve(
         )
     n_graphs = len(app.state.explorer.catalog.refresh())
     print(f"circuit-atlas explorer: {n_graphs} graph(s) from {data_dir} at {url}", flush=True)
+    if model is not None:
+        print(f"steering with model {model.lm.name} and transcoders {model.transcoders.scan}", flush=True)
     print("press Ctrl+C to stop", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     if open_browser:
