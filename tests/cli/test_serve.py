@@ -82,3 +82,51 @@ def test_serve_subprocess_answers_api(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_steering_flags_need_each_other(tmp_path: Path, capsys) -> None:
+    args = build_parser().parse_args(
+        ["serve", "g", "--model", "m", "--transcoders", "t", "--device", "cpu", "--dtype", "float32"]
+    )
+    assert (args.model, args.transcoders, args.device, args.dtype) == ("m", "t", "cpu", "float32")
+    assert main(["serve", str(tmp_path), "--model", "m", "--no-browser"]) == 1
+    assert "--transcoders is missing" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--transcoders", "t", "--no-browser"]) == 1
+    assert "--model is missing" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--device", "cpu", "--no-browser"]) == 1
+    assert "need --model" in capsys.readouterr().err
+
+
+def test_serve_loads_the_model_once_and_graphs_traced_with_it_are_steerable(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Local model and transcoder folders: the held model matches graphs traced from the same
+    folders, even when the path is spelled differently."""
+    import circuit_atlas
+    from fastapi.testclient import TestClient
+
+    from circuit_atlas.models.tiny import tiny_language_model
+    from circuit_atlas.server import runner
+    from circuit_atlas.server.app import create_app
+    from circuit_atlas.transcoders.random import random_transcoders
+
+    lm = tiny_language_model("llama", seed=2, n_layers=2, d_model=32)
+    tc = random_transcoders("plt", n_layers=2, d_model=32, n_features=16, seed=1)
+    lm.save(tmp_path / "model")
+    tc.save_native(tmp_path / "tc")
+    traced_with = circuit_atlas.load(str(tmp_path / "model"), str(tmp_path / "tc"))
+    graphs = tmp_path / "graphs"
+    graph = circuit_atlas.attribute(traced_with, "the capital of Texas is", progress=False)
+    write_graph_bundle(graph, graphs, "texas")
+
+    captured: dict = {}
+    monkeypatch.setattr(runner, "serve", lambda data_dir, **kw: captured.update(kw, data_dir=data_dir))
+    monkeypatch.chdir(tmp_path)
+    code = main(["serve", "graphs", "--model", "./model/", "--transcoders", "tc", "--no-browser"])
+    assert code == 0, capsys.readouterr().err
+    held = captured["model"]
+    assert held.transcoders.scan == graph.transcoder_scan == "random-plt-relu-seed1"
+    assert held.lm.name != graph.model_name  # same folder, spelled differently
+    client = TestClient(create_app(graphs, model=held))
+    status = client.get("/api/graphs/texas/steer").json()
+    assert status["available"] is True, status["reason"]

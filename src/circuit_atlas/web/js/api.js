@@ -51,4 +51,6 @@ export const api = {
   scores: (id, nodeIds) => request("POST", `api/graphs/${enc(id)}/scores`, { node_ids: nodeIds }),
   subgraph: (id, nodeIds) => request("POST", `api/graphs/${enc(id)}/subgraph`, { node_ids: nodeIds }),
   feature: (layer, index) => request("GET", `api/features/${layer}/${index}`),
+  steerStatus: (id) => request("GET", `api/graphs/${enc(id)}/steer`),
+  steer: (id, body) => request("POST", `api/graphs/${enc(id)}/steer`, body),
 };

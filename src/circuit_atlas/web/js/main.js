@@ -5,6 +5,7 @@ import { api } from "./api.js";
 import { FeaturePanel } from "./feature-panel.js";
 import { GraphCanvas } from "./graph-canvas.js";
 import { NodePanel } from "./node-panel.js";
+import { SteerPanel } from "./steer-panel.js";
 import { SubgraphPane } from "./subgraph.js";
 import { readUrlState, writeUrlState } from "./urlstate.js";
 import { debounce, describeNode, el, fmt, newId, nodeKind, showToken } from "./util.js";
@@ -34,6 +35,7 @@ class App {
     this.nodePanel = new NodePanel($("#node-panel"), this);
     this.featurePanel = new FeaturePanel($("#feature-panel"), this);
     this.subgraph = new SubgraphPane($("#subgraph"), this);
+    this.steer = new SteerPanel($("#steer"), this);
     this.reloadView = debounce(() => this.loadView(), 200);
     this.bindControls();
     window.__atlas = this; // lets tests and curious users inspect the state
@@ -128,6 +130,7 @@ class App {
     $("#edge-threshold").disabled = !summary.has_native;
     $("#edge-threshold").title = summary.has_native ? "" : "JSON-only graph: edges cannot be re-pruned";
     this.showThresholds();
+    this.steer.setGraph(graphId);
     try {
       s.annotations = await api.annotations(graphId);
     } catch (error) {
@@ -309,7 +312,9 @@ class App {
       }
     });
     document.addEventListener("keydown", (e) => {
-      if (e.key === "Escape" && document.activeElement.tagName !== "INPUT") this.selectNode(null);
+      if (e.key !== "Escape" || ["INPUT", "SELECT"].includes(document.activeElement.tagName)) return;
+      if (this.steer.isOpen) this.steer.close();
+      else this.selectNode(null);
     });
   }
 

@@ -143,6 +143,11 @@ export class SubgraphPane {
   }
 
   draw() {
+    this.drawCanvas();
+    this.afterDraw();
+  }
+
+  drawCanvas() {
     this.drawToolbar();
     this.drawGroups();
     const items = this.items();
@@ -181,6 +186,11 @@ export class SubgraphPane {
     }
     for (const item of items) root.append(this.itemBox(item));
     this.canvasBox.append(root);
+  }
+
+  /** Redraw, then let the Steer panel pick up changed pins or groups. */
+  afterDraw() {
+    if (this.app.steer) this.app.steer.update();
   }
 
   itemBox(item) {
@@ -260,6 +270,16 @@ export class SubgraphPane {
         "Clear pins",
       ),
       this.pinnedSetControls(),
+      el(
+        "button",
+        {
+          class: `small steer-open${this.app.steer && this.app.steer.isOpen ? " active" : ""}`,
+          "data-testid": "steer-open",
+          title: "Ablate, scale or set the pinned features on the model and compare the outputs",
+          onclick: () => this.app.steer.toggle(),
+        },
+        "Steer…",
+      ),
       this.scoreText,
     );
   }

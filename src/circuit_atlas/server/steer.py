@@ -1,0 +1,398 @@
+"""Steering from the explorer: turn a web request about graph nodes into interventions, run them
+on the model the server holds, and answer with top tokens and generated text before/after.
+
+Why a separate module: the HTTP layer stays thin, and everything a client can get wrong (unknown
+or non-feature nodes, NaN values, too many tokens, a graph traced with another model) is checked
+here, before the model is touched, with a message that names the offending field.
+
+Request body (``POST /api/graphs/{id}/steer``)::
+
+    {"interventions": [{"nodes": ["3_1204_5", ...],   # one node, or a supernode's members
+                        "op": "ablate" | "scale" | "set",
+                        "value": 2.0,                    # factor (scale) or activation (set)
+                        "positions": "node" | "all" | "from_node",
+                        "name": "Texas"}],               # optional, for display
+     "mode": "free" | "constrained", "freeze_attention": false,
+     "max_new_tokens": 16, "temperature": 0, "top_p": 1, "seed": 0, "top_k": 10}
+
+Positions: ``node`` is each node's own position; ``all`` every position, generated ones
+included; ``from_node`` the node's position and everything after it, generated tokens included
+(an open-ended range).
+
+The model is used by one request at a time (one lock); requests run in a worker thread, so the
+rest of the API answers while a model call is in progress. At most ``max_pending`` requests wait
+for the lock; more are refused with 503 instead of piling up.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from circuit_atlas.errors import CircuitAtlasError
+
+MAX_NEW_TOKENS = 64
+MAX_TOP_K = 50
+MAX_ROWS = 256
+MAX_NODES_PER_ROW = 1024
+MAX_ABS_VALUE = 1e6
+MAX_TEMPERATURE = 100.0
+MAX_CHANGED_FEATURES = 20
+POSITIONS = ("node", "all", "from_node")
+OPS = ("ablate", "scale", "set")
+MODES = ("free", "constrained")
+REQUEST_KEYS = frozenset(
+    {"interventions", "mode", "freeze_attention", "max_new_tokens", "temperature", "top_p",
+     "seed", "top_k"}
+)
+ROW_KEYS = frozenset({"nodes", "op", "value", "positions", "name"})
+START_HINT = (
+    "start the explorer with the model and transcoders the graph was traced with: "
+    "circuit-atlas serve DIR --model MODEL --transcoders TRANSCODERS"
+)
+
+
+class SteerUnavailable(CircuitAtlasError):
+    """Steering this graph is impossible as the server stands (no model, other model, no native
+    graph): the request was fine, the server's state is not (HTTP 409)."""
+
+
+class SteerBusy(CircuitAtlasError):
+    """Too many steering requests are already waiting for the model (HTTP 503)."""
+
+
+class SteerRequestError(CircuitAtlasError):
+    """A malformed steering request (HTTP 400)."""
+
+
+# ---------------------------------------------------------------------- request parsing
+@dataclass(frozen=True)
+class SteerRow:
+    """One row of the Steer panel: an operation on one node or on a supernode's members."""
+
+    nodes: tuple[str, ...]
+    op: str
+    value: float | None
+    positions: str
+    name: str | None
+
+
+@dataclass(frozen=True)
+class SteerRequest:
+    rows: tuple[SteerRow, ...]
+    mode: str
+    freeze_attention: bool
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    top_k: int
+
+
+def _number(value: Any, field: str, lo: float, hi: float) -> float:
+    """A finite JSON number in [lo, hi]; Python's json accepts NaN/Infinity, so check here."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SteerRequestError(f"{field} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise SteerRequestError(f"{field} must be a finite number, got {value!r}")
+    if not lo <= value <= hi:
+        raise SteerRequestError(f"{field} must lie in [{lo:g}, {hi:g}], got {value:g}")
+    return value
+
+
+def _integer(value: Any, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SteerRequestError(f"{field} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise SteerRequestError(f"{field} must lie in {lo}..{hi}, got {value}")
+    return value
+
+
+def _choice(value: Any, field: str, options: Sequence[str]) -> str:
+    if value not in options:
+        raise SteerRequestError(f"{field} must be one of {', '.join(options)}; got {value!r}")
+    return value
+
+
+def parse_row(data: Any, where: str) -> SteerRow:
+    if not isinstance(data, dict):
+        raise SteerRequestError(f"{where} must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - ROW_KEYS)
+    if unknown:
+        raise SteerRequestError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(ROW_KEYS)}")
+    nodes = data.get("nodes")
+    if (
+        not isinstance(nodes, list)
+        or not 0 < len(nodes) <= MAX_NODES_PER_ROW
+        or not all(isinstance(n, str) and 0 < len(n) <= 200 for n in nodes)
+    ):
+        raise SteerRequestError(
+            f"{where}.nodes must be a list of 1..{MAX_NODES_PER_ROW} node-id strings"
+        )
+    op = _choice(data.get("op"), f"{where}.op", OPS)
+    value = data.get("value")
+    if op == "ablate":
+        if value is not None:
+            raise SteerRequestError(f"{where}: ablate takes no value (got value={value!r})")
+    elif value is None:
+        what = "the factor to multiply by" if op == "scale" else "the activation to set"
+        raise SteerRequestError(f"{where}: op {op!r} needs a value ({what})")
+    else:
+        value = _number(value, f"{where}.value", -MAX_ABS_VALUE, MAX_ABS_VALUE)
+    positions = _choice(data.get("positions", "node"), f"{where}.positions", POSITIONS)
+    name = data.get("name")
+    if name is not None and (not isinstance(name, str) or len(name) > 200):
+        raise SteerRequestError(f"{where}.name must be a string of at most 200 characters")
+    return SteerRow(tuple(dict.fromkeys(nodes)), op, value, positions, name)
+
+
+def parse_request(body: Any) -> SteerRequest:
+    """Check every field of a steering request body; unknown keys are refused (typos)."""
+    if not isinstance(body, dict):
+        raise SteerRequestError("the request body must be a JSON object")
+    unknown = sorted(set(body) - REQUEST_KEYS)
+    if unknown:
+        raise SteerRequestError(f"unknown key(s) {unknown}; allowed: {sorted(REQUEST_KEYS)}")
+    rows = body.get("interventions")
+    if not isinstance(rows, list) or not 0 < len(rows) <= MAX_ROWS:
+        raise SteerRequestError(f"interventions must be a list of 1..{MAX_ROWS} objects")
+    mode = _choice(body.get("mode", "free"), "mode", MODES)
+    freeze = body.get("freeze_attention", False)
+    if not isinstance(freeze, bool):
+        raise SteerRequestError(f"freeze_attention must be true or false, got {freeze!r}")
+    if freeze and mode != "free":
+        raise SteerRequestError("freeze_attention applies to mode 'free' only")
+    return SteerRequest(
+        rows=tuple(parse_row(row, f"interventions[{i}]") for i, row in enumerate(rows)),
+        mode=mode,
+        freeze_attention=freeze,
+        max_new_tokens=_integer(body.get("max_new_tokens", 16), "max_new_tokens", 0, MAX_NEW_TOKENS),
+        temperature=_number(body.get("temperature", 0.0), "temperature", 0.0, MAX_TEMPERATURE),
+        top_p=_top_p(body.get("top_p", 1.0)),
+        seed=_integer(body.get("seed", 0), "seed", 0, 2**63 - 1),
+        top_k=_integer(body.get("top_k", 10), "top_k", 1, MAX_TOP_K),
+    )
+
+
+def _top_p(value: Any) -> float:
+    value = _number(value, "top_p", 0.0, 1.0)
+    if value == 0.0:
+        raise SteerRequestError("top_p must be greater than 0")
+    return value
+
+
+# ---------------------------------------------------------------------- nodes -> interventions
+def row_interventions(graph: Any, row: SteerRow, where: str) -> list:
+    """The `Intervention`s of one row: each member node's (layer, position, feature).
+
+    Members that share a layer and feature collapse into one intervention when their position
+    ranges would overlap (``all``, ``from_node``), since the interventions API refuses two
+    interventions on the same feature and position.
+    """
+    from circuit_atlas.interventions import Intervention
+
+    coords = [node_coords(graph, node_id, where) for node_id in row.nodes]
+    kwargs: dict[str, Any] = {"ablate": True}
+    if row.op == "set":
+        kwargs = {"value": row.value}
+    elif row.op == "scale":
+        kwargs = {"scale": row.value}
+    if row.positions == "node":
+        return [Intervention(layer, pos, feat, **kwargs) for layer, pos, feat in coords]
+    first: dict[tuple[int, int], int] = {}
+    for layer, pos, feat in coords:
+        key = (layer, feat)
+        first[key] = min(pos, first.get(key, pos))
+    out = []
+    for (layer, feat), pos in first.items():
+        position = None if row.positions == "all" else slice(pos, None)
+        out.append(Intervention(layer, position, feat, **kwargs))
+    return out
+
+
+def node_coords(graph: Any, node_id: str, where: str) -> tuple[int, int, int]:
+    """(layer, position, feature) of a feature node; other nodes cannot be intervened on."""
+    try:
+        index = graph.node_index(node_id)
+    except KeyError:
+        raise SteerRequestError(f"{where}: the graph has no node {node_id!r}") from None
+    kind = graph.node_kind(index)
+    if kind != "feature":
+        raise SteerRequestError(
+            f"{where}: node {node_id!r} is a {kind} node; only feature nodes can be steered"
+        )
+    layer, pos, feat = (int(v) for v in graph.feature_coords[index])
+    return layer, pos, feat
+
+
+# ---------------------------------------------------------------------- model identity
+def _same_ref(a: Any, b: Any) -> bool:
+    """Names match when equal, or when both are local paths to the same folder."""
+    if a == b:
+        return True
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    try:
+        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        return pa.exists() and pb.exists() and os.path.samefile(pa, pb)
+    except (OSError, ValueError):
+        return False
+
+
+def mismatch(graph: Any, model: Any) -> str | None:
+    """Why ``graph`` cannot be steered with ``model``, or None when it was traced with it."""
+    lm, tc = model.lm, model.transcoders
+    if not _same_ref(graph.model_name, lm.name):
+        return (
+            f"the graph was traced with model {graph.model_name!r} but the server holds "
+            f"{lm.name!r}"
+        )
+    if not _same_ref(graph.transcoder_scan, tc.scan):
+        return (
+            f"the graph was traced with transcoders {graph.transcoder_scan!r} but the server "
+            f"holds {tc.scan!r}"
+        )
+    if graph.n_layers != model.n_layers:
+        return f"the graph has {graph.n_layers} layers but the model has {model.n_layers}"
+    return None
+
+
+def model_info(model: Any) -> dict[str, Any]:
+    scan = model.transcoders.scan
+    return {
+        "name": model.lm.name,
+        "transcoders": scan if isinstance(scan, str) or scan is None else list(scan),
+        "n_layers": int(model.n_layers),
+        "n_features": int(model.transcoders.n_features),
+        "max_positions": model.lm.max_positions,
+    }
+
+
+def finite(value: Any) -> Any:
+    """``value`` with NaN/inf floats replaced by None: extreme steering values can overflow the
+    logits, and strict JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------- the runner
+class Steerer:
+    """Holds the loaded `ReplacementModel` (or None) and runs steering requests on it, one at a time."""
+
+    def __init__(self, model: Any | None, max_pending: int = 4) -> None:
+        self.model = model
+        self.max_pending = max_pending
+        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._pending = 0
+
+    @property
+    def available(self) -> bool:
+        return self.model is not None
+
+    def info(self) -> dict[str, Any]:
+        """What the web app needs to show or hide the Steer panel."""
+        return {
+            "available": self.available,
+            "model": model_info(self.model) if self.model is not None else None,
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "max_top_k": MAX_TOP_K,
+            "reason": None if self.available else f"the server holds no model; {START_HINT}",
+        }
+
+    def graph_status(self, graph: Any | None, graph_id: str) -> dict[str, Any]:
+        """Whether this graph can be steered, and why not (shown next to a disabled panel)."""
+        reason = self.refusal(graph, graph_id)
+        return {**self.info(), "available": reason is None, "reason": reason}
+
+    def refusal(self, graph: Any | None, graph_id: str) -> str | None:
+        if self.model is None:
+            return f"steering needs a model, and the server holds none; {START_HINT}"
+        if graph is None:
+            return (
+                f"graph {graph_id!r} exists only as a JSON file; steering needs the native graph "
+                "(its token ids and feature coordinates), as written by `circuit-atlas trace`"
+            )
+        why = mismatch(graph, self.model)
+        if why is not None:
+            return f"graph {graph_id!r} cannot be steered: {why}; {START_HINT}"
+        return None
+
+    def steer(self, graph: Any | None, graph_id: str, body: Any) -> dict[str, Any]:
+        """Validate ``body`` against ``graph`` and run it (blocking; call from a worker thread)."""
+        reason = self.refusal(graph, graph_id)
+        if reason is not None:
+            raise SteerUnavailable(reason)
+        request = parse_request(body)
+        interventions = []
+        for i, row in enumerate(request.rows):
+            interventions.extend(row_interventions(graph, row, f"interventions[{i}]"))
+        with _Slot(self):
+            start = time.perf_counter()
+            with self._lock:
+                waited = time.perf_counter() - start
+                result = self.compute(graph.input_ids, interventions, request)
+        result["graph_id"] = graph_id
+        result["rows"] = [
+            {"nodes": list(r.nodes), "op": r.op, "value": r.value, "positions": r.positions,
+             "name": r.name}
+            for r in request.rows
+        ]
+        result["timing"] = {"queued_s": waited, "run_s": time.perf_counter() - start - waited}
+        return finite(result)
+
+    def compute(self, input_ids: Any, interventions: list, request: SteerRequest) -> dict[str, Any]:
+        """`intervene` on the prompt and `generate` from it; the model lock is held."""
+        import torch
+
+        from circuit_atlas.interventions import generate, intervene
+
+        with torch.no_grad():
+            result = intervene(
+                self.model, input_ids, interventions, mode=request.mode,
+                freeze_attention=request.freeze_attention, top_k=request.top_k,
+            )
+            generation = None
+            if request.max_new_tokens > 0:
+                generation = generate(
+                    self.model, input_ids, interventions, request.max_new_tokens,
+                    temperature=request.temperature, top_p=request.top_p, seed=request.seed,
+                )
+        return {
+            "intervention": result.to_dict(max_changes=MAX_CHANGED_FEATURES),
+            "generation": None if generation is None else generation.to_dict(),
+        }
+
+
+class _Slot:
+    """Counts requests waiting for or holding the model; refuses one past ``max_pending``."""
+
+    def __init__(self, steerer: Steerer) -> None:
+        self.steerer = steerer
+
+    def __enter__(self) -> None:
+        s = self.steerer
+        with s._count_lock:
+            if s._pending >= s.max_pending:
+                raise SteerBusy(
+                    f"the model is busy with {s._pending} steering request(s); try again shortly"
+                )
+            s._pending += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.steerer._count_lock:
+            self.steerer._pending -= 1
+
