@@ -27,6 +27,7 @@ from circuit_atlas.attribution.targets import (
 from circuit_atlas.errors import AttributionError
 
 STRATEGIES = ("auto", "vmap", "expand")
+ASSEMBLY_CHUNK = 1024  # rows copied at a time when dropping unselected columns
 
 
 def attribute(
@@ -98,7 +99,9 @@ def attribute(
         "dtype": str(compute_dtype).replace("torch.", ""),
         "strategy": chosen,
     }
-    return _assemble_graph(model, tokens, sources, logit_targets, rows, row_nodes, settings)
+    adjacency, selected = _keep_selected(rows, row_nodes, sources, len(logit_targets))
+    del rows  # the full row buffer is no longer needed; free it before building the graph
+    return _assemble_graph(model, tokens, sources, logit_targets, adjacency, selected, settings)
 
 
 def _check_settings(max_feature_nodes, batch_size, update_interval, strategy) -> None:
@@ -135,6 +138,8 @@ def _check_memory(model, sources, n_rows, batch_size, strategy, memory_limit) ->
 
 
 def _compute_all_rows(model, run, sources, logit_targets, n_selected, batch_size, update_interval, strategy, progress):
+    """All rows in one preallocated `[n_logits + n_selected, n_columns]` buffer (logit rows first),
+    and the node each row belongs to. Rows are written in place, never concatenated."""
     copies = 1 if strategy == "vmap" else batch_size
 
     def frozen_for(length: int):
@@ -142,22 +147,18 @@ def _compute_all_rows(model, run, sources, logit_targets, n_selected, batch_size
 
     computer = RowComputer(frozen_for, sources, strategy)
     n_logits = len(logit_targets)
-    total_rows = n_logits + n_selected
-    bar = tqdm(total=total_rows, desc="attribution rows", unit="row", disable=not progress, leave=False)
+    buffer = torch.zeros(n_logits + n_selected, sources.n_columns)
+    row_nodes = torch.cat([torch.arange(n_logits) + sources.n_columns, torch.zeros(n_selected, dtype=torch.long)])
+    bar = tqdm(total=n_logits + n_selected, desc="attribution rows", unit="row", disable=not progress, leave=False)
     try:
-        logit_rows = _logit_rows(computer, logit_targets, sources.n_positions, batch_size, bar)
-        feature_rows, visited = _feature_rows(
-            model, computer, sources, logit_rows, logit_targets, n_selected, batch_size, update_interval, bar
-        )
+        _logit_rows(computer, logit_targets, sources.n_positions, batch_size, buffer[:n_logits], bar)
+        _feature_rows(model, computer, sources, buffer, row_nodes, logit_targets, n_selected, batch_size, update_interval, bar)
     finally:
         bar.close()
-    rows = torch.cat([logit_rows, feature_rows]) if feature_rows.numel() else logit_rows
-    logit_nodes = torch.arange(n_logits) + sources.n_columns
-    return rows, torch.cat([logit_nodes, visited])
+    return buffer, row_nodes
 
 
-def _logit_rows(computer, logit_targets: LogitTargets, n_positions, batch_size, bar) -> torch.Tensor:
-    parts = []
+def _logit_rows(computer, logit_targets: LogitTargets, n_positions, batch_size, out: torch.Tensor, bar) -> None:
     for start in range(0, len(logit_targets), batch_size):
         vectors = logit_targets.vectors[start : start + batch_size]
         count = vectors.shape[0]
@@ -166,50 +167,43 @@ def _logit_rows(computer, logit_targets: LogitTargets, n_positions, batch_size, 
             positions=torch.full((count,), n_positions - 1, dtype=torch.long),
             vectors=vectors.to(computer.sources.errors.device),
         )
-        parts.append(computer.rows(injection).cpu())
+        out[start : start + count] = computer.rows(injection).cpu()
         bar.update(count)
-    return torch.cat(parts)
 
 
-def _feature_rows(model, computer, sources, logit_rows, logit_targets, n_selected, batch_size, update_interval, bar):
+def _feature_rows(model, computer, sources, buffer, row_nodes, logit_targets, n_selected, batch_size, update_interval, bar) -> None:
+    """Fill the feature part of `buffer` (after the logit rows) and of `row_nodes`."""
     n_active = sources.n_active
-    empty = torch.zeros(0, sources.n_columns), torch.zeros(0, dtype=torch.long)
+    n_logits = len(logit_targets)
     if n_selected == 0:
-        return empty
+        return
     if n_selected == n_active:
         order = torch.arange(n_active)
-        return _rows_for(model, computer, sources, order, batch_size, bar), order
-    visited = torch.zeros(0, dtype=torch.long)
-    rows = torch.zeros(0, sources.n_columns)
-    n_logits = len(logit_targets)
-    logit_nodes = torch.arange(n_logits) + sources.n_columns
-    while visited.numel() < n_selected:
-        all_rows = torch.cat([logit_rows, rows])
-        row_nodes = torch.cat([logit_nodes, visited])
-        influence = partial_influence(all_rows, row_nodes, logit_targets.probabilities, sources.n_columns)
-        count = min(update_interval * batch_size, n_selected - visited.numel())
-        chosen = next_features(influence, n_active, visited, count)
-        rows = torch.cat([rows, _rows_for(model, computer, sources, chosen, batch_size, bar)])
-        visited = torch.cat([visited, chosen])
-    return rows, visited
+        row_nodes[n_logits:] = order
+        _rows_for(model, computer, sources, order, batch_size, buffer[n_logits:], bar)
+        return
+    filled = n_logits
+    while filled < n_logits + n_selected:
+        influence = partial_influence(buffer[:filled], row_nodes[:filled], logit_targets.probabilities, sources.n_columns)
+        count = min(update_interval * batch_size, n_logits + n_selected - filled)
+        chosen = next_features(influence, n_active, row_nodes[n_logits:filled], count)
+        row_nodes[filled : filled + count] = chosen
+        _rows_for(model, computer, sources, chosen, batch_size, buffer[filled : filled + count], bar)
+        filled += count
 
 
-def _rows_for(model, computer, sources: AttributionSources, features: torch.Tensor, batch_size, bar) -> torch.Tensor:
-    """Rows of `features`, returned in the order given; computed in causal-cone order."""
+def _rows_for(model, computer, sources: AttributionSources, features: torch.Tensor, batch_size, out: torch.Tensor, bar) -> None:
+    """Write the rows of `features` into `out` (row i ↔ features[i]), computed in causal-cone order."""
     order = _cone_order(sources.active_features[features], computer.lengths, sources.n_layers)
-    parts = []
     device = sources.errors.device
     for start in range(0, features.numel(), batch_size):
-        batch = features[order[start : start + batch_size]]
+        slots = order[start : start + batch_size]
+        batch = features[slots]
         layers = sources.active_features[batch, 0]
         positions = sources.active_features[batch, 1]
         vectors = _encoder_rows(model.transcoders, sources.active_features[batch], device, sources.errors.dtype)
-        parts.append(computer.rows(Injection(layers.to(device), positions.to(device), vectors)).cpu())
+        out[slots] = computer.rows(Injection(layers.to(device), positions.to(device), vectors)).cpu()
         bar.update(batch.numel())
-    rows = torch.cat(parts)
-    restored = torch.empty_like(rows)
-    restored[order] = rows
-    return restored
 
 
 def _cone_order(features: torch.Tensor, lengths: list[int], n_layers: int) -> torch.Tensor:
@@ -229,18 +223,25 @@ def _encoder_rows(transcoders, features: torch.Tensor, device, dtype) -> torch.T
     return out
 
 
-def _assemble_graph(model, tokens, sources, logit_targets, rows, row_nodes, settings):
-    """Keep the columns of features that got rows; order rows as [features ascending | logits]."""
-    from circuit_atlas.graph import Graph
-
-    n_logits = len(logit_targets)
+def _keep_selected(rows, row_nodes, sources, n_logits):
+    """Adjacency over the selected features only: rows ordered [features ascending | logits],
+    columns [selected features | errors | tokens]. Copied a block of rows at a time."""
     feature_nodes = row_nodes[n_logits:]
     order = torch.argsort(feature_nodes)
     selected = feature_nodes[order]
-    feature_rows = rows[n_logits:][order]
-    logit_rows = rows[:n_logits]
+    row_order = torch.cat([order + n_logits, torch.arange(n_logits)])
     keep_columns = torch.cat([selected, torch.arange(sources.n_active, sources.n_columns)])
-    adjacency = torch.cat([feature_rows, logit_rows])[:, keep_columns].contiguous()
+    adjacency = torch.empty(row_order.numel(), keep_columns.numel())
+    for start in range(0, row_order.numel(), ASSEMBLY_CHUNK):
+        chunk = row_order[start : start + ASSEMBLY_CHUNK]
+        adjacency[start : start + chunk.numel()] = rows[chunk][:, keep_columns]
+    return adjacency, selected
+
+
+def _assemble_graph(model, tokens, sources, logit_targets, adjacency, selected, settings):
+    """The `Graph` record of one attribution run."""
+    from circuit_atlas.graph import Graph
+
     input_ids = tokens.detach().cpu().long()
     tokenizer = model.tokenizer
     return Graph(
@@ -253,7 +254,7 @@ def _assemble_graph(model, tokens, sources, logit_targets, rows, row_nodes, sett
         logit_token_ids=logit_targets.token_ids,
         logit_tokens=list(logit_targets.labels),
         logit_probabilities=logit_targets.probabilities,
-        adjacency=adjacency.float(),
+        adjacency=adjacency,
         n_layers=sources.n_layers,
         vocab_size=int(model.lm.vocab_size),
         model_name=model.lm.name,

@@ -13,6 +13,7 @@ import torch
 from circuit_atlas.errors import AttributionError
 
 MAX_PARTIAL_INFLUENCE_STEPS = 128
+ROW_BLOCK = 1024  # rows made absolute at a time
 
 
 def partial_influence(
@@ -22,14 +23,21 @@ def partial_influence(
 
     `rows` is `[R, n_columns]`; `row_nodes[r]` is the node that row `r` belongs to, as an index
     into the node space `[columns | logits]`; `logit_weights` weights the logit nodes.
+    Rows are normalised to absolute sums of 1; rather than building that normalised copy, each
+    step scales the weights by 1/rowsum and multiplies with `|rows|` a block at a time, so the
+    extra memory is one block, not a second row buffer.
     """
-    magnitude = rows.abs()
-    normalised = magnitude / magnitude.sum(dim=1, keepdim=True).clamp_min(1e-8)
+    row_sums = torch.cat([block.abs().sum(dim=1) for block in rows.split(ROW_BLOCK)]).clamp_min(1e-8)
     weight = torch.zeros(n_columns + logit_weights.shape[0], dtype=rows.dtype, device=rows.device)
     weight[n_columns:] = logit_weights.to(rows.dtype)
     influence = torch.zeros(n_columns, dtype=rows.dtype, device=rows.device)
     for _ in range(MAX_PARTIAL_INFLUENCE_STEPS):
-        flow = weight[row_nodes] @ normalised
+        scaled = weight[row_nodes] / row_sums
+        flow = torch.zeros(n_columns, dtype=rows.dtype, device=rows.device)
+        for start in range(0, rows.shape[0], ROW_BLOCK):
+            block_weights = scaled[start : start + ROW_BLOCK]
+            if block_weights.any():
+                flow += block_weights @ rows[start : start + ROW_BLOCK].abs()
         if not flow.any():
             return influence
         influence += flow

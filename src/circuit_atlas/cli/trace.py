@@ -109,7 +109,7 @@ def run(args) -> int:
     if args.serve:
         from circuit_atlas.cli.serve import serve_folder
 
-        serve_folder(args.out, host="127.0.0.1", port=args.port, open_browser=not args.no_browser)
+        serve_folder(args.out, host="127.0.0.1", port=args.port, open_browser=not args.no_browser, model=model)
     return 0
 
 
