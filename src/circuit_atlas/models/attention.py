@@ -77,8 +77,26 @@ def circuit_atlas_attention(
     sink = _ACTIVE_SINK.get()
     shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
     pattern = compute() if sink is None else sink.pattern(int(module.layer_idx), compute, shape)
-    output = torch.matmul(pattern.to(value.dtype), value)
+    output = apply_pattern(pattern.to(value.dtype), value)
     return output.transpose(1, 2).contiguous(), pattern
+
+
+def apply_pattern(pattern: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`pattern [B,H,Q,K] @ value [B,H,K,dh]`, without copying a shared frozen pattern per batch.
+
+    In attribution's frozen passes the pattern is a constant shared by every batch element (a
+    batch-1 record broadcast, or the batch of cotangents `autograd.grad(is_grads_batched=True)`
+    pushes through one copy). A 4-D matmul's backward then materialises the pattern once per
+    batch element — `B·H·P²` floats, the dominant memory cost on long prompts. Folding the batch
+    into the columns of one 2-D product per head keeps a single copy of the pattern.
+    """
+    shared = not pattern.requires_grad and (pattern.shape[0] == 1 or pattern.stride(0) == 0)
+    if not (shared and torch.is_grad_enabled() and value.requires_grad):
+        return torch.matmul(pattern, value)
+    batch, heads, keys, width = value.shape
+    folded = value.permute(1, 2, 0, 3).reshape(heads, keys, batch * width)
+    out = torch.stack([pattern[0, head] @ folded[head] for head in range(heads)])
+    return out.reshape(heads, -1, batch, width).permute(2, 0, 1, 3)
 
 
 def _boolean_mask(*args, **kwargs):
