@@ -1,0 +1,190 @@
+"""`circuit-atlas features`: build feature dashboards from a corpus, show one, label features."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from circuit_atlas.errors import CircuitAtlasError
+
+EXAMPLES = """\
+examples:
+  circuit-atlas features build --model demo --transcoders demo --corpus texts/ --out features/
+  circuit-atlas features build --model google/gemma-2-2b --transcoders gemma \\
+      --corpus data.jsonl --out gemma-features --max-tokens 5000000 --device cuda --dtype bfloat16
+  circuit-atlas features show features/ 3 1017
+  circuit-atlas features label features/ 3 1017 "Texas / Dallas"
+  circuit-atlas serve graphs/ --features features/
+
+An interrupted build (Ctrl-C, a crash, a killed job) continues where it stopped when the same
+command is run again; the finished store equals one built without interruption.
+"""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "features",
+        help="build feature dashboards from a text corpus, show and label features",
+        description="Feature dashboards: top contexts, quantile examples, density, histogram "
+                    "and promoted / suppressed tokens of every transcoder feature.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="features_command", metavar="ACTION")
+    _register_build(commands)
+    _register_show(commands)
+    _register_label(commands)
+    parser.set_defaults(func=lambda args: _missing_action(parser))
+    return parser
+
+
+def _missing_action(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _register_build(commands) -> None:
+    p = commands.add_parser(
+        "build", help="stream a corpus through model + transcoders into a feature store",
+        description="Build (or resume) a feature store in --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="hub id, local directory, or 'demo'")
+    p.add_argument("--transcoders", required=True, help="hub id (repo[/sub][@rev]), local directory, or 'demo'")
+    p.add_argument("--corpus", required=True,
+                   help="folder of .txt files, a .txt file (blank-line separated documents), a "
+                        ".jsonl file, or hf:DATASET[:CONFIG] (needs the `datasets` package)")
+    p.add_argument("--out", required=True, type=Path, help="store folder (features.sqlite, labels.json)")
+    p.add_argument("--text-field", default="text", help="JSONL / dataset field holding the text")
+    p.add_argument("--split", default="train", help="dataset split for hf: corpora")
+    p.add_argument("--encoding-errors", choices=["strict", "replace"], default="strict",
+                   help="non-UTF-8 bytes: stop with an error naming the file, or replace them with U+FFFD")
+    p.add_argument("--max-tokens", type=int, default=None, help="token budget (default: the whole corpus)")
+    p.add_argument("--context-len", type=int, default=None,
+                   help="tokens per window incl. BOS (default: min(128, the model's maximum))")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--top-k", type=int, default=20, help="top activating contexts kept per feature")
+    p.add_argument("--samples", type=int, default=40,
+                   help="uniformly sampled active occurrences per feature (feed the quantile groups)")
+    p.add_argument("--context-before", type=int, default=15, help="tokens kept before each focal token")
+    p.add_argument("--context-after", type=int, default=5, help="tokens kept after each focal token")
+    p.add_argument("--n-logits", type=int, default=10, help="promoted / suppressed tokens kept per feature")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling keys")
+    p.add_argument("--commit-interval", type=float, default=60.0,
+                   help="minimum seconds between commits (work since the last commit is redone "
+                        "after a crash; 0 commits after every batch)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: float32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_build)
+
+
+def _register_show(commands) -> None:
+    p = commands.add_parser("show", help="print the dashboard of one feature")
+    p.add_argument("store", type=Path, help="store folder")
+    p.add_argument("layer", type=int)
+    p.add_argument("feature", type=int)
+    p.add_argument("--json", action="store_true", help="print the frontend JSON object instead")
+    p.set_defaults(func=run_show)
+
+
+def _register_label(commands) -> None:
+    p = commands.add_parser("label", help="label a feature (an empty text removes the label)")
+    p.add_argument("store", type=Path, help="store folder")
+    p.add_argument("layer", type=int)
+    p.add_argument("feature", type=int)
+    p.add_argument("text", help="the label")
+    p.set_defaults(func=run_label)
+
+
+def _model_ref(ref: str) -> str:
+    if ref != "demo":
+        return ref
+    try:
+        from circuit_atlas.demo.bundle import resolve_model_ref
+    except ImportError:  # pragma: no cover - the package ships the demo module
+        return ref
+    return resolve_model_ref(ref)
+
+
+def _device(device: str | None) -> str:
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_build(args: argparse.Namespace) -> int:
+    import circuit_atlas
+    from circuit_atlas.features.build import BuildSettings, build_feature_store
+    from circuit_atlas.features.sources import open_feature_corpus
+
+    corpus = open_feature_corpus(args.corpus, text_field=args.text_field,
+                                 encoding_errors=args.encoding_errors, split=args.split)
+    settings = BuildSettings(
+        context_len=args.context_len, top_k=args.top_k, n_samples=args.samples,
+        context_before=args.context_before, context_after=args.context_after,
+        n_logits=args.n_logits, max_tokens=args.max_tokens, seed=args.seed,
+    )
+    if args.seed < 0:
+        raise CircuitAtlasError(f"--seed must not be negative, got {args.seed}")
+    model = circuit_atlas.load(_model_ref(args.model), args.transcoders, device=_device(args.device),
+                               dtype=args.dtype)
+    report = build_feature_store(model, corpus, args.out, settings, batch_size=args.batch_size,
+                                 commit_interval=args.commit_interval, progress=not args.no_progress)
+    state = {"corpus": "complete: read the whole corpus",
+             "max-tokens": "complete: reached --max-tokens",
+             "interrupted": "interrupted: run the same command again to continue"}[report.stop_reason]
+    print(f"feature store: {report.out}")
+    print(f"{state}; {report.tokens:,} tokens from {report.documents:,} documents "
+          f"({report.windows:,} windows)")
+    if report.new_tokens:
+        print(f"this run: {report.new_tokens:,} tokens in {report.seconds:.1f} s "
+              f"({report.tokens_per_second:,.0f} tokens/s)")
+    print(f"browse: circuit-atlas serve GRAPHS_DIR --features {report.out}")
+    return 0 if report.stop_reason != "interrupted" else 130
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from circuit_atlas.features.store import FeatureStore
+
+    with FeatureStore(args.store) as store:
+        if args.json:
+            print(json.dumps(store.to_frontend_json(args.layer, args.feature), indent=1, ensure_ascii=False))
+            return 0
+        print(format_card(store.card(args.layer, args.feature)))
+    return 0
+
+
+def run_label(args: argparse.Namespace) -> int:
+    from circuit_atlas.features.store import FeatureStore
+
+    with FeatureStore(args.store) as store:
+        store.set_label(args.layer, args.feature, args.text or None)
+    print(f"layer {args.layer} feature {args.feature}: " + (repr(args.text) if args.text else "label removed"))
+    return 0
+
+
+def format_card(card) -> str:
+    """A plain-text dashboard for the terminal."""
+    lines = [f"layer {card.layer} feature {card.feature}" + (f" — {card.label}" if card.label else "")]
+    lines.append(f"active on {card.n_active:,} of {card.n_tokens:,} tokens ({100 * card.density:.4f}%), "
+                 f"mean {card.mean_activation:.4g}, max {card.max_activation:.4g}"
+                 + ("" if card.complete else "  [store still building]"))
+    lines.append("promotes:   " + " ".join(repr(t.token) for t in card.top_logits))
+    lines.append("suppresses: " + " ".join(repr(t.token) for t in card.bottom_logits))
+    sections = [("Top activations", card.top_examples)] + [(g.name, g.examples) for g in card.quantile_examples]
+    for title, examples in sections:
+        lines.append(f"\n{title}")
+        for ex in examples:
+            text = "".join(f"[[{tok}]]" if i == ex.focus else tok for i, tok in enumerate(ex.tokens))
+            lines.append(f"  {ex.activation:8.4f}  {text!r}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from circuit_atlas.cli.main import main
+
+    sys.exit(main(["features", *sys.argv[1:]]))

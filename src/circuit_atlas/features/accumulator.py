@@ -1,0 +1,275 @@
+"""Running statistics of every feature of one layer, updated batch by batch.
+
+Per feature it keeps: the number of positive and of negative activations, the sum of positive
+activations in fixed point (integer, so the total is exact and independent of batch order), the
+log-bin histogram (`histogram.py`), the top-k *windows* by their maximum activation, and a
+bottom-k sample of all active occurrences by hash key (`keys.py`).
+
+Every piece is merge-order independent: counts are integers; the top list is ordered by
+(activation desc, occurrence id asc) and the sample by (key asc, occurrence id asc), which are
+total orders on occurrences, so the kept set is a function of the occurrences seen, not of how
+they were batched. Occurrence ids grow in corpus order, so "earlier occurrence first" is obtained
+with stable sorts of [kept entries, new candidates] without comparing ids.
+
+`update` returns the example rows to insert (new entries, with their context: token ids and this
+feature's activation on each) and to delete (entries pushed out); the builder writes both in the
+open transaction, so the database always matches the in-memory lists at each commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from circuit_atlas.features.histogram import bin_index
+from circuit_atlas.features.keys import EMPTY_KEY, EMPTY_OID, combine, feature_hashes, occurrence_hashes
+
+KIND_TOP = 0
+KIND_SAMPLE = 1
+FIXED_POINT_BITS = 20  # sums are kept as round(a * 2**20): 1e-6 resolution, exact addition
+
+
+@dataclass
+class ExampleRows:
+    """New example entries of one kind; contexts are `tokens[i, starts[i]:stops[i]]`."""
+
+    kind: int
+    features: np.ndarray
+    oids: np.ndarray
+    activations: np.ndarray
+    keys: np.ndarray
+    tokens: np.ndarray
+    acts: np.ndarray
+    starts: np.ndarray
+    stops: np.ndarray
+    focus: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@dataclass
+class RemovedRows:
+    """Example entries of one kind that left their list."""
+
+    kind: int
+    features: np.ndarray
+    oids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@dataclass
+class StatsRows:
+    """Counts of some features (`histograms` is `[n, n_bins]`)."""
+
+    features: np.ndarray
+    n_active: np.ndarray
+    n_negative: np.ndarray
+    sum_fixed: np.ndarray
+    histograms: np.ndarray
+
+
+class LayerAccumulator:
+    """Statistics of the `n_features` features of `layer` (tensors live on `device`)."""
+
+    def __init__(self, layer: int, n_features: int, *, top_k: int, n_samples: int, seed: int,
+                 edges: np.ndarray, before: int, after: int, device: torch.device,
+                 track_negative: bool = True) -> None:
+        self.layer, self.n_features = layer, n_features
+        self.top_k, self.n_samples, self.seed = top_k, n_samples, seed
+        self.before, self.after = before, after
+        self.device, self.track_negative = device, track_negative
+        self.edges = torch.as_tensor(edges, dtype=torch.float32, device=device)
+        self.n_bins = len(edges) + 1
+        F = n_features
+        self.n_active = torch.zeros(F, dtype=torch.long, device=device)
+        self.n_negative = torch.zeros(F, dtype=torch.long, device=device)
+        self.sum_fixed = torch.zeros(F, dtype=torch.long, device=device)
+        self.histograms = torch.zeros(F, self.n_bins, dtype=torch.long, device=device)
+        self.top_val = torch.full((F, top_k), -torch.inf, dtype=torch.float32, device=device)
+        self.top_oid = torch.full((F, top_k), EMPTY_OID, dtype=torch.long, device=device)
+        self.sample_key = torch.full((F, n_samples), EMPTY_KEY, dtype=torch.long, device=device)
+        self.sample_oid = torch.full((F, n_samples), EMPTY_OID, dtype=torch.long, device=device)
+        self.dirty = torch.zeros(F, dtype=torch.bool, device=device)
+        self.feature_halves = feature_hashes(seed, layer, torch.arange(F, device=device))
+
+    # ------------------------------------------------------------------ batch update
+    @torch.no_grad()
+    def update(self, acts: torch.Tensor, tokens: torch.Tensor, oids: torch.Tensor,
+               lengths: torch.Tensor) -> tuple[list[ExampleRows], list[RemovedRows]]:
+        """Add one batch: `acts` `[B, P, F]` float32, zero wherever statistics are not taken."""
+        B, P, F = acts.shape
+        flat = acts.reshape(B * P, F)
+        if self.track_negative:  # skipped when the activation function cannot go negative
+            negative = (flat < 0).sum(0)
+            self.n_negative += negative
+            self.dirty |= negative > 0
+        rows, cols = (flat > 0).nonzero(as_tuple=True)  # row-major: occurrence order per feature
+        values = flat[rows, cols]
+        self._add_counts(cols, values)
+        added, removed = [], []
+        top = self._update_top(acts, tokens, oids, lengths)
+        sample = self._update_samples(acts, tokens, oids.reshape(-1), lengths, rows, cols, values)
+        for new, gone in (top, sample):
+            added.append(new)
+            removed.append(gone)
+        return added, removed
+
+    def _add_counts(self, cols: torch.Tensor, values: torch.Tensor) -> None:
+        self.n_active += torch.bincount(cols, minlength=self.n_features)
+        fixed = torch.round(values.double() * (1 << FIXED_POINT_BITS)).long()
+        self.sum_fixed.index_add_(0, cols, fixed)
+        bins = bin_index(values, self.edges)
+        ones = torch.ones_like(bins)
+        self.histograms.view(-1).index_add_(0, cols * self.n_bins + bins, ones)
+        self.dirty[cols] = True
+
+    def _update_top(self, acts, tokens, oids, lengths) -> tuple[ExampleRows, RemovedRows]:
+        best, where = acts.max(dim=1)  # [B, F]; the first position on ties
+        # only windows above a feature's current k-th value can enter (equal values lose: older)
+        floor = torch.clamp(self.top_val[:, -1], min=0.0)
+        touched = (best > floor[None]).any(0).nonzero().squeeze(1)
+        k = self.top_k
+        cand_val = best[:, touched].T  # [U, B], windows in corpus order
+        cand_val = torch.where(cand_val > 0, cand_val, torch.full_like(cand_val, -torch.inf))
+        cand_pos = where[:, touched].T
+        cand_oid = oids.gather(1, where[:, touched]).T
+        old_val, old_oid = self.top_val[touched], self.top_oid[touched]
+        merged_val = torch.cat([old_val, cand_val], 1)
+        order = torch.argsort(-merged_val, dim=1, stable=True)[:, :k]
+        new_val = merged_val.gather(1, order)
+        new_oid = torch.cat([old_oid, cand_oid], 1).gather(1, order)
+        self.top_val[touched], self.top_oid[touched] = new_val, new_oid
+        removed = self._pushed_out(KIND_TOP, touched, order < k, old_val > -torch.inf, old_oid)
+        row, slot = ((order >= k) & (new_val > -torch.inf)).nonzero(as_tuple=True)
+        window = order[row, slot] - k
+        feature = touched[row]
+        position = cand_pos[row, window]
+        keys = torch.zeros_like(feature)
+        rows = self._rows(KIND_TOP, acts, tokens, lengths, window, position, feature,
+                          new_val[row, slot], new_oid[row, slot], keys)
+        return rows, removed
+
+    def _update_samples(self, acts, tokens, flat_oids, lengths, rows, cols, values):
+        R, P = self.n_samples, acts.shape[1]
+        occurrence = occurrence_hashes(self.seed, flat_oids)
+        keys = combine((self.feature_halves[0][cols], self.feature_halves[1][cols]),
+                       (occurrence[0][rows], occurrence[1][rows]))
+        # only keys below a feature's current R-th key can enter (equal keys lose: older oids)
+        entering = keys < self.sample_key[cols, -1]
+        cols, rows, values, keys = cols[entering], rows[entering], values[entering], keys[entering]
+        cand_oid = flat_oids[rows]
+        # sort by (feature, key), ties in occurrence order (the nonzero order), keep R per feature
+        by_key = torch.argsort(keys, stable=True)
+        order = by_key[torch.argsort(cols[by_key], stable=True)]
+        cols, keys, rows, values, cand_oid = (t[order] for t in (cols, keys, rows, values, cand_oid))
+        touched, counts = torch.unique_consecutive(cols, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        group = torch.repeat_interleave(torch.arange(len(touched), device=cols.device), counts)
+        rank = torch.arange(len(cols), device=cols.device) - starts[group]
+        keep = rank < R
+        group, rank = group[keep], rank[keep]
+        new_key = torch.full((len(touched), R), EMPTY_KEY, dtype=torch.long, device=cols.device)
+        new_oid = torch.full_like(new_key, EMPTY_OID)
+        new_key[group, rank], new_oid[group, rank] = keys[keep], cand_oid[keep]
+        cand_flat = torch.full_like(new_key, -1)
+        cand_flat[group, rank] = rows[keep]
+        cand_value = torch.zeros(new_key.shape, dtype=torch.float32, device=cols.device)
+        cand_value[group, rank] = values[keep]
+
+        old_key, old_oid = self.sample_key[touched], self.sample_oid[touched]
+        merged_key = torch.cat([old_key, new_key], 1)
+        order = torch.argsort(merged_key, dim=1, stable=True)[:, :R]
+        kept_key = merged_key.gather(1, order)
+        kept_oid = torch.cat([old_oid, new_oid], 1).gather(1, order)
+        self.sample_key[touched], self.sample_oid[touched] = kept_key, kept_oid
+        removed = self._pushed_out(KIND_SAMPLE, touched, order < R, old_key != EMPTY_KEY, old_oid)
+        row, slot = ((order >= R) & (kept_key != EMPTY_KEY)).nonzero(as_tuple=True)
+        column = order[row, slot] - R
+        flat_index = cand_flat[row, column]
+        rows_out = self._rows(KIND_SAMPLE, acts, tokens, lengths, flat_index // P, flat_index % P,
+                              touched[row], cand_value[row, column], kept_oid[row, slot],
+                              kept_key[row, slot])
+        return rows_out, removed
+
+    @staticmethod
+    def _pushed_out(kind: int, touched, from_old, old_valid, old_oid) -> RemovedRows:
+        """Old entries beyond the kept prefix (kept old entries are a prefix: both lists sorted)."""
+        kept = from_old.sum(1, keepdim=True)
+        slots = torch.arange(old_oid.shape[1], device=old_oid.device)[None]
+        gone = (slots >= kept) & old_valid
+        row, slot = gone.nonzero(as_tuple=True)
+        return RemovedRows(kind, touched[row].cpu().numpy(), old_oid[row, slot].cpu().numpy())
+
+    def _rows(self, kind, acts, tokens, lengths, window, position, feature, value, oid, key):
+        """Example rows with contexts `[position - before, position + after]` clipped to the window."""
+        width = self.before + self.after + 1
+        offsets = torch.arange(width, device=acts.device) - self.before
+        index = position[:, None] + offsets[None]
+        length = lengths.to(acts.device)[window]
+        inside = (index >= 0) & (index < length[:, None])
+        clamped = index.clamp(0, acts.shape[1] - 1)
+        ctx_tokens = tokens.to(acts.device)[window[:, None], clamped]
+        ctx_acts = acts[window[:, None], clamped, feature[:, None]] * inside
+        starts = (self.before - position).clamp(min=0)
+        stops = starts + inside.sum(1)
+        return ExampleRows(
+            kind=kind,
+            features=feature.cpu().numpy(),
+            oids=oid.cpu().numpy(),
+            activations=value.float().cpu().numpy(),
+            keys=key.cpu().numpy(),
+            tokens=ctx_tokens.to(torch.int32).cpu().numpy(),
+            acts=ctx_acts.float().cpu().numpy(),
+            starts=starts.cpu().numpy(),
+            stops=stops.cpu().numpy(),
+            focus=(position - (position - self.before).clamp(min=0)).cpu().numpy(),
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def take_dirty(self) -> StatsRows:
+        """Counts of the features changed since the last call (then marks them clean)."""
+        features = self.dirty.nonzero().squeeze(1)
+        self.dirty[features] = False
+        return StatsRows(
+            features=features.cpu().numpy(),
+            n_active=self.n_active[features].cpu().numpy(),
+            n_negative=self.n_negative[features].cpu().numpy(),
+            sum_fixed=self.sum_fixed[features].cpu().numpy(),
+            histograms=self.histograms[features].cpu().numpy(),
+        )
+
+    def load(self, stats: StatsRows, tops: tuple[np.ndarray, np.ndarray, np.ndarray],
+             samples: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """Restore the state a build committed: stats rows, (feature, activation, oid) of the top
+        lists and (feature, key, oid) of the samples."""
+        dev = self.device
+        features = torch.as_tensor(stats.features, dtype=torch.long, device=dev)
+        self.n_active[features] = torch.as_tensor(stats.n_active, device=dev)
+        self.n_negative[features] = torch.as_tensor(stats.n_negative, device=dev)
+        self.sum_fixed[features] = torch.as_tensor(stats.sum_fixed, device=dev)
+        self.histograms[features] = torch.as_tensor(stats.histograms, device=dev)
+        feature, value, oid = tops
+        order = np.lexsort((oid, -value.astype(np.float64), feature))
+        self._fill(self.top_val, self.top_oid, feature[order], value[order], oid[order])
+        feature, key, oid = samples
+        order = np.lexsort((oid, key, feature))
+        self._fill(self.sample_key, self.sample_oid, feature[order], key[order], oid[order])
+        self.dirty.zero_()
+
+    def _fill(self, values_t, oids_t, feature, value, oid) -> None:
+        if len(feature) == 0:
+            return
+        starts = np.r_[0, np.flatnonzero(np.diff(feature)) + 1]
+        counts = np.diff(np.r_[starts, len(feature)])
+        rank = np.arange(len(feature)) - np.repeat(starts, counts)
+        if rank.max() >= values_t.shape[1]:
+            raise ValueError("stored example lists are longer than the build's settings allow")
+        f = torch.as_tensor(feature, dtype=torch.long, device=self.device)
+        r = torch.as_tensor(rank, dtype=torch.long, device=self.device)
+        values_t[f, r] = torch.as_tensor(value, device=self.device).to(values_t.dtype)
+        oids_t[f, r] = torch.as_tensor(oid, dtype=torch.long, device=self.device)
