@@ -80,3 +80,32 @@ def test_trace_bad_input_prints_an_error_not_a_traceback(saved_pair, tmp_path, c
 def test_trace_missing_model_dir_is_a_clear_error(tmp_path, capsys):
     code = main(["trace", "--model", str(tmp_path / "nope"), "--transcoders", str(tmp_path), "--prompt", "x", "--out", str(tmp_path)])
     assert code == 1 and "nope" in capsys.readouterr().err
+
+
+def test_trace_with_features_puts_store_labels_into_the_graph(saved_pair, tmp_path):
+    import circuit_atlas
+    from circuit_atlas.features import FeatureStore, build_feature_store
+
+    model_dir, tc_dir = saved_pair
+    model = circuit_atlas.load(str(model_dir), str(tc_dir))
+    texts = ["the cat sat on the mat . the dog saw a bird", "the capital of Texas is Austin . Dallas is big"]
+    store_dir = tmp_path / "features"
+    build_feature_store(model, texts, store_dir, progress=False)
+    common = ["trace", "--model", str(model_dir), "--transcoders", str(tc_dir), "--prompt", "the capital of Texas is",
+              "--out", str(tmp_path / "graphs"), "--slug", "t", "--max-feature-nodes", "40"]
+    assert main(common) == 0
+    view = json.loads((tmp_path / "graphs" / "t" / "t.json").read_text())
+    feature_node = next(n for n in view["nodes"] if n["feature_type"] == "cross layer transcoder")
+    layer, feature, _ = (int(x) for x in feature_node["node_id"].split("_"))
+    FeatureStore(store_dir).set_label(layer, feature, "texas-ish")
+    assert main(common + ["--features", str(store_dir)]) == 0
+    relabelled = json.loads((tmp_path / "graphs" / "t" / "t.json").read_text())
+    labelled = {n["node_id"]: n["clerp"] for n in relabelled["nodes"]}
+    assert labelled[feature_node["node_id"]] == "texas-ish"
+
+
+def test_trace_features_folder_without_a_store_is_an_error(saved_pair, tmp_path, capsys):
+    model_dir, tc_dir = saved_pair
+    code = main(["trace", "--model", str(model_dir), "--transcoders", str(tc_dir), "--prompt", "the",
+                 "--out", str(tmp_path), "--features", str(tmp_path)])
+    assert code == 1 and "no feature store" in capsys.readouterr().err

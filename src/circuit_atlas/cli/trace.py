@@ -43,6 +43,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--edge-threshold", type=float, default=0.98, help="cumulative influence kept by edge pruning")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: float32)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda if available)")
+    parser.add_argument("--features", type=Path, metavar="DIR", help="feature dashboards (features build): labels go into the graph, details into the explorer")
     parser.add_argument("--serve", action="store_true", help="start the explorer on the output folder afterwards")
     parser.add_argument("--port", type=int, default=8041, help="explorer port with --serve (default 8041)")
     parser.add_argument("--no-browser", action="store_true", help="with --serve: do not open a browser")
@@ -76,6 +77,18 @@ def _token_or_id(text: str):
     return int(text) if re.fullmatch(r"\d+", text) else text
 
 
+def feature_labels(folder: Path | None) -> dict | None:
+    """`{(layer, feature): label}` from a dashboards folder, or None without one."""
+    if folder is None:
+        return None
+    from circuit_atlas.features import open_feature_store
+
+    store = open_feature_store(folder)
+    if store is None:
+        raise CircuitAtlasError(f"--features: {folder} holds no feature store (make one with `circuit-atlas features build`)")
+    return store.labels()
+
+
 def default_slug(prompt_text: str) -> str:
     words = re.findall(r"[A-Za-z0-9]+", prompt_text.lower())
     slug = "-".join(words)[:60].strip("-")
@@ -93,6 +106,7 @@ def run(args) -> int:
     check_threshold(args.edge_threshold, "--edge-threshold")
     prompt = parse_token_ids(args.token_ids) if args.token_ids else args.prompt
     targets = parse_targets(args)
+    labels = feature_labels(args.features)
     model = circuit_atlas.load(args.model, args.transcoders, device=args.device, dtype=args.dtype)
     graph = circuit_atlas.attribute(
         model,
@@ -104,12 +118,15 @@ def run(args) -> int:
         batch_size=args.batch_size,
     )
     slug = args.slug or default_slug(graph.prompt if args.token_ids else args.prompt)
-    folder = write_graph_bundle(graph, args.out, slug, args.node_threshold, args.edge_threshold)
+    folder = write_graph_bundle(graph, args.out, slug, args.node_threshold, args.edge_threshold, labels=labels)
     print(summarise(graph, graph_scores(graph), folder, slug))
     if args.serve:
         from circuit_atlas.cli.serve import serve_folder
 
-        serve_folder(args.out, host="127.0.0.1", port=args.port, open_browser=not args.no_browser, model=model)
+        serve_folder(
+            args.out, host="127.0.0.1", port=args.port, open_browser=not args.no_browser,
+            features_dir=args.features, model=model,
+        )
     return 0
 
 

@@ -17,7 +17,6 @@ Records are returned as dicts in the graph-json §10.2 shape (``examples_quantil
 from __future__ import annotations
 
 import gzip
-import importlib
 import json
 import math
 import struct
@@ -159,24 +158,18 @@ class _ExternalProvider:
 def load_feature_provider(path: str | Path) -> FeatureProvider:
     """Open the feature store at ``path``, whichever of the supported layouts it uses.
 
-    Order: the dashboards part's own store (``circuit_atlas.features.open_feature_store``) when
-    that function exists and accepts the folder, then the binary bundle, then JSON files.
+    Order: our dashboards store (`circuit_atlas.features.open_feature_store`; a folder that holds
+    one but cannot be read is an error, not a silent fallback), then the reference frontend's
+    binary bundle, then a folder of per-feature JSON files.
     """
+    from circuit_atlas.features import open_feature_store
+
     root = Path(path).expanduser()
     if not root.is_dir():
         raise CircuitAtlasError(f"--features: {root} is not a folder")
-    try:
-        features_module = importlib.import_module("circuit_atlas.features")
-    except ImportError:  # pragma: no cover - the package always ships it
-        features_module = None
-    opener = getattr(features_module, "open_feature_store", None)
-    if callable(opener):
-        try:
-            store = opener(root)
-        except CircuitAtlasError:
-            store = None
-        if store is not None:
-            return _ExternalProvider(store)
+    store = open_feature_store(root)
+    if store is not None:
+        return _ExternalProvider(store)
     if (root / "index.json.gz").is_file():
         return BinaryBundleFeatureProvider(root)
     return JsonDirFeatureProvider(root)
