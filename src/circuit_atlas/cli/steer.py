@@ -6,7 +6,8 @@ import argparse
 import json
 import re
 
-from circuit_atlas.errors import CircuitAtlasError, InterventionError
+from circuit_atlas.cli.common import add_model_arguments, add_prompt_arguments, prompt_from_args
+from circuit_atlas.errors import InterventionError
 
 EXAMPLE = """\
 interventions (repeatable):
@@ -35,11 +36,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="hub id, local directory, or 'demo'")
-    parser.add_argument("--transcoders", required=True, help="hub id (repo[/sub][@rev]), local directory, or 'demo'")
-    prompt = parser.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="prompt text (BOS is prepended when the tokenizer has one)")
-    prompt.add_argument("--token-ids", help="comma-separated token ids, used exactly as given")
+    add_model_arguments(parser)
+    add_prompt_arguments(parser)
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="L:POS:F=VALUE",
                         help="set feature(s) F of layer L at POS to VALUE (see below)")
     parser.add_argument("--scale", dest="scales", action="append", default=[], metavar="L:POS:F=FACTOR",
@@ -58,8 +56,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: float32)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ...")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=run)
     return parser
@@ -129,16 +125,6 @@ def parse_layers(text: str | None) -> list[int] | None:
     return layers
 
 
-def parse_token_ids(text: str) -> list[int]:
-    try:
-        ids = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise CircuitAtlasError(f"--token-ids must be comma-separated integers, got {text!r}") from None
-    if not ids:
-        raise CircuitAtlasError("--token-ids is empty")
-    return ids
-
-
 def collect_interventions(args) -> list:
     found = [parse_intervention(t, "set") for t in args.sets]
     found += [parse_intervention(t, "scale") for t in args.scales]
@@ -157,7 +143,7 @@ def run(args) -> int:
     import circuit_atlas
     from circuit_atlas.interventions import generate, intervene
 
-    prompt = parse_token_ids(args.token_ids) if args.token_ids else args.prompt
+    prompt = prompt_from_args(args)
     model = circuit_atlas.load(args.model, args.transcoders, device=args.device, dtype=args.dtype)
     prompt_only = _prompt_interventions(model, prompt, interventions)
     result = intervene(model, prompt, prompt_only, mode=args.mode, constrained_layers=layers,

@@ -6,6 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
+from circuit_atlas.cli.common import add_model_arguments, add_prompt_arguments, prompt_from_args
 from circuit_atlas.errors import CircuitAtlasError
 
 EXAMPLE = """\
@@ -26,11 +27,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="hub id, local directory, or 'demo'")
-    parser.add_argument("--transcoders", required=True, help="hub id (repo[/sub][@rev]), local directory, or 'demo'")
-    prompt = parser.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="prompt text (BOS is prepended when the tokenizer has one)")
-    prompt.add_argument("--token-ids", help="comma-separated token ids, used exactly as given")
+    add_model_arguments(parser)
+    add_prompt_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="data folder; the graph goes to OUT/<slug>/ (serve OUT shows every graph in it)")
     parser.add_argument("--slug", help="graph name (default: derived from the prompt)")
     parser.add_argument("--targets", nargs="+", metavar="TOKEN", help="explain these tokens (strings or ids) instead of the most likely ones")
@@ -41,24 +39,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="targets per backward pass (default 64)")
     parser.add_argument("--node-threshold", type=float, default=0.8, help="cumulative influence kept by node pruning")
     parser.add_argument("--edge-threshold", type=float, default=0.98, help="cumulative influence kept by edge pruning")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: float32)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda if available)")
     parser.add_argument("--features", type=Path, metavar="DIR", help="feature dashboards (features build): labels go into the graph, details into the explorer")
     parser.add_argument("--serve", action="store_true", help="start the explorer on the output folder afterwards")
     parser.add_argument("--port", type=int, default=8041, help="explorer port with --serve (default 8041)")
     parser.add_argument("--no-browser", action="store_true", help="with --serve: do not open a browser")
     parser.set_defaults(func=run)
     return parser
-
-
-def parse_token_ids(text: str) -> list[int]:
-    try:
-        ids = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise CircuitAtlasError(f"--token-ids must be comma-separated integers, got {text!r}") from None
-    if not ids:
-        raise CircuitAtlasError("--token-ids is empty")
-    return ids
 
 
 def parse_targets(args) -> list | None:
@@ -104,7 +90,7 @@ def run(args) -> int:
 
     check_threshold(args.node_threshold, "--node-threshold")
     check_threshold(args.edge_threshold, "--edge-threshold")
-    prompt = parse_token_ids(args.token_ids) if args.token_ids else args.prompt
+    prompt = prompt_from_args(args)
     targets = parse_targets(args)
     labels = feature_labels(args.features)
     model = circuit_atlas.load(args.model, args.transcoders, device=args.device, dtype=args.dtype)
