@@ -119,9 +119,10 @@ class ReplacementModel:
         x = torch.stack([t[0] for t in record.inputs])
         y = torch.stack([t[0] for t in record.outputs])
         zeroed = min(self.n_zeroed_positions, tokens.shape[0])
-        dense = [self._activations(layer, x[layer], zeroed) for layer in range(self.n_layers)]
+        # Sparse per layer as soon as encoded: a dense [L,P,F] would not fit for large CLTs.
+        sparse = [self._activations(layer, x[layer], zeroed).to_sparse() for layer in range(self.n_layers)]
         recon = torch.stack(
-            [self._reconstruct(layer, dense, x[layer]).to(y.dtype) for layer in range(self.n_layers)]
+            [self._reconstruct(layer, sparse, x[layer]).to(y.dtype) for layer in range(self.n_layers)]
         )
         errors = y - recon
         errors[:, :zeroed] = 0
@@ -130,7 +131,7 @@ class ReplacementModel:
             logits=record.logits[0],
             mlp_inputs=x,
             mlp_outputs=y,
-            activations=torch.stack(dense).to_sparse().coalesce(),
+            activations=torch.stack(sparse).coalesce(),
             reconstruction=recon,
             errors=errors,
             token_vectors=self.lm.token_vectors(tokens),
@@ -264,8 +265,10 @@ def load(
     dtype: str | torch.dtype | None = None,
 ) -> ReplacementModel:
     """Pair a model (hub id, local dir or `LanguageModel`) with transcoders (reference string or
-    a loaded set), on one device and dtype."""
+    a loaded set), on one device and dtype. `load("demo", "demo")` is the bundled demo model with
+    its cross-layer transcoders (`"demo-plt"`: per-layer ones)."""
     torch_dtype = resolve_dtype(dtype)
+    model, transcoders = _resolve_demo_refs(model, transcoders)
     if isinstance(model, LanguageModel):
         lm = model.to(device=device, dtype=torch_dtype)
     else:
@@ -277,3 +280,14 @@ def load(
     elif hasattr(transcoders, "to"):
         transcoders = transcoders.to(device=lm.device, dtype=lm.dtype)
     return ReplacementModel(lm, transcoders)
+
+
+def _resolve_demo_refs(model, transcoders):
+    """`"demo"` names the bundled demo model / transcoders (`circuit_atlas.demo.bundle`)."""
+    from circuit_atlas.demo.bundle import resolve_model_ref, resolve_transcoders_ref
+
+    if isinstance(model, str):
+        model = resolve_model_ref(model)
+    if isinstance(transcoders, str):
+        transcoders = resolve_transcoders_ref(transcoders)
+    return model, transcoders
