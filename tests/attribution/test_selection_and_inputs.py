@@ -83,3 +83,34 @@ def test_bad_settings_raise_clear_errors(llama_clt, kwargs, error, match):
 def test_empty_prompt_is_rejected(llama_clt, prompt):
     with pytest.raises(PromptError):
         circuit_atlas.attribute(llama_clt, prompt, progress=False)
+
+
+def test_lazy_decoders_read_only_the_rows_of_active_features(tmp_path, monkeypatch):
+    """A saved CLT loaded lazily: attribution reads decoder rows of active features only."""
+    from circuit_atlas.models.tiny import tiny_language_model
+    from circuit_atlas.transcoders import load_transcoders
+    from circuit_atlas.transcoders.decoders import MappedDecoder
+    from circuit_atlas.transcoders.random import random_transcoders
+
+    random_transcoders("clt", n_layers=2, d_model=32, n_features=4096, seed=9,
+                       input_hook="hook_resid_mid", output_hook="hook_mlp_out").save_native(tmp_path / "clt")
+    lazy = load_transcoders(tmp_path / "clt", lazy_decoder=True)
+    assert lazy.lazy_decoder
+    read: list[int] = []
+    original = MappedDecoder.rows
+
+    def counting(self, features, offset):
+        read.extend(torch.as_tensor(features).flatten().tolist())
+        return original(self, features, offset)
+
+    model = circuit_atlas.load(tiny_language_model("llama", seed=1, n_layers=2, d_model=32), lazy)
+    run = model.run(model.tokenize("the cat sat"))
+    for layer in range(2):  # keep ~1% of features active, as trained transcoders do
+        h = lazy.pre_activation(layer, run.mlp_inputs[layer, 1:])
+        lazy.encoder_bias(layer).sub_(torch.quantile(h.flatten(), 0.99))
+    monkeypatch.setattr(MappedDecoder, "rows", counting)
+    graph = circuit_atlas.attribute(model, "the cat sat", max_feature_nodes=20, progress=False)
+    active = {(l, f) for l, _, f in graph.active_features.tolist()}
+    assert read, "decoder rows were not read through the memory map"
+    assert len(set(read)) <= len({f for _, f in active})
+    assert len(read) < 2 * 4096 // 4  # a small fraction of the decoder matrix, not all of it

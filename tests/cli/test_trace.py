@@ -109,3 +109,28 @@ def test_trace_features_folder_without_a_store_is_an_error(saved_pair, tmp_path,
     code = main(["trace", "--model", str(model_dir), "--transcoders", str(tc_dir), "--prompt", "the",
                  "--out", str(tmp_path), "--features", str(tmp_path)])
     assert code == 1 and "no feature store" in capsys.readouterr().err
+
+
+def test_trace_serve_starts_the_explorer_on_the_output_folder_with_the_model(saved_pair, tmp_path, monkeypatch):
+    import circuit_atlas.cli.serve as serve_cli
+    from circuit_atlas.server import create_app
+
+    calls = {}
+
+    def fake_serve_folder(data_dir, **kwargs):
+        calls.update(kwargs, data_dir=data_dir)
+
+    monkeypatch.setattr(serve_cli, "serve_folder", fake_serve_folder)
+    model_dir, tc_dir = saved_pair
+    out = tmp_path / "graphs"
+    assert main(["trace", "--model", str(model_dir), "--transcoders", str(tc_dir), "--prompt", "the capital of Texas is",
+                 "--out", str(out), "--slug", "s", "--max-feature-nodes", "20", "--serve", "--no-browser", "--port", "8123"]) == 0
+    assert calls["data_dir"] == out and calls["port"] == 8123 and calls["open_browser"] is False
+    assert calls["host"] == "127.0.0.1" and calls["model"] is not None
+    # The folder it would serve lists the new graph and can steer it with that model.
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(out, model=calls["model"]))
+    listing = client.get("/api/graphs").json()["graphs"]
+    assert [g["id"] for g in listing] == ["s"]
+    assert client.get("/api/graphs/s/steer").json()["available"] is True

@@ -94,6 +94,9 @@ def resolve_token(tokenizer: Any, token: Union[str, int], vocab_size: int) -> in
             f"target {token!r} is not a single token (it encodes to {len(ids)} tokens: {pieces}); "
             "give one token (mind the leading space) or a token id"
         )
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if unknown is not None and ids[0] == unknown and token != getattr(tokenizer, "unk_token", None):
+        raise AttributionError(f"target {token!r} is not in the vocabulary (it encodes to the unknown token)")
     return int(ids[0])
 
 
