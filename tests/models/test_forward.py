@@ -219,13 +219,16 @@ def test_detached_gradients_equal_replayed_gradients(lm, tokens):
     assert (live - replayed).abs().max().item() > 1e-3 * scale
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gemma2", "qwen3"])
-def test_half_precision_matches_transformers(family):
-    half = tiny_language_model(family, seed=1, dtype=torch.bfloat16)
+@pytest.mark.parametrize("family, dtype", [
+    ("gpt2", torch.bfloat16), ("gemma2", torch.bfloat16), ("qwen3", torch.bfloat16),
+    ("llama", torch.float16), ("gemma2", torch.float16),
+])
+def test_half_precision_matches_transformers(family, dtype):
+    half = tiny_language_model(family, seed=1, dtype=dtype)
     ids = half.tokenize(PROMPT)
     with torch.no_grad():
         expected = half.hf_model(input_ids=ids[None]).logits.float()
         record = half.forward(ids, record_hooks=["ln2.hook_normalized"])
-    assert record.logits.dtype == torch.bfloat16
-    assert record.hooks["ln2.hook_normalized"][0].dtype == torch.bfloat16
+    assert record.logits.dtype == dtype
+    assert record.hooks["ln2.hook_normalized"][0].dtype == dtype
     assert (record.logits.float() - expected).abs().max().item() <= 2e-2
