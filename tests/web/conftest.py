@@ -68,6 +68,22 @@ def _feature_card(layer: int, index: int) -> dict:
     }
 
 
+LONG_TOKENS = {2: " internationalization", 5: "\n\n", 7: " Massachusetts"}
+LONG_LOGIT = " counterrevolutionaries"
+
+
+def _with_long_tokens(doc: dict) -> dict:
+    """Give the dense graph tokens too long for their columns and a long logit token, so the
+    explorer's truncation and label placement are exercised."""
+    tokens = doc["metadata"]["prompt_tokens"]
+    for pos, token in LONG_TOKENS.items():
+        tokens[pos] = token
+    doc["metadata"]["prompt"] = "".join(tokens)
+    logit = next(n for n in doc["nodes"] if n["feature_type"] == "logit")
+    logit["clerp"] = f'Output "{LONG_LOGIT}" (p=0.317)'
+    return doc
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """A data folder (native bundle + JSON-only graph), a feature store, and a running server."""
@@ -83,14 +99,14 @@ def site(tmp_path_factory):
     doc["qParams"]["supernodes"] = json.dumps([["saved group", *saved]])
     (data / "loose" / "jsonly.json").write_text(json.dumps(doc))
     big = random_graph(n_layers=6, n_pos=10, n_sel=600, n_logits=5, seed=5, density=0.3)
-    (data / "loose" / "dense.json").write_text(json.dumps(to_graph_json(big, "dense", 1.0, 0.97)))
+    (data / "loose" / "dense.json").write_text(json.dumps(_with_long_tokens(to_graph_json(big, "dense", 1.0, 0.97))))
     features = root / "features"
     for layer, _pos, index in graph.feature_coords.tolist():
         (features / str(layer)).mkdir(parents=True, exist_ok=True)
         (features / str(layer) / f"{index}.json").write_text(json.dumps(_feature_card(layer, index)))
     app = create_app(data, features=JsonDirFeatureProvider(features))
     with BackgroundServer(app) as server:
-        yield {"url": server.url, "data": data, "graph": graph}
+        yield {"url": server.url, "data": data, "graph": graph, "long_tokens": LONG_TOKENS, "long_logit": LONG_LOGIT}
 
 
 @pytest.fixture()

@@ -121,6 +121,7 @@ class App {
     const s = this.state;
     s.graphId = graphId;
     $("#graph-select").value = graphId;
+    $("#graph-select").title = $("#graph-select").selectedOptions[0]?.textContent || "";
     s.nodeThreshold = url.nodeThreshold ?? summary.node_threshold;
     s.edgeThreshold = url.edgeThreshold ?? summary.edge_threshold;
     s.clickedId = url.clickedId || null;
@@ -176,6 +177,7 @@ class App {
     document.body.dataset.nodeCount = String(view.n_nodes ?? s.doc.nodes.length);
     document.body.dataset.linkCount = String(view.n_links ?? s.doc.links.length);
     $("#prompt").textContent = s.doc.metadata.prompt || "";
+    $("#prompt").title = s.doc.metadata.prompt || ""; // the bar cuts long prompts with "…"
     this.setStatus(
       `${view.n_nodes} nodes · ${view.n_links} edges · ${view.source === "native" ? "pruned from the native graph" : "filtered JSON"}`,
     );

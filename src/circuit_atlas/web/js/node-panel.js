@@ -147,7 +147,7 @@ export class NodePanel {
           {
             class: "edge-row",
             "data-node-id": row.node_id,
-            title: `${row.node_id}  weight ${row.weight}`,
+            title: `${this.app.labelForRow(row)}\n${row.node_id}  weight ${row.weight}`,
             onclick: (e) => {
               if (e.ctrlKey || e.metaKey) this.app.togglePin(row.node_id);
               else this.app.selectNode(row.node_id);

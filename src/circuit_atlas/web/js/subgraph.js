@@ -3,6 +3,7 @@
 // into supernodes, and replacement / completeness scores of the pinned set.
 
 import { api } from "./api.js";
+import { canvasMeasurer, fitText } from "./labels.js";
 import { clear, debounce, edgeColor, el, fmt, nodeKind } from "./util.js";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -23,9 +24,10 @@ function svg(tag, attrs = {}, ...children) {
   return node;
 }
 
-function truncate(text, n) {
-  return text.length > n ? `${text.slice(0, n - 1)}…` : text;
-}
+// The box texts are cut to the box by measured width (the fonts match .sub-item text.t1 / .t2).
+const TEXT_ROOM = BOX_W - 14;
+const measureTitle = canvasMeasurer('600 11.5px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif');
+const measureSubtitle = canvasMeasurer("10px ui-monospace, Menlo, monospace");
 
 export class SubgraphPane {
   constructor(root, app) {
@@ -228,8 +230,8 @@ export class SubgraphPane {
       },
       svg("title", {}, item.supernode ? `${title}: ${item.memberIds.join(", ")}` : `${title}\n${subtitle}`),
       svg("rect", { width: BOX_W, height: BOX_H, rx: 6 }),
-      svg("text", { x: 8, y: 14, class: "t1" }, truncate(title, 20)),
-      svg("text", { x: 8, y: 27, class: "t2" }, truncate(subtitle, 24)),
+      svg("text", { x: 8, y: 14, class: "t1" }, fitText(title, TEXT_ROOM, measureTitle)),
+      svg("text", { x: 8, y: 27, class: "t2" }, fitText(subtitle, TEXT_ROOM, measureSubtitle)),
     );
     return group;
   }
@@ -396,9 +398,12 @@ export class SubgraphPane {
     try {
       const s = await api.scores(this.app.state.graphId, ids);
       if (ticket !== this.scoreTicket) return;
-      this.scoreText.textContent = `replacement ${fmt(s.replacement, 3)} · completeness ${fmt(s.completeness, 3)}`;
+      const score = (name, value) =>
+        el("span", { class: "score", "data-testid": `score-${name}` }, `${name} `, el("b", {}, fmt(value, 3)));
+      this.scoreText.replaceChildren(score("replacement", s.replacement), score("completeness", s.completeness));
       this.scoreText.title =
-        "Scores of the pinned features alone: unpinned features count as errors (graph_scores with subgraph).";
+        `Replacement ${s.replacement}, completeness ${s.completeness}: scores of the pinned features ` +
+        "alone; unpinned features count as errors (graph_scores with subgraph).";
     } catch (error) {
       if (ticket !== this.scoreTicket) return;
       this.scoreText.textContent = error.status === 409 ? "scores need the native graph" : error.message;
