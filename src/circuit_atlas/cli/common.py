@@ -7,6 +7,8 @@ and the other commands that load a replacement model.
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from circuit_atlas.errors import CircuitAtlasError
 
@@ -43,3 +45,68 @@ def parse_token_ids(text: str) -> list[int]:
 def prompt_from_args(args: argparse.Namespace) -> str | list[int]:
     """The prompt text, or the explicit token ids."""
     return parse_token_ids(args.token_ids) if args.token_ids else args.prompt
+
+
+# ---------------------------------------------------------------------- checks before loading
+def resolve_device(text: str | None) -> str:
+    """The device a command runs on: `text` checked against this machine, or cuda when a GPU is
+    available and cpu otherwise.
+
+    Checked before any model is read, so `--device cuda` on a machine without a GPU (or a typo
+    such as `--device cdua`) is one line naming the device and what is available, not a torch
+    traceback after minutes of loading.
+    """
+    import torch
+
+    from circuit_atlas.models.language_model import check_device
+
+    if text is None or not str(text).strip():
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    text = str(text).strip()
+    check_device(text, what="--device")
+    return text
+
+
+def _first_existing(path: Path) -> Path:
+    """`path` or its nearest existing ancestor (the folder a mkdir -p would start from)."""
+    current = path
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    return current
+
+
+def _check_ancestors(path: Path, flag: str) -> None:
+    existing = _first_existing(path.parent)
+    if existing.exists() and not existing.is_dir():
+        raise CircuitAtlasError(f"{flag} {path}: {existing} is a file, so nothing can be created under it")
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise CircuitAtlasError(f"{flag} {path}: cannot write in {existing} (permission denied)")
+
+
+def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """A folder a command will create or write into: it must be a folder or not exist yet, and be
+    creatable. Checked up front so a slow run does not die at its last step."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise CircuitAtlasError(f"{flag} {path} is a file; give a folder (it is created if missing)")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise CircuitAtlasError(f"{flag} {path}: cannot write in this folder (permission denied)")
+    else:
+        _check_ancestors(path, flag)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """A file a command will write: it must not be a folder, and its folder must be creatable."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CircuitAtlasError(f"{flag} {path} is a folder; give a file inside it, e.g. {path / 'NAME.json'}")
+    _check_ancestors(path, flag)
+    return path
+
+
+def check_at_least(value: int | float, minimum: int | float, flag: str) -> None:
+    """`flag` must be ≥ `minimum` (argparse only checks the type)."""
+    if value < minimum:
+        raise CircuitAtlasError(f"{flag} must be at least {minimum}, got {value}")

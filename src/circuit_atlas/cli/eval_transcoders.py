@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+from circuit_atlas.cli.common import check_at_least, check_output_file, resolve_device
+from circuit_atlas.errors import CircuitAtlasError
+
+DEFAULT_CONTEXT_LENGTH = 128
 
 EXAMPLE = """\
 examples:
@@ -25,9 +31,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--transcoders", required=True, help="hub reference or local directory")
     parser.add_argument("--corpus", required=True, help="folder of .txt, a .txt or a .jsonl file")
     parser.add_argument("--text-field", default="text", help="JSONL field holding the text")
-    parser.add_argument("--context-length", type=int, default=128)
-    parser.add_argument("--windows", type=int, default=64, help="token windows to evaluate")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per model pass")
+    parser.add_argument("--context-length", type=int, default=None,
+                        help=f"tokens per window (default: {DEFAULT_CONTEXT_LENGTH}, or the model's "
+                             "maximum positions when that is smaller)")
+    parser.add_argument("--windows", type=int, default=64, help="token windows to evaluate (default 64)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per model pass (default 8)")
     parser.add_argument("--device", help="cpu, cuda, … (default: cuda if available)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
@@ -36,12 +44,52 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def model_max_positions(ref: str) -> int | None:
+    """The model's maximum positions from its config alone (no weights), or None when the config
+    cannot be read here; the model load that follows then reports why."""
+    try:
+        from transformers import AutoConfig
+
+        local = Path(ref).expanduser()
+        config = AutoConfig.from_pretrained(str(local) if local.is_dir() else ref)
+    except Exception:  # noqa: BLE001 - any failure is reported by the real load
+        return None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def context_length(requested: int | None, model: str) -> int:
+    """The window length to evaluate: the request (or the default), clamped to the model's
+    positions, saying so when it shrinks, so the reports name the length actually used."""
+    if requested is not None:
+        check_at_least(requested, 2, "--context-length")
+    length = requested or DEFAULT_CONTEXT_LENGTH
+    limit = model_max_positions(model)
+    if limit is not None and length > limit:
+        given = f"--context-length {requested}" if requested is not None else \
+            f"the default context length {DEFAULT_CONTEXT_LENGTH}"
+        print(f"note: {given} exceeds the {limit} positions of model {model}; "
+              f"evaluating {limit}-token windows", file=sys.stderr)
+        length = limit
+    return length
+
+
 def run_eval(args) -> int:
     from circuit_atlas.training.pipeline import run_eval_job
 
+    check_at_least(args.windows, 1, "--windows")
+    check_at_least(args.batch_size, 1, "--batch-size")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
+    if not Path(args.corpus).expanduser().exists():
+        raise CircuitAtlasError(f"--corpus {args.corpus} does not exist")
+    device = resolve_device(args.device)
+    length = context_length(args.context_length, args.model)
     report = run_eval_job(args.model, args.transcoders, args.corpus, text_field=args.text_field,
-                          context_length=args.context_length, windows=args.windows,
-                          batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                          context_length=length, windows=args.windows,
+                          batch_size=args.batch_size, device=device, dtype=args.dtype,
                           progress=not args.quiet)
     print(report.table())
     if args.json is not None:

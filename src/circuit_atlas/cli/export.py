@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from circuit_atlas.cli.common import check_output_file
 from circuit_atlas.errors import CircuitAtlasError
 
 EXAMPLE = """\
@@ -15,9 +16,11 @@ examples:
       --node-threshold 0.6 --edge-threshold 0.95
       writes upload/dallas-v2.json (slug "dallas-v2") and upload/graph-metadata.json
 
-GRAPH_DIR is a folder written by Graph.save / `circuit-atlas trace` (graph.json +
-graph.safetensors). The slug must equal the file name without .json, because the frontend loads
-<slug>.json; it defaults to the --out file name, else to GRAPH_DIR's name.
+GRAPH_DIR is a folder written by Graph.save (graph.json + graph.safetensors), or a graph bundle
+written by `circuit-atlas trace` (OUT/<slug>/, whose graph/ subfolder holds the graph; the JSON
+then goes into the bundle, replacing the pruned view trace wrote). The slug must equal the file
+name without .json, because the frontend loads <slug>.json; it defaults to the --out file name,
+else to the bundle's slug, else to GRAPH_DIR's name.
 """
 
 
@@ -30,7 +33,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("graph_dir", type=Path, metavar="GRAPH_DIR", help="saved graph folder")
+    parser.add_argument("graph_dir", type=Path, metavar="GRAPH_DIR",
+                        help="saved graph folder, or a bundle folder written by trace")
     parser.add_argument(
         "--format", choices=["neuronpedia"], default="neuronpedia",
         help="output format (default: neuronpedia, also read by the circuit-tracer frontend)",
@@ -66,6 +70,34 @@ def resolve_output(graph_dir: Path, out: Path | None, slug: str | None) -> tuple
     return graph_dir, slug or graph_dir.resolve().name
 
 
+def find_graph(folder: Path) -> tuple[Path, str | None]:
+    """(folder holding graph.json, bundle slug or None) for a Graph.save folder or a trace bundle.
+
+    `trace` writes bundles (OUT/<slug>/graph/...), so users naturally pass the bundle or even the
+    data folder; both get a message that says where the graph is instead of "graph.json missing".
+    """
+    from circuit_atlas.server.bundle import NATIVE_DIR, read_bundle_info
+
+    if not folder.is_dir() or (folder / "graph.json").is_file():
+        return folder, None  # Graph.load names a missing or non-folder path itself
+    if (folder / NATIVE_DIR / "graph.json").is_file():
+        info = read_bundle_info(folder) or {}
+        slug = info.get("slug") if isinstance(info.get("slug"), str) else None
+        return folder / NATIVE_DIR, slug
+    bundles = sorted(c.name for c in folder.iterdir() if (c / NATIVE_DIR / "graph.json").is_file())
+    if bundles:
+        shown = ", ".join(bundles[:5]) + (", ..." if len(bundles) > 5 else "")
+        raise CircuitAtlasError(
+            f"{folder} is a data folder holding graph bundles ({shown}), not one graph; export "
+            f"one of them, e.g. `circuit-atlas export {folder / bundles[0]}`"
+        )
+    raise CircuitAtlasError(
+        f"{folder}: graph.json is missing (also {folder / NATIVE_DIR / 'graph.json'}); GRAPH_DIR "
+        "must be a folder written by Graph.save (graph.json + graph.safetensors) or a graph "
+        "bundle written by `circuit-atlas trace` (OUT/<slug>/, graph in its graph/ subfolder)"
+    )
+
+
 def run(args) -> int:
     from circuit_atlas.graph import Graph, write_graph_json
     from circuit_atlas.graph.export import check_slug
@@ -73,9 +105,13 @@ def run(args) -> int:
 
     check_threshold(args.node_threshold, "--node-threshold")
     check_threshold(args.edge_threshold, "--edge-threshold")
-    out_dir, slug = resolve_output(args.graph_dir, args.out, args.slug)
+    if args.out is not None:
+        check_output_file(args.out, "--out")
+    graph_dir = args.graph_dir.expanduser()
+    native_dir, bundle_slug = find_graph(graph_dir)
+    out_dir, slug = resolve_output(graph_dir, args.out, args.slug or (None if args.out else bundle_slug))
     check_slug(slug)
-    graph = Graph.load(args.graph_dir)
+    graph = Graph.load(native_dir)
     path = write_graph_json(
         graph, out_dir, slug, args.node_threshold, args.edge_threshold,
         scan=args.scan, update_metadata=not args.no_index, indent=args.indent,

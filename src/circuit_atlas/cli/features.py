@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.cli.common import check_at_least, check_output_dir, resolve_device
 
 EXAMPLES = """\
 examples:
@@ -45,35 +45,66 @@ def _missing_action(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+BUILD_EXAMPLES = """\
+examples:
+  circuit-atlas features build --model demo --transcoders demo --corpus texts/ --out features/
+  circuit-atlas features build --model google/gemma-2-2b --transcoders gemma \\
+      --corpus data.jsonl --out gemma-features --max-tokens 5000000 --device cuda --dtype bfloat16
+
+Running the same command again after an interruption continues the build where it stopped.
+"""
+
+SHOW_EXAMPLES = """\
+examples:
+  circuit-atlas features show features/ 3 1017          top contexts, quantiles, logits
+  circuit-atlas features show features/ 3 1017 --json   the object the explorer's panel reads
+"""
+
+LABEL_EXAMPLES = """\
+examples:
+  circuit-atlas features label features/ 3 1017 "Texas / Dallas"
+  circuit-atlas features label features/ 3 1017 ""      remove the label
+"""
+
+
 def _register_build(commands) -> None:
+    # Every help text states its own default: ArgumentDefaultsHelpFormatter would append a second,
+    # "(default: None)", to the options whose default is computed.
     p = commands.add_parser(
         "build", help="stream a corpus through model + transcoders into a feature store",
         description="Build (or resume) a feature store in --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog=BUILD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="hub id, local directory, or 'demo'")
     p.add_argument("--transcoders", required=True, help="hub id (repo[/sub][@rev]), local directory, or 'demo'")
     p.add_argument("--corpus", required=True,
                    help="folder of .txt files, a .txt file (blank-line separated documents), a "
                         ".jsonl file, or hf:DATASET[:CONFIG] (needs the `datasets` package)")
     p.add_argument("--out", required=True, type=Path, help="store folder (features.sqlite, labels.json)")
-    p.add_argument("--text-field", default="text", help="JSONL / dataset field holding the text")
-    p.add_argument("--split", default="train", help="dataset split for hf: corpora")
+    p.add_argument("--text-field", default="text",
+                   help="JSONL / dataset field holding the text (default: text)")
+    p.add_argument("--split", default="train", help="dataset split for hf: corpora (default: train)")
     p.add_argument("--encoding-errors", choices=["strict", "replace"], default="strict",
-                   help="non-UTF-8 bytes: stop with an error naming the file, or replace them with U+FFFD")
+                   help="non-UTF-8 bytes: stop with an error naming the file, or replace them "
+                        "with U+FFFD (default: strict)")
     p.add_argument("--max-tokens", type=int, default=None, help="token budget (default: the whole corpus)")
     p.add_argument("--context-len", type=int, default=None,
                    help="tokens per window incl. BOS (default: min(128, the model's maximum))")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
-    p.add_argument("--top-k", type=int, default=20, help="top activating contexts kept per feature")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default: 16)")
+    p.add_argument("--top-k", type=int, default=20,
+                   help="top activating contexts kept per feature (default: 20)")
     p.add_argument("--samples", type=int, default=40,
-                   help="uniformly sampled active occurrences per feature (feed the quantile groups)")
-    p.add_argument("--context-before", type=int, default=15, help="tokens kept before each focal token")
-    p.add_argument("--context-after", type=int, default=5, help="tokens kept after each focal token")
-    p.add_argument("--n-logits", type=int, default=10, help="promoted / suppressed tokens kept per feature")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling keys")
+                   help="uniformly sampled active occurrences per feature (feed the quantile "
+                        "groups; default: 40)")
+    p.add_argument("--context-before", type=int, default=15,
+                   help="tokens kept before each focal token (default: 15)")
+    p.add_argument("--context-after", type=int, default=5,
+                   help="tokens kept after each focal token (default: 5)")
+    p.add_argument("--n-logits", type=int, default=10,
+                   help="promoted / suppressed tokens kept per feature (default: 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling keys (default: 0)")
     p.add_argument("--commit-interval", type=float, default=60.0,
                    help="minimum seconds between commits (work since the last commit is redone "
-                        "after a crash; 0 commits after every batch)")
+                        "after a crash; 0 commits after every batch; default: 60)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda if available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: float32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -81,19 +112,24 @@ def _register_build(commands) -> None:
 
 
 def _register_show(commands) -> None:
-    p = commands.add_parser("show", help="print the dashboard of one feature")
-    p.add_argument("store", type=Path, help="store folder")
-    p.add_argument("layer", type=int)
-    p.add_argument("feature", type=int)
+    p = commands.add_parser("show", help="print the dashboard of one feature",
+                            description="Print the dashboard of one feature of a feature store.",
+                            epilog=SHOW_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store", type=Path, help="store folder (the --out of features build)")
+    p.add_argument("layer", type=int, help="layer of the feature (0-based)")
+    p.add_argument("feature", type=int, help="feature index within the layer")
     p.add_argument("--json", action="store_true", help="print the frontend JSON object instead")
     p.set_defaults(func=run_show)
 
 
 def _register_label(commands) -> None:
-    p = commands.add_parser("label", help="label a feature (an empty text removes the label)")
-    p.add_argument("store", type=Path, help="store folder")
-    p.add_argument("layer", type=int)
-    p.add_argument("feature", type=int)
+    p = commands.add_parser("label", help="label a feature (an empty text removes the label)",
+                            description="Set the label of one feature; graphs traced with "
+                                        "--features and the explorer show it.",
+                            epilog=LABEL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store", type=Path, help="store folder (the --out of features build)")
+    p.add_argument("layer", type=int, help="layer of the feature (0-based)")
+    p.add_argument("feature", type=int, help="feature index within the layer")
     p.add_argument("text", help="the label")
     p.set_defaults(func=run_label)
 
@@ -108,19 +144,14 @@ def _model_ref(ref: str) -> str:
     return resolve_model_ref(ref)
 
 
-def _device(device: str | None) -> str:
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def run_build(args: argparse.Namespace) -> int:
     import circuit_atlas
     from circuit_atlas.features.build import BuildSettings, build_feature_store
     from circuit_atlas.features.sources import open_feature_corpus
 
+    check_build_numbers(args)
+    check_output_dir(args.out, "--out")
+    device = resolve_device(args.device)
     corpus = open_feature_corpus(args.corpus, text_field=args.text_field,
                                  encoding_errors=args.encoding_errors, split=args.split)
     settings = BuildSettings(
@@ -128,10 +159,7 @@ def run_build(args: argparse.Namespace) -> int:
         context_before=args.context_before, context_after=args.context_after,
         n_logits=args.n_logits, max_tokens=args.max_tokens, seed=args.seed,
     )
-    if args.seed < 0:
-        raise CircuitAtlasError(f"--seed must not be negative, got {args.seed}")
-    model = circuit_atlas.load(_model_ref(args.model), args.transcoders, device=_device(args.device),
-                               dtype=args.dtype)
+    model = circuit_atlas.load(_model_ref(args.model), args.transcoders, device=device, dtype=args.dtype)
     report = build_feature_store(model, corpus, args.out, settings, batch_size=args.batch_size,
                                  commit_interval=args.commit_interval, progress=not args.no_progress)
     state = {"corpus": "complete: read the whole corpus",
@@ -145,6 +173,19 @@ def run_build(args: argparse.Namespace) -> int:
               f"({report.tokens_per_second:,.0f} tokens/s)")
     print(f"browse: circuit-atlas serve GRAPHS_DIR --features {report.out}")
     return 0 if report.stop_reason != "interrupted" else 130
+
+
+def check_build_numbers(args: argparse.Namespace) -> None:
+    """Counts that must be positive, checked before the model loads."""
+    for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--top-k", args.top_k, 1),
+                                 ("--samples", args.samples, 1), ("--context-before", args.context_before, 0),
+                                 ("--context-after", args.context_after, 0), ("--n-logits", args.n_logits, 1),
+                                 ("--commit-interval", args.commit_interval, 0), ("--seed", args.seed, 0)):
+        check_at_least(value, minimum, flag)
+    if args.max_tokens is not None:
+        check_at_least(args.max_tokens, 1, "--max-tokens")
+    if args.context_len is not None:
+        check_at_least(args.context_len, 2, "--context-len")
 
 
 def run_show(args: argparse.Namespace) -> int:

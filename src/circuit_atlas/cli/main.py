@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(exc: OSError) -> str:
+    """`[Errno 20] Not a directory: 'x/y'` -> `x/y: not a directory`; other OSErrors as is."""
+    if exc.strerror and exc.filename is not None:
+        target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else exc.filename
+        return f"{target}: {exc.strerror.lower()}"
+    return str(exc) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -71,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # Last resort for file-system problems the commands' own checks did not foresee (disk
+        # full, permissions, a path that changed mid-run): the message names the file.
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

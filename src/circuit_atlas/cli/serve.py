@@ -106,7 +106,9 @@ def load_steering_model(
             f"serve: steering needs both --model and --transcoders; {missing} is missing"
         )
     import circuit_atlas
+    from circuit_atlas.cli.common import resolve_device
 
+    device = resolve_device(device)
     print(f"loading {model} with transcoders {transcoders} for steering…", flush=True)
     return circuit_atlas.load(model, transcoders, device=device, dtype=dtype)
 
@@ -117,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if args.features is not None and not Path(args.features).expanduser().exists():
         # Checked before the (slow) model load, so a typo fails fast.
         raise CircuitAtlasError(f"serve: --features {args.features} does not exist")
+    if not 0 <= args.port <= 65535:
+        raise CircuitAtlasError(f"serve: --port must lie in 0..65535, got {args.port}")
     model = load_steering_model(args.model, args.transcoders, args.device, args.dtype)
     serve_folder(
         args.data_dir,

@@ -6,7 +6,9 @@ import argparse
 import json
 import re
 
-from circuit_atlas.cli.common import add_model_arguments, add_prompt_arguments, prompt_from_args
+import math
+
+from circuit_atlas.cli.common import add_model_arguments, add_prompt_arguments, prompt_from_args, resolve_device
 from circuit_atlas.errors import InterventionError
 
 EXAMPLE = """\
@@ -134,17 +136,31 @@ def collect_interventions(args) -> list:
     return found
 
 
+def check_sampling(args) -> None:
+    """Reject bad numbers before the model loads (generation would only check them after, and a
+    negative --max-new-tokens would silently mean 'no generation')."""
+    if args.top_k < 1:
+        raise InterventionError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.max_new_tokens < 0:
+        raise InterventionError(
+            f"--max-new-tokens must be 0 (no generation) or more, got {args.max_new_tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise InterventionError(f"--temperature must be a finite number ≥ 0, got {args.temperature}")
+    if not 0.0 < args.top_p <= 1.0:
+        raise InterventionError(f"--top-p must lie in (0, 1], got {args.top_p}")
+
+
 # ---------------------------------------------------------------------- running
 def run(args) -> int:
     interventions = collect_interventions(args)
     layers = parse_layers(args.constrained_layers)
-    if args.top_k < 1:
-        raise InterventionError(f"--top-k must be at least 1, got {args.top_k}")
+    check_sampling(args)
     import circuit_atlas
     from circuit_atlas.interventions import generate, intervene
 
     prompt = prompt_from_args(args)
-    model = circuit_atlas.load(args.model, args.transcoders, device=args.device, dtype=args.dtype)
+    device = resolve_device(args.device)
+    model = circuit_atlas.load(args.model, args.transcoders, device=device, dtype=args.dtype)
     prompt_only = _prompt_interventions(model, prompt, interventions)
     result = intervene(model, prompt, prompt_only, mode=args.mode, constrained_layers=layers,
                        freeze_attention=args.freeze_attention, top_k=args.top_k)

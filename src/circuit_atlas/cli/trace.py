@@ -6,7 +6,14 @@ import argparse
 import re
 from pathlib import Path
 
-from circuit_atlas.cli.common import add_model_arguments, add_prompt_arguments, prompt_from_args
+from circuit_atlas.cli.common import (
+    add_model_arguments,
+    add_prompt_arguments,
+    check_at_least,
+    check_output_dir,
+    prompt_from_args,
+    resolve_device,
+)
 from circuit_atlas.errors import CircuitAtlasError
 
 EXAMPLE = """\
@@ -81,19 +88,56 @@ def default_slug(prompt_text: str) -> str:
     return slug or "graph"
 
 
+def check_numbers(args) -> None:
+    """Settings attribution would only reject after the model is loaded."""
+    from circuit_atlas.graph.prune import check_threshold
+
+    check_threshold(args.node_threshold, "--node-threshold")
+    check_threshold(args.edge_threshold, "--edge-threshold")
+    check_at_least(args.max_n_logits, 1, "--max-n-logits")
+    check_at_least(args.max_feature_nodes, 0, "--max-feature-nodes")
+    check_at_least(args.batch_size, 1, "--batch-size")
+    if not 0.0 < args.desired_logit_prob <= 1.0:
+        raise CircuitAtlasError(f"--desired-logit-prob must lie in (0, 1], got {args.desired_logit_prob}")
+    if args.serve and not 0 <= args.port <= 65535:
+        raise CircuitAtlasError(f"--port must lie in 0..65535, got {args.port}")
+
+
+def check_destination(out: Path, slug: str | None) -> None:
+    """Fail before attribution when the bundle could not be written: --out is a file, the slug
+    is not a safe file name, or OUT/<slug> holds something that is not a graph bundle."""
+    from circuit_atlas.server.bundle import BUNDLE_FILE, check_slug, read_bundle_info
+
+    check_output_dir(out, "--out")
+    if slug is None:
+        return
+    try:
+        check_slug(slug)
+    except CircuitAtlasError as exc:
+        raise CircuitAtlasError(f"--slug: {exc}") from None
+    folder = Path(out).expanduser() / slug
+    if folder.exists() and not folder.is_dir():
+        raise CircuitAtlasError(f"cannot write the graph to {folder}: it is a file; choose another --slug")
+    if folder.is_dir() and any(folder.iterdir()) and read_bundle_info(folder) is None:
+        raise CircuitAtlasError(
+            f"cannot write the graph to {folder}: the folder holds files that are not a "
+            f"circuit-atlas graph bundle (no {BUNDLE_FILE}); choose another --out or --slug"
+        )
+
+
 def run(args) -> int:
     import circuit_atlas
     from circuit_atlas.graph import graph_scores
     from circuit_atlas.server.bundle import write_graph_bundle
 
-    from circuit_atlas.graph.prune import check_threshold
-
-    check_threshold(args.node_threshold, "--node-threshold")
-    check_threshold(args.edge_threshold, "--edge-threshold")
+    check_numbers(args)
     prompt = prompt_from_args(args)
     targets = parse_targets(args)
+    # With --token-ids the default slug needs the decoded prompt; it is valid by construction.
+    check_destination(args.out, args.slug or (None if args.token_ids else default_slug(args.prompt)))
     labels = feature_labels(args.features)
-    model = circuit_atlas.load(args.model, args.transcoders, device=args.device, dtype=args.dtype)
+    device = resolve_device(args.device)
+    model = circuit_atlas.load(args.model, args.transcoders, device=device, dtype=args.dtype)
     graph = circuit_atlas.attribute(
         model,
         prompt,

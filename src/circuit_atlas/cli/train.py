@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from circuit_atlas.cli.common import check_output_dir, resolve_device
+from circuit_atlas.errors import CircuitAtlasError
+
 EXAMPLE = """\
 examples:
   circuit-atlas train --model meta-llama/Llama-3.2-1B --corpus data/web.jsonl --kind clt \\
@@ -81,6 +84,28 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def check_paths(args) -> None:
+    """Everything the run will write, checked before the model loads: a file where the output
+    folder (or one of its sub-folders) should be would otherwise only fail after training."""
+    from circuit_atlas.training.checkpoint import CHECKPOINT_DIR
+    from circuit_atlas.training.export import CIRCUIT_TRACER_DIR, NATIVE_DIR
+    from circuit_atlas.training.trainer import LOG_FILE
+
+    out = check_output_dir(args.out, "--out")
+    for name, folder in ((NATIVE_DIR, True), (CIRCUIT_TRACER_DIR, True), (CHECKPOINT_DIR, True),
+                         (LOG_FILE, False), ("eval.json", False)):
+        path = out / name
+        if path.exists() and path.is_dir() != folder:
+            found, wanted = ("a folder", "file") if path.is_dir() else ("a file", "folder")
+            raise CircuitAtlasError(
+                f"--out {out}: {path} is {found}, but the run writes a {wanted} of that name; "
+                "move it or choose another --out")
+    if args.cache is not None:
+        check_output_dir(args.cache, "--cache")
+    if not Path(args.corpus).expanduser().exists():
+        raise CircuitAtlasError(f"--corpus {args.corpus} does not exist")
+
+
 def run_train(args) -> int:
     from circuit_atlas.training.config import OptimConfig
     from circuit_atlas.training.pipeline import TrainJob, check_job, run_training_job
@@ -101,10 +126,11 @@ def run_train(args) -> int:
         context_length=args.context_length, model_batch_size=args.model_batch_size,
         buffer_tokens=args.buffer_tokens, holdout_every=args.holdout_every,
         eval_windows=args.eval_windows, eval_every=args.eval_every, cache_dir=args.cache,
-        cache_tokens=args.cache_tokens, device=args.device, dtype=args.dtype,
+        cache_tokens=args.cache_tokens, device=resolve_device(args.device), dtype=args.dtype,
         resume=not args.no_resume, circuit_tracer=not args.no_circuit_tracer,
         progress=not args.quiet, optim=optim)
     check_job(job)
+    check_paths(args)
     result = run_training_job(job)
     from circuit_atlas.training import distributed as dist
 

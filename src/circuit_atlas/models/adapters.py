@@ -52,14 +52,57 @@ class FamilyAdapter:
 
     # --- module access -------------------------------------------------------------------------
     def get(self, hf_model: nn.Module, path: str) -> nn.Module:
-        """Resolve a dotted path under `hf_model`."""
-        return hf_model.get_submodule(path)
+        """Resolve a dotted path under `hf_model`.
+
+        A checkpoint of a supported class can still lack a module we hook (a modified or newer
+        variant of the architecture); torch would raise a bare AttributeError from deep inside a
+        pass, so the lookup names the family, the missing path and the class that lacks it.
+        """
+        return self._resolve(hf_model, path, type(hf_model).__name__, path)
 
     def layer_modules(self, hf_model: nn.Module) -> nn.ModuleList:
-        return self.get(hf_model, self.layers)  # type: ignore[return-value]
+        layers = self.get(hf_model, self.layers)
+        if not isinstance(layers, nn.ModuleList):
+            raise UnsupportedArchitectureError(
+                f"{type(hf_model).__name__} does not have the {self.family!r} family layout: "
+                f"{self.layers!r} should be the list of decoder layers but is a "
+                f"{type(layers).__name__}"
+            )
+        return layers
 
     def layer_part(self, hf_model: nn.Module, layer: int, part: str) -> nn.Module:
-        return self.layer_modules(hf_model)[layer].get_submodule(part)
+        return self._resolve(self.layer_modules(hf_model)[layer], part, type(hf_model).__name__,
+                             f"{self.layers}.{layer}.{part}")
+
+    def check_modules(self, hf_model: nn.Module) -> None:
+        """Resolve every path this adapter names (all layers), so a model missing one fails when
+        it is wrapped rather than in the middle of a forward pass."""
+        for path in (self.base, self.embed_tokens, self.final_norm, self.lm_head,
+                     self.position_embedding):
+            if path is not None:
+                self.get(hf_model, path)
+        parts = (self.layer_attention, self.layer_pre_mlp_norm, self.layer_mlp,
+                 self.layer_post_mlp_norm)
+        for layer in range(len(self.layer_modules(hf_model))):
+            for part in parts:
+                if part is not None:
+                    self.layer_part(hf_model, layer, part)
+
+    def _resolve(self, root: nn.Module, path: str, model_class: str, shown: str) -> nn.Module:
+        """Walk `path` from `root`; `shown` is the full path from the model, for the message."""
+        module = root
+        for name in path.split("."):
+            child = getattr(module, name, None) if name else None
+            if not isinstance(child, nn.Module):
+                what = "has no submodule" if child is None else "has a non-module attribute"
+                raise UnsupportedArchitectureError(
+                    f"{model_class} does not have the {self.family!r} family layout that "
+                    f"circuit-atlas expects: module {shown!r} is missing ({type(module).__name__} "
+                    f"{what} {name!r}). A modified or newer variant of this architecture needs "
+                    "its own FamilyAdapter row in circuit_atlas/models/adapters.py"
+                )
+            module = child
+        return module
 
     def embedding_scale(self, hf_model: nn.Module) -> float:
         """Factor the family multiplies token embeddings by (√d for Gemma, else 1).

@@ -38,6 +38,64 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[key]
 
 
+def available_devices() -> list[str]:
+    """Devices this process can use, for error messages: cpu, then each CUDA GPU, then mps."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(device: str | torch.device | None, what: str = "device") -> torch.device | None:
+    """Parse `device` and make sure it exists here, before any weights are read.
+
+    Torch only notices a missing GPU when the first tensor moves (an AssertionError deep inside
+    `torch.cuda`), and an unknown name raises a RuntimeError listing torch's internal backends;
+    this names the device the user gave and the ones that would work instead. `what` names the
+    argument in the message (the CLI passes "--device").
+    """
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(
+            f"{what} {str(device)!r} is not a device name; use cpu, cuda, cuda:N or mps "
+            f"(available here: {', '.join(available_devices())})"
+        ) from None
+    available = available_devices()
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this PyTorch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU is visible to this process")
+            raise ModelLoadError(
+                f"{what} {str(device)!r} is not available: {why} (available here: "
+                f"{', '.join(available)})"
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ModelLoadError(
+                f"{what} {str(device)!r} does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA GPU(s) (available here: {', '.join(available)})"
+            )
+        return parsed
+    if parsed.type == "mps":
+        if "mps" not in available:
+            raise ModelLoadError(
+                f"{what} {str(device)!r} is not available: no Apple MPS backend here "
+                f"(available here: {', '.join(available)})"
+            )
+        return parsed
+    raise ModelLoadError(
+        f"{what} {str(device)!r} is not supported; use cpu, cuda, cuda:N or mps "
+        f"(available here: {', '.join(available)})"
+    )
+
+
 class LanguageModel:
     """A transformers `*ForCausalLM` with the hooks circuit tracing needs.
 
@@ -46,6 +104,7 @@ class LanguageModel:
     """
 
     def __init__(self, hf_model: nn.Module, tokenizer, name: str, adapter: FamilyAdapter) -> None:
+        adapter.check_modules(hf_model)  # a missing module fails here, naming its path
         self.hf_model = hf_model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.name = name
@@ -68,6 +127,7 @@ class LanguageModel:
            dtype: str | torch.dtype | None = None) -> "LanguageModel":
         """Move / cast the model in place and return self."""
         torch_dtype = resolve_dtype(dtype)
+        device = check_device(device)
         if device is not None or torch_dtype is not None:
             self.hf_model.to(device=device, dtype=torch_dtype)
         return self
@@ -235,6 +295,7 @@ def load_language_model(
 
     ref = str(ref)
     torch_dtype = resolve_dtype(dtype)
+    device = check_device(device)  # before reading anything: a missing GPU fails fast
     if _looks_like_path(ref):
         ref = str(Path(ref).expanduser())
         if not Path(ref).is_dir():
