@@ -6,8 +6,7 @@ start without importing torch until a command needs it.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from circuit_atlas._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -37,17 +36,5 @@ _EXPORTS: dict[str, str] = {
     "serve": "circuit_atlas.server",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'circuit_atlas' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, _public = lazy_exports(__name__, _EXPORTS, globals())
+__all__ = _public + ["__version__"]

@@ -15,8 +15,8 @@ Public API (imported lazily so `import circuit_atlas.features` stays cheap):
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from circuit_atlas._lazy import lazy_exports
+
 
 _EXPORTS = {
     "build_feature_store": "circuit_atlas.features.build",
@@ -34,17 +34,4 @@ _EXPORTS = {
     "FeatureBuildError": "circuit_atlas.features.errors",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'circuit_atlas.features' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())

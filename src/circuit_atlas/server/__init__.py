@@ -15,8 +15,8 @@ The data-folder layout is documented in `circuit_atlas.server.bundle`.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from circuit_atlas._lazy import lazy_exports
+
 
 _EXPORTS = {
     "create_app": "circuit_atlas.server.app",
@@ -27,11 +27,4 @@ _EXPORTS = {
     "load_feature_provider": "circuit_atlas.server.features",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'circuit_atlas.server' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())
