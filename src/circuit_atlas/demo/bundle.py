@@ -4,7 +4,12 @@ Why: `circuit-atlas demo` and `--model demo` must work right after install, offl
 model (transformers format) lives in `assets/model/`; `assets/toyworld.json` holds the corpus seed,
 the world's facts, the held-out evaluation sets (with the swap partners the intervention case study
 uses) and the accuracies measured when the model was trained. Both are written by
-`circuit_atlas.demo.train`; this module only reads them.
+`circuit_atlas.demo.train`. Its transcoders (`assets/transcoders/<kind>/`, native format, with
+`assets/transcoders/report.json`) and feature dashboards (`assets/features/<kind>/`) are written
+by `circuit_atlas.demo.build_assets`. This module only reads them.
+
+Reference strings: `--model demo` is the bundled model; `--transcoders demo` its cross-layer
+transcoder, `demo-clt` / `demo-plt` name a kind explicitly.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEMO_REF = "demo"
 DEFAULT_CITY = "dallas"
 DEFAULT_PROMPT = toyworld.TWO_HOP_FRAME.format(city=DEFAULT_CITY)
+TRANSCODER_KINDS = ("clt", "plt")
+DEFAULT_TRANSCODER_KIND = "clt"
+TRANSCODER_REFS = {DEMO_REF: DEFAULT_TRANSCODER_KIND, **{f"{DEMO_REF}-{k}": k for k in TRANSCODER_KINDS}}
+TRANSCODER_REPORT = "report.json"
 
 
 def demo_model_path() -> Path:
@@ -44,6 +53,43 @@ def demo_world_path() -> Path:
 def resolve_model_ref(ref: str) -> str:
     """`"demo"` becomes the bundled model's directory; any other hub id or path is unchanged."""
     return str(demo_model_path()) if ref == DEMO_REF else ref
+
+
+def demo_transcoders_path(kind: str = DEFAULT_TRANSCODER_KIND) -> Path:
+    """Directory of the bundled transcoders of `kind` ("clt" or "plt"), native format."""
+    if kind not in TRANSCODER_KINDS:
+        raise ModelLoadError(f"demo transcoders come in kinds {', '.join(TRANSCODER_KINDS)}, "
+                             f"not {kind!r}")
+    path = ASSETS_DIR / "transcoders" / kind
+    if not path.is_dir() or not any(path.iterdir()):
+        raise ModelLoadError(f"the bundled demo transcoders are missing: {path} is empty "
+                             "(reinstall circuit-atlas, or rebuild them with "
+                             "`python -m circuit_atlas.demo.build_assets`)")
+    return path
+
+
+def demo_features_path(kind: str = DEFAULT_TRANSCODER_KIND) -> Path:
+    """Folder of the bundled feature store (dashboards + labels) of the `kind` transcoders."""
+    path = ASSETS_DIR / "features" / kind
+    if not (path / "features.sqlite").is_file():
+        raise ModelLoadError(f"the bundled demo feature store is missing: {path / 'features.sqlite'}"
+                             " (rebuild it with `python -m circuit_atlas.demo.build_assets`)")
+    return path
+
+
+def resolve_transcoders_ref(ref: str) -> str:
+    """`"demo"` / `"demo-clt"` / `"demo-plt"` become the bundled set's directory; any other
+    reference is unchanged."""
+    kind = TRANSCODER_REFS.get(ref) if isinstance(ref, str) else None
+    return ref if kind is None else str(demo_transcoders_path(kind))
+
+
+def transcoders_report() -> dict:
+    """Training settings and held-out metrics of the bundled transcoders (by kind)."""
+    path = ASSETS_DIR / "transcoders" / TRANSCODER_REPORT
+    if not path.is_file():
+        raise ModelLoadError(f"the bundled transcoder report is missing: {path}")
+    return json.loads(path.read_text())
 
 
 @lru_cache(maxsize=1)
