@@ -5,5 +5,11 @@
 - `tokenizer` -- the word-level tokenizer (one token per word, one per digit, BOS first);
 - `train`     -- the training script (`python -m circuit_atlas.demo.train`);
 - `evaluate`  -- accuracy on the evaluation sets;
-- `bundle`    -- paths to the shipped model (`demo_model_path()`) and its evaluation data.
+- `bundle`    -- paths to the shipped model (`demo_model_path()`), transcoders
+  (`demo_transcoders_path(kind)`), dashboards (`demo_features_path(kind)`) and evaluation data;
+  `resolve_model_ref` / `resolve_transcoders_ref` turn `"demo"` into those paths;
+- `activations`, `transcoders` -- per-line MLP pairs and training of the demo's transcoders;
+- `labels`    -- the automatic labelling rule of the demo's dashboards;
+- `build_assets` -- transcoders + dashboards + labels (`python -m circuit_atlas.demo.build_assets`);
+- `swap`      -- region codes and the swap intervention of the two-hop case study.
 """

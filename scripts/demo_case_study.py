@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Measure the two-hop case study on the bundled demo and take its figures.
+
+    python scripts/demo_case_study.py [--work DIR] [--docs docs/case-studies] [--no-screenshots]
+
+Writes `<docs>/two-hop-results.json` (every figure docs/case-studies.md quotes: graph sizes and
+scores, the top features at the last positions with their labels, the swap success rate and its
+two controls, per question) and, unless --no-screenshots, PNGs taken with Playwright and
+/usr/bin/chromium (headless): the explorer on the default prompt with a region feature selected,
+and a bar chart of the swap results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import circuit_atlas
+from circuit_atlas.cli.demo import copy_features, top_features_text
+from circuit_atlas.cli.trace import default_slug
+from circuit_atlas.demo import bundle
+from circuit_atlas.demo.swap import region_codes, run_swap, swap_success_rate
+from circuit_atlas.features import FeatureStore
+from circuit_atlas.graph import graph_scores, node_influence
+from circuit_atlas.server.bundle import write_graph_bundle
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def measure(work: Path) -> dict:
+    model = circuit_atlas.load("demo", "demo")
+    features_dir = copy_features(bundle.demo_features_path("clt"), work / "features")
+    with FeatureStore(features_dir) as store:
+        labels = store.labels()
+    world = bundle.demo_world()
+    t0 = time.perf_counter()
+    graph = circuit_atlas.attribute(model, bundle.DEFAULT_PROMPT, progress=False)
+    trace_seconds = time.perf_counter() - t0
+    slug = default_slug(bundle.DEFAULT_PROMPT)
+    write_graph_bundle(graph, work / "graphs", slug, labels=labels)
+    scores = graph_scores(graph)
+    influence = node_influence(graph)[:graph.n_selected]
+    coords = graph.feature_coords
+    last = graph.n_positions - 1
+    top = sorted((i for i in range(graph.n_selected) if int(coords[i, 1]) >= last - 1),
+                 key=lambda i: -float(influence[i]))[:10]
+    codes = region_codes(model, world)
+    items = bundle.two_hop_eval_items()
+    runs = {name: [run_swap(model, item, codes, **opts) for item in items]
+            for name, opts in (("swap", {}), ("suppress_only", {"inject": False}),
+                               ("inject_only", {"suppress": False}))}
+    return {
+        "prompt": bundle.DEFAULT_PROMPT,
+        "trace_seconds": round(trace_seconds, 2),
+        "graph": {"active_features": int(graph.active_features.shape[0]),
+                  "replacement_score": round(scores.replacement, 4),
+                  "completeness_score": round(scores.completeness, 4),
+                  "top_logits": [[t, round(float(p), 4)] for t, p in
+                                 zip(graph.logit_tokens[:5], graph.logit_probabilities.tolist())]},
+        "top_features_last_positions": [
+            {"layer": int(coords[i, 0]), "position": int(coords[i, 1]),
+             "token": graph.tokens[int(coords[i, 1])], "feature": int(coords[i, 2]),
+             "influence": round(float(influence[i]), 4),
+             "label": labels.get((int(coords[i, 0]), int(coords[i, 2])), "")} for i in top],
+        "summary_text": top_features_text(graph, labels),
+        "region_code_sizes": {r: c.size() for r, c in sorted(codes.items())},
+        "texas_code": {f"L{l} {p}": {str(f): [round(v, 3), labels.get((l, f), "")]
+                                     for f, v in feats.items()}
+                       for (l, p), feats in codes["texas"].features.items()},
+        "n_labels": len(labels),
+        "held_out_questions": len(items),
+        "clean_accuracy": sum(o.clean_correct for o in runs["swap"]) / len(items),
+        "rates": {name: swap_success_rate(out) for name, out in runs.items()},
+        "answer_changed": {name: sum(o.swapped_top != o.item.answer for o in out) / len(items)
+                           for name, out in runs.items()},
+        "per_question": [
+            {"city": o.item.city, "region": o.item.region, "swap_region": o.item.swap_region,
+             "clean": o.clean_top, "swapped": o.swapped_top,
+             "target": o.item.swap_capital, "p_target": round(o.swap_capital_prob, 4),
+             "suppressed": o.n_suppressed, "injected": o.n_injected,
+             "suppress_only": s.swapped_top, "inject_only": j.swapped_top}
+            for o, s, j in zip(runs["swap"], runs["suppress_only"], runs["inject_only"])],
+    }
+
+
+def bar_chart_html(results: dict) -> str:
+    """An SVG bar chart of the three conditions (no plotting library needed)."""
+    rows = [("swap (suppress + inject)", results["rates"]["swap"]),
+            ("suppress only", results["rates"]["suppress_only"]),
+            ("inject only", results["rates"]["inject_only"])]
+    bars = []
+    for i, (name, rate) in enumerate(rows):
+        y = 40 + i * 60
+        bars.append(f'<text x="10" y="{y + 24}" font-size="16">{name}</text>'
+                    f'<rect x="230" y="{y}" width="{rate * 500:.1f}" height="36" fill="#3b6ea8"/>'
+                    f'<text x="{240 + rate * 500:.1f}" y="{y + 24}" font-size="16">'
+                    f'{100 * rate:.1f} %</text>')
+    title = (f"answer becomes the swap region's capital ({results['held_out_questions']} "
+             "held-out questions)")
+    return (f'<html><body style="margin:0;font-family:sans-serif;background:white">'
+            f'<svg width="820" height="240"><text x="10" y="24" font-size="17" '
+            f'font-weight="bold">{title}</text>{"".join(bars)}'
+            f'<line x1="730" y1="35" x2="730" y2="220" stroke="#999" stroke-dasharray="4"/>'
+            f'<text x="700" y="234" font-size="12">100 %</text></svg></body></html>')
+
+
+def screenshots(work: Path, docs: Path, results: dict) -> list[Path]:
+    from playwright.sync_api import sync_playwright
+
+    from circuit_atlas.server.app import create_app
+    from circuit_atlas.server.runner import BackgroundServer
+
+    model = circuit_atlas.load("demo", "demo")
+    slug = default_slug(results["prompt"])
+    tops = results["top_features_last_positions"]
+    region = next((f for f in tops if "texas" in f["label"]), tops[0])
+    node_id = f"{region['layer']}_{region['feature']}_{region['position']}"
+    written = []
+    with FeatureStore(work / "features") as store, \
+            BackgroundServer(create_app(work / "graphs", features=store, model=model)) as server, \
+            sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     chromium_sandbox=False, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 900})
+        page.goto(f"{server.url}?graph={slug}&clickedId={node_id}")
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        page.wait_for_timeout(1500)
+        written.append(docs / "img" / "two-hop-explorer.png")
+        page.screenshot(path=str(written[-1]))
+        chart = browser.new_page(viewport={"width": 820, "height": 240})
+        chart.set_content(bar_chart_html(results))
+        written.append(docs / "img" / "two-hop-swap.png")
+        chart.screenshot(path=str(written[-1]))
+        browser.close()
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--docs", type=Path, default=Path("docs/case-studies"))
+    parser.add_argument("--no-screenshots", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    work = args.work or Path(tempfile.mkdtemp(prefix="demo-case-study-"))
+    (args.docs / "img").mkdir(parents=True, exist_ok=True)
+    results = measure(work)
+    (args.docs / "two-hop-results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(results["summary_text"])
+    print(json.dumps({k: results[k] for k in ("clean_accuracy", "rates", "answer_changed")}, indent=1))
+    if not args.no_screenshots:
+        for path in screenshots(work, args.docs, results):
+            print(f"wrote {path}")
+    print(f"work folder: {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""`circuit-atlas demo` end to end on the bundled assets, and `demo` accepted by other commands."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import torch
+
+from circuit_atlas.cli.main import main
+from circuit_atlas.demo import bundle
+from circuit_atlas.graph import Graph
+from circuit_atlas.graph.export import SCHEMA_FILE, cantor_unpair
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def test_demo_no_browser_writes_a_valid_labelled_graph(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--no-browser", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "replacement score" in printed and "top features at the last two positions" in printed
+    assert f"circuit-atlas serve {out}" in printed  # --no-browser: says how to browse, serves nothing
+    slug = "the-capital-of-the-region-containing-dallas-is"
+    graph = Graph.load(out / slug / "graph")
+    assert graph.prompt.endswith(bundle.DEFAULT_PROMPT)
+    assert graph.logit_tokens[0].strip() == "austin"  # the model's answer is the graph's top target
+    view = json.loads((out / slug / f"{slug}.json").read_text())
+    jsonschema.validate(view, json.loads(SCHEMA_FILE.read_text()))
+    labels = json.loads((out / "features" / "labels.json").read_text())["labels"]
+    features = [n for n in view["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert features, "the pruned view keeps feature nodes"
+    # every feature node carries exactly the bundled store's label of its (layer, feature)
+    for node in features:
+        layer, feature = cantor_unpair(node["feature"])
+        assert node["clerp"] == labels.get(f"{layer}:{feature}", "")
+    assert any(node["clerp"] for node in features)
+
+
+def test_demo_refuses_words_outside_the_toy_world(tmp_path, capsys):
+    code = main(["demo", "--no-browser", "--out", str(tmp_path), "--prompt", "the capital of atlantis is"])
+    err = capsys.readouterr().err
+    assert code == 1 and "atlantis" in err and "Traceback" not in err
+
+
+def test_trace_accepts_demo_for_model_and_transcoders(tmp_path):
+    code = main(["trace", "--model", "demo", "--transcoders", "demo-plt", "--prompt",
+                 "the capital of the region containing seattle is", "--out", str(tmp_path),
+                 "--slug", "seattle", "--max-feature-nodes", "64"])
+    assert code == 0
+    graph = Graph.load(tmp_path / "seattle" / "graph")
+    assert graph.transcoder_kind == "plt" and graph.selected_features.shape[0] <= 64
+
+
+def test_serve_loads_demo_for_steering():
+    from circuit_atlas.cli.serve import load_steering_model
+
+    model = load_steering_model("demo", "demo", None, None)
+    assert model.transcoders.kind == "clt"
+    assert model.lm.n_layers == model.transcoders.n_layers == 4

@@ -1,0 +1,59 @@
+"""`python -m circuit_atlas.demo.build_assets --quick`: the whole asset pipeline, tiny, as CI runs it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+import circuit_atlas
+from circuit_atlas.demo import bundle
+from circuit_atlas.demo.build_assets import main
+from circuit_atlas.demo.labels import Vocabulary, auto_label, ExampleView
+from circuit_atlas.features import FeatureStore
+from circuit_atlas.transcoders import load_transcoders
+
+
+@pytest.fixture(scope="module")
+def quick_build(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("quick") / "assets"
+    started = time.perf_counter()
+    code = main(["--quick", "--out", str(out), "--quiet"])
+    return code, out, time.perf_counter() - started
+
+
+def test_quick_build_writes_every_asset_within_a_minute(quick_build):
+    code, out, seconds = quick_build
+    assert code == 0 and seconds < 60
+    report = json.loads((out / "transcoders" / "report.json").read_text())
+    for kind in ("clt", "plt"):
+        tc = load_transcoders(str(out / "transcoders" / kind))
+        assert tc.kind == kind and tc.n_features == 64 and tc.n_layers == 4
+        assert (tc.input_hook, tc.output_hook) == ("hook_resid_mid", "hook_mlp_out")
+        held = report["sets"][kind]["held_out"]
+        assert len(held["fvu"]) == 4 and all(v >= 0 for v in held["fvu"])
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in {".bin", ".pt", ".pkl", ".pth"}]
+
+
+def test_quick_build_dashboards_carry_the_rule_labels(quick_build):
+    _, out, _ = quick_build
+    model = circuit_atlas.load(str(bundle.demo_model_path()), str(out / "transcoders" / "clt"))
+    vocab = Vocabulary.from_world(bundle.demo_world())
+    with FeatureStore(out / "features" / "clt") as store:
+        assert store.complete and store.n_features == model.transcoders.n_features
+        labels = store.labels()
+        # every stored label is what the rule says for that card, and unlabelled cards get none
+        for layer in range(store.n_layers):
+            for feature in range(0, store.n_features, 7):
+                card = store.card(layer, feature)
+                want = auto_label([ExampleView(e.tokens, e.focus) for e in card.top_examples], vocab)
+                assert labels.get((layer, feature)) == want
+
+
+def test_quick_mode_refuses_to_overwrite_the_shipped_assets(capsys):
+    assert main(["--quick"]) == 2
+    assert "--out" in capsys.readouterr().err
