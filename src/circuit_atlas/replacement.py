@@ -268,7 +268,6 @@ def load(
     a loaded set), on one device and dtype. `load("demo", "demo")` is the bundled demo model with
     its cross-layer transcoders (`"demo-plt"`: per-layer ones)."""
     torch_dtype = resolve_dtype(dtype)
-    model, transcoders = _resolve_demo_refs(model, transcoders)
     if isinstance(model, LanguageModel):
         lm = model.to(device=device, dtype=torch_dtype)
     else:
@@ -280,14 +279,3 @@ def load(
     elif hasattr(transcoders, "to"):
         transcoders = transcoders.to(device=lm.device, dtype=lm.dtype)
     return ReplacementModel(lm, transcoders)
-
-
-def _resolve_demo_refs(model, transcoders):
-    """`"demo"` names the bundled demo model / transcoders (`circuit_atlas.demo.bundle`)."""
-    from circuit_atlas.demo.bundle import resolve_model_ref, resolve_transcoders_ref
-
-    if isinstance(model, str):
-        model = resolve_model_ref(model)
-    if isinstance(transcoders, str):
-        transcoders = resolve_transcoders_ref(transcoders)
-    return model, transcoders

@@ -47,6 +47,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 def model_max_positions(ref: str) -> int | None:
     """The model's maximum positions from its config alone (no weights), or None when the config
     cannot be read here; the model load that follows then reports why."""
+    from circuit_atlas.demo.bundle import resolve_model_ref
+
+    ref = resolve_model_ref(ref)
     try:
         from transformers import AutoConfig
 

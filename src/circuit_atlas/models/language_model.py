@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -284,16 +286,34 @@ def _looks_like_path(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or "\\" in ref or os.path.exists(ref)
 
 
+@contextmanager
+def _quiet_weight_loading():
+    """Hide transformers' per-shard "Loading weights" bar: small models load instantly and the bar
+    clutters every command's output; large downloads still show huggingface_hub's own bars."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_language_model(
     ref: str | os.PathLike,
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
 ) -> LanguageModel:
-    """Load a causal LM and its tokenizer from a local directory or a Hugging Face hub id."""
+    """Load a causal LM and its tokenizer from a local directory or a Hugging Face hub id
+    (`"demo"`: the bundled toy-world model)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    ref = str(ref)
+    from circuit_atlas.demo.bundle import resolve_model_ref
+
+    ref = resolve_model_ref(str(ref))
     torch_dtype = resolve_dtype(dtype)
     device = check_device(device)  # before reading anything: a missing GPU fails fast
     if _looks_like_path(ref):
@@ -308,7 +328,8 @@ def load_language_model(
     adapter_for_architecture(arch)  # fail before reading any weights
     try:
         kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
-        hf_model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
+        with _quiet_weight_loading():
+            hf_model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     except Exception as exc:
         raise ModelLoadError(f"could not load the model weights of {ref!r}: {exc}") from None
     try:

@@ -54,9 +54,14 @@ def load_transcoders(ref: str | os.PathLike[str], *, device: torch.device | str 
     """Load a transcoder set from a local directory or the Hugging Face hub.
 
     `ref`: a directory, `org/repo[/sub/folder][@revision]`, `hf://org/repo/sub?revision=rev`, or a
-    preset (`gemma`, `llama`). `dtype` defaults to float32. With `lazy_decoder` (the default),
-    decoders of safetensors formats stay memory-mapped and rows are read on demand.
+    preset (`gemma`, `llama`; `demo`, `demo-clt`, `demo-plt` for the bundled demo sets). `dtype`
+    defaults to float32. With `lazy_decoder` (the default), decoders of safetensors formats stay
+    memory-mapped and rows are read on demand.
     """
+    from circuit_atlas.demo.bundle import resolve_transcoders_ref
+
+    if isinstance(ref, str):
+        ref = resolve_transcoders_ref(ref)
     parsed = parse_reference(ref if isinstance(ref, str) else Path(ref))
     dtype = resolve_dtype(dtype)
     if parsed.local_path is not None:
