@@ -55,12 +55,13 @@ def measure(kind: str, length: int, args) -> dict:
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    lm = tiny_language_model("llama", seed=0, n_layers=args.layers, d_model=args.d_model, max_positions=max(1024, length))
+    lm = tiny_language_model("llama", seed=0, n_layers=args.layers, d_model=args.d_model,
+                             n_heads=args.heads, n_kv_heads=args.kv_heads, max_positions=max(1024, length))
     tc = random_transcoders(
         kind, n_layers=args.layers, d_model=args.d_model, n_features=args.features, seed=1,
         input_hook="hook_resid_mid", output_hook="hook_mlp_out", scale=args.scale,
     )
-    model = circuit_atlas.load(lm, tc, device=device)
+    model = circuit_atlas.load(lm, tc, device=device, dtype=args.dtype)
     sparsify(model, args.l0)
     tokens = torch.randint(4, lm.vocab_size, (length,), generator=torch.Generator().manual_seed(length))
     tokens[0] = lm.tokenizer.bos_token_id
@@ -91,24 +92,38 @@ def measure(kind: str, length: int, args) -> dict:
     }
 
 
+def describe_device(name: str) -> str:
+    import torch
+
+    if name.startswith("cuda") and torch.cuda.is_available():
+        return f"{name} ({torch.cuda.get_device_name(torch.device(name))}, torch {torch.__version__})"
+    return f"{name} (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256, 1024])
     parser.add_argument("--kinds", nargs="+", default=["plt", "clt"])
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--features", type=int, default=1024)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--l0", type=int, default=32, help="active features per layer and position")
     parser.add_argument("--max-feature-nodes", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="model and transcoder dtype (float32, bfloat16, ...)")
     parser.add_argument("--one", nargs=2, metavar=("KIND", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args)))
         return
     passthrough = [a for a in sys.argv[1:]]
+    print(f"device {describe_device(args.device)}, dtype {args.dtype}, {args.layers} layers, d_model "
+          f"{args.d_model}, {args.features} features/layer, L0 {args.l0}, max_feature_nodes "
+          f"{args.max_feature_nodes}, batch {args.batch_size}")
     print(f"{'kind':>4} {'tokens':>6} {'active':>8} {'rows':>6} {'seconds':>8} {'rows/s':>8} {'peak MiB':>9}")
     for kind in args.kinds:
         for length in args.lengths:

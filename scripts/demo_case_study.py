@@ -25,14 +25,11 @@ import circuit_atlas
 from circuit_atlas.cli.demo import copy_features, top_features_text
 from circuit_atlas.cli.trace import default_slug
 from circuit_atlas.demo import bundle
+from circuit_atlas.demo.figures import bar_chart_png, explorer_screenshot
 from circuit_atlas.demo.swap import region_codes, run_swap, swap_success_rate
 from circuit_atlas.features import FeatureStore
 from circuit_atlas.graph import graph_scores, node_influence
 from circuit_atlas.server.bundle import write_graph_bundle
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
 
 def measure(work: Path) -> dict:
     model = circuit_atlas.load("demo", "demo")
@@ -90,56 +87,23 @@ def measure(work: Path) -> dict:
     }
 
 
-def bar_chart_html(results: dict) -> str:
-    """An SVG bar chart of the three conditions (no plotting library needed)."""
-    rows = [("swap (suppress + inject)", results["rates"]["swap"]),
-            ("suppress only", results["rates"]["suppress_only"]),
-            ("inject only", results["rates"]["inject_only"])]
-    bars = []
-    for i, (name, rate) in enumerate(rows):
-        y = 40 + i * 60
-        bars.append(f'<text x="10" y="{y + 24}" font-size="16">{name}</text>'
-                    f'<rect x="230" y="{y}" width="{rate * 500:.1f}" height="36" fill="#3b6ea8"/>'
-                    f'<text x="{240 + rate * 500:.1f}" y="{y + 24}" font-size="16">'
-                    f'{100 * rate:.1f} %</text>')
-    title = (f"answer becomes the swap region's capital ({results['held_out_questions']} "
-             "held-out questions)")
-    return (f'<html><body style="margin:0;font-family:sans-serif;background:white">'
-            f'<svg width="820" height="240"><text x="10" y="24" font-size="17" '
-            f'font-weight="bold">{title}</text>{"".join(bars)}'
-            f'<line x1="730" y1="35" x2="730" y2="220" stroke="#999" stroke-dasharray="4"/>'
-            f'<text x="700" y="234" font-size="12">100 %</text></svg></body></html>')
-
-
-def screenshots(work: Path, docs: Path, results: dict) -> list[Path]:
-    from playwright.sync_api import sync_playwright
-
-    from circuit_atlas.server.app import create_app
-    from circuit_atlas.server.runner import BackgroundServer
-
+def figures(work: Path, docs: Path, results: dict) -> list[Path]:
+    """The explorer on the default prompt with the region feature selected, and the swap chart."""
     model = circuit_atlas.load("demo", "demo")
-    slug = default_slug(results["prompt"])
     tops = results["top_features_last_positions"]
     region = next((f for f in tops if "texas" in f["label"]), tops[0])
     node_id = f"{region['layer']}_{region['feature']}_{region['position']}"
-    written = []
-    with FeatureStore(work / "features") as store, \
-            BackgroundServer(create_app(work / "graphs", features=store, model=model)) as server, \
-            sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     chromium_sandbox=False, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 900})
-        page.goto(f"{server.url}?graph={slug}&clickedId={node_id}")
-        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
-        page.wait_for_timeout(1500)
-        written.append(docs / "img" / "two-hop-explorer.png")
-        page.screenshot(path=str(written[-1]))
-        chart = browser.new_page(viewport={"width": 820, "height": 240})
-        chart.set_content(bar_chart_html(results))
-        written.append(docs / "img" / "two-hop-swap.png")
-        chart.screenshot(path=str(written[-1]))
-        browser.close()
-    return written
+    with FeatureStore(work / "features") as store:
+        shot = explorer_screenshot(work / "graphs", docs / "img" / "two-hop-explorer.png",
+                                   slug=default_slug(results["prompt"]), node_id=node_id,
+                                   features=store, model=model)
+    title = (f"answer becomes the swap region's capital ({results['held_out_questions']} "
+             "held-out questions)")
+    chart = bar_chart_png(docs / "img" / "two-hop-swap.png", title,
+                          [("swap (suppress + inject)", results["rates"]["swap"]),
+                           ("suppress only", results["rates"]["suppress_only"]),
+                           ("inject only", results["rates"]["inject_only"])])
+    return [shot, chart]
 
 
 def main(argv=None) -> int:
@@ -156,7 +120,7 @@ def main(argv=None) -> int:
     print(results["summary_text"])
     print(json.dumps({k: results[k] for k in ("clean_accuracy", "rates", "answer_changed")}, indent=1))
     if not args.no_screenshots:
-        for path in screenshots(work, args.docs, results):
+        for path in figures(work, args.docs, results):
             print(f"wrote {path}")
     print(f"work folder: {work}")
     return 0

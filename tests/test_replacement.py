@@ -38,6 +38,15 @@ class StandInTranscoders:
     def target_layers(self, source_layer):
         return range(source_layer, source_layer + 1 if self.kind == "plt" else self.n_layers)
 
+    def to(self, device=None, dtype=None):
+        """Move every weight (so the tests also run with CIRCUIT_ATLAS_TEST_DEVICE=cuda)."""
+        def move(t):
+            return None if t is None else t.to(device=device, dtype=dtype)
+
+        self.W_enc, self.b_enc, self.b_dec = move(self.W_enc), move(self.b_enc), move(self.b_dec)
+        self.W_dec, self.W_skip = [move(w) for w in self.W_dec], move(self.W_skip)
+        return self
+
     def pre_activation(self, layer, x):
         return x @ self.W_enc[layer].T + self.b_enc[layer]
 
@@ -171,8 +180,9 @@ def test_gradients_equal_effects_in_replayed_model(case):
     gen = torch.Generator().manual_seed(1)
     L, P, d = rm.n_layers, tokens.numel(), rm.d_model
     frozen = rm.frozen_forward(tokens, batch_size=2, run=run)
-    v_feat = torch.randn(d, generator=gen)
-    v_logit = torch.randn(d, generator=gen)
+    device = run.errors.device
+    v_feat = torch.randn(d, generator=gen).to(device)
+    v_logit = torch.randn(d, generator=gen).to(device)
     target_pos = P - 2
     # batch element 0: an encoder-style target at the last layer's input hook; element 1: a logit
     phi = (frozen.inputs[L - 1][0, target_pos] * v_feat).sum() + (frozen.final_hidden[1, P - 1] * v_logit).sum()
@@ -184,8 +194,8 @@ def test_gradients_equal_effects_in_replayed_model(case):
         return ((record.inputs[L - 1][0, target_pos] * v_feat).sum(), (record.final_hidden[0, P - 1] * v_logit).sum())
 
     base_phi = phis(base)
-    checks = [("embeddings", None, torch.randn(1, P, d, generator=gen))]
-    checks += [(f"output {l}", l, torch.randn(1, P, d, generator=gen)) for l in range(L - 1)]
+    checks = [("embeddings", None, torch.randn(1, P, d, generator=gen).to(device))]
+    checks += [(f"output {l}", l, torch.randn(1, P, d, generator=gen).to(device)) for l in range(L - 1)]
     for name, layer, delta in checks:
         if layer is None:
             moved = _replay(rm, tc, run, emb_delta=delta)

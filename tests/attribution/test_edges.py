@@ -28,24 +28,25 @@ def _source_perturbation(graph, run, model, column):
     n_sel = graph.selected_features.shape[0]
     L, P = graph.n_layers, len(graph.tokens)
     d = model.d_model
+    device = run.errors.device  # the model's device (CIRCUIT_ATLAS_TEST_DEVICE)
     if column < n_sel:
         layer, pos, feature = graph.active_features[graph.selected_features[column]].tolist()
         activation = float(graph.activation_values[graph.selected_features[column]])
         deltas = {}
         for target_layer in model.transcoders.target_layers(layer):
             row = model.transcoders.decoder_rows(layer, torch.tensor([feature]), target_layer)[0]
-            delta = torch.zeros(P, d)
-            delta[pos] = activation * row
+            delta = torch.zeros(P, d, device=device)
+            delta[pos] = activation * row.to(device)
             deltas[target_layer] = delta
         return None, deltas
     column -= n_sel
     if column < L * P:
         layer, pos = divmod(column, P)
-        delta = torch.zeros(P, d)
+        delta = torch.zeros(P, d, device=device)
         delta[pos] = run.errors[layer, pos]
         return None, {layer: delta}
     pos = column - L * P
-    delta = torch.zeros(P, d)
+    delta = torch.zeros(P, d, device=device)
     delta[pos] = run.token_vectors[pos]
     return delta, None
 
@@ -128,7 +129,7 @@ def test_rows_sum_to_readout_minus_constants(case):
         incoming = float(graph.adjacency[row].double().sum())
         assert abs(incoming + constant - total) <= 1e-4 * max(1.0, abs(total)), (case, row, incoming, constant, total)
     # The same identity against the transcoder's own pre-activation (bias included).
-    biases = [model.transcoders.pre_activation(l, torch.zeros(1, model.d_model))[0] for l in range(model.n_layers)]
+    biases = [model.transcoders.pre_activation(l, torch.zeros(1, model.d_model, device=run.errors.device))[0] for l in range(model.n_layers)]
     for row in range(n_sel):
         layer, pos, feature = graph.active_features[graph.selected_features[row]].tolist()
         pre = float(model.transcoders.pre_activation(layer, run.mlp_inputs[layer, pos][None])[0, feature])

@@ -28,7 +28,7 @@ def test_attribute_uses_salient_targets_and_their_probabilities():
     model = build_model("llama-clt")
     tokens = prompt_ids(model)
     graph = circuit_atlas.attribute(model, tokens, max_feature_nodes=0, max_n_logits=4, desired_logit_prob=0.99, progress=False)
-    logits = model.lm.hf_model(tokens[None]).logits[0, -1]
+    logits = model.lm.hf_model(tokens[None].to(model.lm.device)).logits[0, -1].cpu()
     expected = torch.softmax(logits.double(), -1)
     top = torch.argsort(expected, descending=True)[: len(graph.logit_tokens)]
     assert graph.logit_token_ids.tolist() == top.tolist() and len(graph.logit_tokens) <= 4

@@ -40,7 +40,7 @@ def test_steer_prints_before_and_after(saved, capsys) -> None:
     continuation = generate(model, PROMPT, ivs, 4)
     lines = out.splitlines()
     assert lines[0] == "prompt: '<bos> the capital of France is' (6 tokens)"
-    assert "L0 @5 'is' #3: " in out and "-> 25" in out
+    assert "L0 @5 ' is' #3: " in out and "-> 25" in out
     table = lines[lines.index("top next tokens:") + 2 :][:3]
     for row, before, after in zip(table, expected.top_before, expected.top_after):
         assert f"{before.token!r} {before.prob:.3f}" in row

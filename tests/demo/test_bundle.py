@@ -65,3 +65,20 @@ def test_assets_are_small_safetensors_and_json():
 def test_demo_ref_resolves_to_the_bundled_directory():
     assert bundle.resolve_model_ref("demo") == str(bundle.demo_model_path())
     assert bundle.resolve_model_ref("meta-llama/Llama-3.2-1B") == "meta-llama/Llama-3.2-1B"
+
+
+def test_reading_the_bundled_feature_store_leaves_it_unchanged():
+    """Readers open the database read-only: the shipped file must stay byte-identical (a
+    read-write open would switch its journal mode and leave WAL files in the package)."""
+    import hashlib
+
+    from circuit_atlas.features import FeatureStore
+
+    folder = bundle.demo_features_path("clt")
+    before = hashlib.sha256((folder / "features.sqlite").read_bytes()).hexdigest()
+    listing = sorted(p.name for p in folder.iterdir())
+    with FeatureStore(folder) as store:
+        layer, feature = next(iter(store.labels()))
+        assert store.card(layer, feature).top_examples  # a real read of the database
+    assert hashlib.sha256((folder / "features.sqlite").read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in folder.iterdir()) == listing

@@ -134,7 +134,7 @@ def test_logit_effects_equal_decoder_times_unembedding(clt_model, tmp_path, help
             assert [t.token_id for t in card.bottom_logits] == order[::-1][:7].tolist()
             np.testing.assert_allclose([t.value for t in card.top_logits], effects[feature][order[:7]],
                                        rtol=1e-5, atol=1e-5)
-            assert [t.token for t in card.top_logits] == [lm.tokenizer.decode([i]) for i in order[:7]]
+            assert [t.token for t in card.top_logits] == lm.token_strings(order[:7])
 
 
 def test_ties_go_to_the_earliest_window(plt_model, tmp_path, helpers):

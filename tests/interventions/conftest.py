@@ -57,7 +57,7 @@ def pre_activation_readout(model, coords: torch.Tensor, inputs: torch.Tensor) ->
     for layer in torch.unique(coords[:, 0]).tolist():
         rows = (coords[:, 0] == layer).nonzero().flatten()
         w = tc.encoder_rows(layer, coords[rows, 2]).double()
-        out[rows] = (inputs[layer, coords[rows, 1]].double() * w).sum(-1)
+        out[rows] = (inputs[layer, coords[rows, 1]].double() * w).sum(-1).cpu()
     return out
 
 
@@ -65,7 +65,7 @@ def centred_logit_readout(model, final_hidden: torch.Tensor, token_ids: torch.Te
     """⟨h[-1], W_U[tok] − mean W_U⟩: the pre-soft-cap, mean-centred logit a logit row explains."""
     w_u = model.lm.hf_model.get_output_embeddings().weight.detach().double()
     vectors = w_u[token_ids] - w_u.mean(0)
-    return vectors @ final_hidden[-1].double()
+    return (vectors @ final_hidden[-1].double()).cpu()
 
 
 @pytest.fixture(params=list(CASES))

@@ -36,7 +36,7 @@ def steering_model():
     token = tokenizer.convert_tokens_to_ids("Paris")
     gain = lm.hf_model.model.norm.weight.detach()
     direction = lm.unembedding.detach()[token] / gain
-    W_dec[-1][ALIGNED] = direction / direction.norm()
+    W_dec[-1][ALIGNED] = (direction / direction.norm()).cpu()
     W_dec[-1][SILENT] = 0
     tc = Transcoders("plt", W_enc=W_enc, b_enc=b_enc, b_dec=b_dec, W_dec=W_dec,
                      input_hook="hook_resid_mid", output_hook="hook_mlp_out")

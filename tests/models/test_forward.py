@@ -172,7 +172,7 @@ def test_frozen_map_is_affine_and_live_map_is_not(lm, tokens):
         scale = clean.embeddings.std()
 
         def rand(t):
-            return torch.randn(t.shape, generator=gen) * scale
+            return torch.randn(t.shape, generator=gen).to(t.device) * scale
 
         a_emb, b_emb = rand(clean.embeddings), rand(clean.embeddings)
         a_out = [rand(t) for t in clean.outputs]
@@ -197,7 +197,7 @@ def test_detached_gradients_equal_replayed_gradients(lm, tokens):
     gen = torch.Generator().manual_seed(2)
     with torch.no_grad():
         clean = lm.forward(tokens)
-    v = torch.randn(clean.final_hidden.shape, generator=gen)
+    v = torch.randn(clean.final_hidden.shape, generator=gen).to(clean.final_hidden.device)
 
     def grad_for(spec):
         leaf = {}

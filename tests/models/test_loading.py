@@ -33,7 +33,7 @@ def test_string_gets_bos_and_ids_are_used_as_given(lm):
     assert lm.tokenize("<bos> the cat").tolist() == ids.tolist()
     assert lm.tokenize([5, 6, 7]).tolist() == [5, 6, 7]
     assert lm.tokenize(torch.tensor([[5, 6]])).tolist() == [5, 6]
-    assert lm.token_strings([ids[1]]) == ["the"]
+    assert lm.token_strings([ids[1]]) == [" the"]  # as it reads in text
 
 
 def test_prefix_rule_skips_falsy_ids():

@@ -51,6 +51,7 @@ def _feature_card(layer: int, index: int) -> dict:
     acts[5] = 1.1
     return {
         "index": index,
+        "label": f"store label {layer}/{index}",
         "top_logits": [" Austin", " Texas", " Houston"],
         "bottom_logits": [" Paris", " London"],
         "act_min": 0.0,

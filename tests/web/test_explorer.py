@@ -58,6 +58,9 @@ def test_click_shows_connections_and_feature_details(page, site, shot) -> None:
     page.wait_for_selector("[data-testid=feature-example]")
     panel = page.inner_text("[data-testid=feature-panel]")
     assert "Austin" in panel and "Dallas" in panel
+    # The graph carries no label for it: the panel falls back to the feature store's label.
+    layer, index, _pos = (int(x) for x in node_id.split("_"))
+    assert f"store label {layer}/{index}" in panel
     assert "clickedId=" in page.url
     # Hover a neighbour: the tooltip names it.
     neighbour = shown_out[0]

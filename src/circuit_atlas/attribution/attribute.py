@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from circuit_atlas.attribution.exploration import next_features, partial_influence
 from circuit_atlas.attribution.memory import check_memory, estimate_memory
 from circuit_atlas.attribution.rows import LOGIT_LAYER, Injection, RowComputer, bucket_of
+from circuit_atlas.models.token_text import token_display_strings
 from circuit_atlas.attribution.sources import AttributionSources, collect_sources
 from circuit_atlas.attribution.targets import (
     LogitTargets,
@@ -246,7 +247,7 @@ def _assemble_graph(model, tokens, sources, logit_targets, adjacency, selected, 
     tokenizer = model.tokenizer
     return Graph(
         input_ids=input_ids,
-        tokens=[tokenizer.decode([int(i)]) for i in input_ids],
+        tokens=token_display_strings(tokenizer, input_ids.tolist()),
         prompt=tokenizer.decode(input_ids.tolist()),
         active_features=sources.active_features.cpu().long(),
         activation_values=sources.activation_values.cpu(),

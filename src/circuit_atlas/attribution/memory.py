@@ -78,7 +78,10 @@ def available_memory(device: torch.device) -> int:
     """Bytes the run may use on `device` (free GPU memory, or available system memory)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        # Blocks PyTorch's caching allocator holds but no tensor uses are free to this run too
+        # (the driver counts them as used, e.g. right after transcoders were cast to bfloat16).
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(cached, 0))
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:

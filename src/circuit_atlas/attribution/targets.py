@@ -73,7 +73,7 @@ def salient_token_ids(
     probs = torch.softmax(last_logits.float(), dim=-1)
     top_probs, top_ids = torch.topk(probs, min(max_n_logits, probs.shape[-1]))
     cumulative = torch.cumsum(top_probs, dim=0)
-    cutoff = int(torch.searchsorted(cumulative, torch.tensor(desired_logit_prob))) + 1
+    cutoff = int(torch.searchsorted(cumulative, torch.tensor(desired_logit_prob, device=cumulative.device))) + 1
     return top_ids[:cutoff], top_probs[:cutoff]
 
 
@@ -125,7 +125,7 @@ def build_logit_targets(
     token_ids, labels, weights, vectors = [], [], [], []
     for position, spec in enumerate(specs):
         if isinstance(spec, CustomTarget):
-            vector = spec.vector.detach().float().reshape(-1)
+            vector = spec.vector.detach().float().reshape(-1).to(w_u.device)
             if vector.shape[0] != w_u.shape[1]:
                 raise AttributionError(
                     f"custom target {spec.label!r} has {vector.shape[0]} dimensions, the model has {w_u.shape[1]}"

@@ -52,6 +52,7 @@ from circuit_atlas.features.logits import logit_effects
 from circuit_atlas.features.pending import PendingExamples
 from circuit_atlas.features.sources import open_feature_corpus
 from circuit_atlas.features.windows import Batch, Cursor, Window, Windower, counted_tokens, make_batch, truncate
+from circuit_atlas.models.token_text import token_display_strings
 from circuit_atlas.training.corpus import Corpus, CorpusError
 
 KILL_ENV = "CIRCUIT_ATLAS_TEST_KILL_AT_COMMIT"
@@ -285,22 +286,12 @@ def _check_budget(conn: sqlite3.Connection, meta: dict[str, Any], budget: int | 
 
 
 def _vocabulary(lm) -> list[str]:
-    """Token strings for every id of the model (decoded one id at a time, as the tracer shows
-    tokens); ids the tokenizer cannot decode become `<id N>`."""
+    """Token strings for every id of the model, as they read inside running text (so dashboards
+    that join them keep word spaces); ids the tokenizer cannot decode become `<id N>`."""
     ids = list(range(lm.vocab_size))
-    tokenizer = lm.tokenizer
-    if tokenizer is None:
+    if lm.tokenizer is None:
         return [f"<id {i}>" for i in ids]
-    try:
-        return [str(t) for t in tokenizer.batch_decode([[i] for i in ids])]
-    except Exception:  # some tokenizers raise on ids past their vocabulary
-        strings = []
-        for i in ids:
-            try:
-                strings.append(str(tokenizer.decode([i])))
-            except Exception:
-                strings.append(f"<id {i}>")
-        return strings
+    return token_display_strings(lm.tokenizer, ids)
 
 
 def _progress_dict(cursor: Cursor, tokens: int, windows: int) -> dict[str, int]:

@@ -122,10 +122,10 @@ class FeatureStore:
         if not self.file.is_file():
             raise FeatureStoreError(f"no feature store at {path} ({self.file} is missing); build one "
                                     "with `circuit-atlas features build`")
-        try:
-            self._conn = storage.connect(self.file)
-        except FeatureStoreError:  # e.g. a read-only copy: readers never write the database
-            self._conn = storage.connect(self.file, readonly=True)
+        # Readers never write the database: opening it read-only leaves shipped or shared stores
+        # byte-identical (a read-write open would switch their journal mode), and still reads a
+        # store a running build is writing (the builder keeps its WAL files).
+        self._conn = storage.connect(self.file, readonly=True)
         self._lock = threading.Lock()
         try:
             self._meta = storage.check_format(self._conn, self.file)

@@ -104,12 +104,13 @@ class ClampPlan:
         return acts[local.to(acts.device), features.to(acts.device)]
 
     def _queue(self, layer: int, x: torch.Tensor) -> None:
-        local, features, mul, add = self.entries[layer]
+        # Entries are built on the CPU; index and scale on the device the activations live on.
+        local, features, mul, add = (t.to(x.device) for t in self.entries[layer])
         current = self._current(layer, x, local, features).to(self.tc.dtype)
         target = current * mul.to(current) + add.to(current)
         delta = target - current
-        self.applied.append(Applied(layer, local + self.offset, features, current.detach().cpu(),
-                                    target.detach().cpu()))
+        self.applied.append(Applied(layer, (local + self.offset).cpu(), features.cpu(),
+                                    current.detach().cpu(), target.detach().cpu()))
         moving = delta.ne(0)
         if not bool(moving.any()):
             return

@@ -17,6 +17,7 @@ from circuit_atlas.models.adapters import FamilyAdapter, adapter_for_architectur
 from circuit_atlas.models.forward import EmbeddingEdit, OutputEdit, _Pass, find_norms
 from circuit_atlas.models.freeze import ForwardRecord, FreezeSpec
 from circuit_atlas.models.prompts import is_gemma3_it, to_ids
+from circuit_atlas.models.token_text import token_display_strings
 
 _DTYPES = {
     "float32": torch.float32,
@@ -199,10 +200,11 @@ class LanguageModel:
         return ids.to(self.device)
 
     def token_strings(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
+        """Each id as it reads inside running text (leading space kept; see `token_text`)."""
         ids = torch.as_tensor(ids).reshape(-1).tolist()
         if self.tokenizer is None:
             return [str(i) for i in ids]
-        return [self.tokenizer.decode([i]) for i in ids]
+        return token_display_strings(self.tokenizer, ids)
 
     def token_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
         """What each token adds to the residual stream through the token embedding (scale included,

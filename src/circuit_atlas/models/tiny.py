@@ -9,6 +9,7 @@ and freezing bugs would go unnoticed.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import nn
@@ -27,6 +28,10 @@ WORDS = tuple((
     "said went saw had has have will would can could "
     "opposite hot cold up down . , ! ? : ; ' \" ( ) = + -"
 ).split())
+
+
+# Names the device the tiny models go to by default (see `tiny_language_model`).
+TEST_DEVICE_VARIABLE = "CIRCUIT_ATLAS_TEST_DEVICE"
 
 
 def tiny_tokenizer():
@@ -147,8 +152,13 @@ def tiny_language_model(
     d_mlp: int | None = None,
     max_positions: int = 64,
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
 ) -> LanguageModel:
     """A seeded random `LanguageModel` of `family` (one of `adapters.ADAPTERS`).
+
+    Weights are drawn on the CPU (the same numbers on every machine) and then moved to `device`;
+    left out, that is `$CIRCUIT_ATLAS_TEST_DEVICE` or "cpu", so the test suite can be rerun on a
+    GPU unchanged (`CIRCUIT_ATLAS_TEST_DEVICE=cuda pytest tests/attribution`).
 
     Uses GQA (`n_kv_heads`) where the family has it, sliding windows of 4 on alternate layers for
     Gemma-2/3 and Mistral, attention and final soft-caps for Gemma-2, q/k norms for Qwen3/Gemma-3.
@@ -165,5 +175,5 @@ def tiny_language_model(
     hf_model = AutoModelForCausalLM.from_config(config)
     generator = torch.Generator().manual_seed(seed)
     _reinit(hf_model, generator)
-    hf_model = hf_model.to(dtype)
+    hf_model = hf_model.to(dtype=dtype, device=device or os.environ.get(TEST_DEVICE_VARIABLE, "cpu"))
     return LanguageModel.from_hf(hf_model, tokenizer, name=f"tiny-{family}")

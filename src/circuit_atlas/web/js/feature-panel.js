@@ -45,14 +45,22 @@ export class FeaturePanel {
 
   render(coords, node, feature) {
     this.root.hidden = false;
+    // The user's own label wins; the feature store's label is the fallback for graphs traced
+    // without one, and is shown separately when the two differ so neither is hidden.
+    const own = this.app.labelOf(node);
+    const stored = feature.label || "";
+    const title = own || stored;
     const parts = [
       el(
         "h2",
         {},
         `Feature L${coords.layer} #${coords.index}`,
-        el("span", { class: "count" }, this.app.labelOf(node) ? ` — ${this.app.labelOf(node)}` : ""),
+        el("span", { class: "count" }, title ? ` — ${title}` : ""),
       ),
     ];
+    if (own && stored && own !== stored) {
+      parts.push(el("div", { class: "meta store-label" }, `dashboard label: ${stored}`));
+    }
     const stats = [];
     if (node.activation !== null && node.activation !== undefined) stats.push(`activation here ${fmt(node.activation, 3)}`);
     if (feature.activation_frequency !== undefined) stats.push(`active on ${fmt(100 * feature.activation_frequency, 3)}% of tokens`);
