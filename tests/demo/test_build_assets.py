@@ -57,3 +57,28 @@ def test_quick_build_dashboards_carry_the_rule_labels(quick_build):
 def test_quick_mode_refuses_to_overwrite_the_shipped_assets(capsys):
     assert main(["--quick"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_dashboards_only_rebuild_swaps_in_an_equal_store(quick_build):
+    """`--dashboards-only` rebuilds the stores of the existing transcoders in place: the same
+    labels and cards (the build is seeded), and no half-built folder left behind."""
+    _, out, _ = quick_build
+    folder = out / "features" / "clt"
+    with FeatureStore(folder) as store:
+        labels_before = store.labels()
+        card_before = store.card(1, 3)
+    assert main(["--quick", "--out", str(out), "--quiet", "--dashboards-only"]) == 0
+    assert not list((out / "features").glob("*.rebuilding"))
+    with FeatureStore(folder) as store:
+        assert store.labels() == labels_before
+        card = store.card(1, 3)
+        assert [e.tokens for e in card.top_examples] == [e.tokens for e in card_before.top_examples]
+
+
+def test_shipped_dashboards_read_as_text_with_spaces():
+    """Dashboard token strings keep word-start spaces: joined examples are readable sentences."""
+    with FeatureStore(bundle.demo_features_path("clt")) as store:
+        regions = [key for key, label in store.labels().items() if "(region" in label][:5]
+        examples = [e for key in regions for e in store.card(*key).top_examples]
+    texts = ["".join(e.tokens).replace("<bos>", "").strip() for e in examples]
+    assert texts and all(" lies in " in t or " is " in t for t in texts), texts[:3]

@@ -115,6 +115,31 @@ def build(out: Path, cfg: BuildConfig, *, work: Path, model_dir: Path | None = N
     return report
 
 
+def rebuild_dashboards(out: Path, cfg: BuildConfig, *, model_dir: Path | None = None,
+                       progress: bool = True) -> dict[str, int]:
+    """Rebuild only the feature stores of the transcoders already in `out` (label counts by kind).
+
+    Each store is built in a sibling folder and swapped in when complete, so readers never see a
+    half-built store.
+    """
+    import circuit_atlas
+
+    torch.set_num_threads(cfg.threads)
+    model_dir = Path(model_dir or bundle.demo_model_path())
+    world = bundle.demo_world()
+    lines = toyworld.generate_corpus(world, cfg.dashboard_lines, seed=DASHBOARD_SEED)
+    counts = {}
+    for kind in cfg.dashboard_kinds:
+        model = circuit_atlas.load(str(model_dir), str(out / "transcoders" / kind), device="cpu")
+        target = out / "features" / kind
+        fresh = target.with_name(kind + ".rebuilding")
+        counts[kind] = build_dashboards(model, lines, fresh, cfg, world, progress=progress)
+        if target.exists():
+            shutil.rmtree(target)
+        fresh.rename(target)
+    return counts
+
+
 def build_dashboards(model, lines: list[str], folder: Path, cfg: BuildConfig, world, *,
                      progress: bool = True) -> int:
     """A fresh feature store over `lines` in `folder`, auto-labelled; returns the label count."""
@@ -172,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="tiny build for CI (needs --out)")
     parser.add_argument("--relabel", action="store_true",
                         help="only rewrite the automatic labels of the existing stores")
+    parser.add_argument("--dashboards-only", action="store_true",
+                        help="only rebuild the feature stores (dashboards and labels) of the existing "
+                             "transcoders")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -192,6 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 folder = out / "features" / kind
                 count = relabel(folder, bundle.demo_world(), progress=not args.quiet)
                 compact(folder)
+                print(f"{kind}: {count} labelled features")
+            return 0
+        if args.dashboards_only:
+            for kind, count in rebuild_dashboards(out, cfg, model_dir=args.model_dir,
+                                                  progress=not args.quiet).items():
                 print(f"{kind}: {count} labelled features")
             return 0
         report = build(out, cfg, work=work, model_dir=args.model_dir, progress=not args.quiet)
