@@ -121,6 +121,12 @@ def test_foreign_host_header_is_refused(data_dir: Path) -> None:
     assert client.get("/api/graphs").status_code == 200
     assert client.get("/api/graphs", headers={"host": "localhost:8041"}).status_code == 200
     assert client.get("/api/graphs", headers={"host": "evil.example:8041"}).status_code == 400
+    # The IPv6 loopback with a port is a loopback name; other addresses and names are not.
+    assert client.get("/api/graphs", headers={"host": "[::1]:8041"}).status_code == 200
+    assert client.get("/api/graphs", headers={"host": "[::1]"}).status_code == 200
+    assert client.get("/api/graphs", headers={"host": "[::2]:8041"}).status_code == 400
+    assert client.get("/api/graphs", headers={"host": "127.0.0.1.evil.example"}).status_code == 400
+    assert client.get("/api/graphs", headers={"host": ""}).status_code == 400
 
 
 def test_unreadable_graph_file_is_422_not_500(data_dir: Path) -> None:

@@ -16,13 +16,13 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import circuit_atlas
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.server.catalog import GraphNotFound, GraphUnreadable
 from circuit_atlas.server.explorer import Explorer, NodeNotFound, ScoresUnavailable
 from circuit_atlas.server.features import FeatureProvider
+from circuit_atlas.server.hosts import AllowedHostsMiddleware
 from circuit_atlas.server.limits import DEFAULT_MAX_BODY_BYTES, RequestLimitsMiddleware
 from circuit_atlas.server.steer import MAX_NEW_TOKENS, OPS, POSITIONS, SteerBusy, Steerer, SteerUnavailable
 
@@ -115,7 +115,7 @@ def create_app(
     app.state.steerer = steerer
     app.add_middleware(RequestLimitsMiddleware, max_body_bytes=max_body_bytes)
     if allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+        app.add_middleware(AllowedHostsMiddleware, allowed_hosts=allowed_hosts)
 
     @app.exception_handler(CircuitAtlasError)
     async def _user_error(request: Request, exc: CircuitAtlasError) -> JSONResponse:
