@@ -62,3 +62,28 @@ def test_serve_loads_demo_for_steering():
     model = load_steering_model("demo", "demo", None, None)
     assert model.transcoders.kind == "clt"
     assert model.lm.n_layers == model.transcoders.n_layers == 4
+
+
+def test_export_keeps_the_labels_of_a_bundle_or_takes_them_from_features(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--no-browser", "--out", str(out)]) == 0
+    slug = "the-capital-of-the-region-containing-dallas-is"
+    stored = json.loads((out / "features" / "labels.json").read_text())["labels"]
+
+    def check(view_file):
+        nodes = [n for n in json.loads(view_file.read_text())["nodes"]
+                 if n["feature_type"] == "cross layer transcoder"]
+        assert nodes and any(n["clerp"] for n in nodes)
+        for node in nodes:
+            layer, feature = cantor_unpair(node["feature"])
+            assert node["clerp"] == stored.get(f"{layer}:{feature}", "")
+
+    # Re-exporting the bundle with other thresholds keeps the labels trace wrote ...
+    assert main(["export", str(out / slug), "--node-threshold", "0.95", "--edge-threshold", "0.99"]) == 0
+    check(out / slug / f"{slug}.json")
+    # ... and --features labels a graph exported anywhere else.
+    target = tmp_path / "upload" / "dallas.json"
+    assert main(["export", str(out / slug / "graph"), "--out", str(target), "--no-index",
+                 "--features", str(out / "features")]) == 0
+    check(target)
+    capsys.readouterr()

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from circuit_atlas.cli.common import check_output_file
+from circuit_atlas.cli.trace import feature_labels
 from circuit_atlas.errors import CircuitAtlasError
 
 EXAMPLE = """\
@@ -48,6 +49,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="cumulative influence kept by node pruning, in [0, 1] (default 0.8)")
     parser.add_argument("--edge-threshold", type=float, default=0.98,
                         help="cumulative influence kept by edge pruning, in [0, 1] (default 0.98)")
+    parser.add_argument("--features", type=Path, metavar="DIR",
+                        help="feature dashboards (features build) whose labels become node labels; "
+                        "without it, the labels a bundle was traced with are kept")
     parser.add_argument("--no-index", action="store_true",
                         help="do not add the graph to graph-metadata.json next to the output")
     parser.add_argument("--indent", type=int, default=None,
@@ -102,6 +106,7 @@ def run(args) -> int:
     from circuit_atlas.graph import Graph, write_graph_json
     from circuit_atlas.graph.export import check_slug
     from circuit_atlas.graph.prune import check_threshold
+    from circuit_atlas.server.bundle import read_feature_labels
 
     check_threshold(args.node_threshold, "--node-threshold")
     check_threshold(args.edge_threshold, "--edge-threshold")
@@ -112,8 +117,10 @@ def run(args) -> int:
     out_dir, slug = resolve_output(graph_dir, args.out, args.slug or (None if args.out else bundle_slug))
     check_slug(slug)
     graph = Graph.load(native_dir)
+    labels = read_feature_labels(native_dir.parent) if bundle_slug else {}
+    labels.update(feature_labels(args.features) or {})
     path = write_graph_json(
-        graph, out_dir, slug, args.node_threshold, args.edge_threshold,
+        graph, out_dir, slug, args.node_threshold, args.edge_threshold, labels=labels or None,
         scan=args.scan, update_metadata=not args.no_index, indent=args.indent,
     )
     print(f"wrote {path}")

@@ -9,6 +9,8 @@ A data folder (``circuit-atlas serve DIR``) holds graphs in any of these places:
         <slug>.json                 pruned graph JSON (graph-json.md) at the default thresholds
         graph-metadata.json         reference-frontend index of that JSON (graph-json.md §9)
         <slug>.annotations.json     labels, supernodes, pinned sets (written by the server)
+        feature-labels.json         dashboard labels of the graph's features, when traced with
+                                    them (re-exports at other thresholds keep them)
     DIR/<name>.json                 loose graph-JSON files, e.g. a circuit-tracer output folder
     DIR/<sub>/<name>.json           ... also one folder down
     DIR itself may be a bundle      (``serve graphs/dallas`` right after ``trace --out graphs/dallas``
@@ -42,7 +44,9 @@ DEFAULT_EDGE_THRESHOLD = 0.98
 
 SLUG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # File names in a data folder that are never graphs.
-NOT_GRAPH_FILES = frozenset({BUNDLE_FILE, METADATA_FILE, "package.json", "tsconfig.json"})
+LABELS_FILE = "feature-labels.json"
+LABELS_FORMAT = "circuit-atlas-feature-labels"
+NOT_GRAPH_FILES = frozenset({BUNDLE_FILE, METADATA_FILE, LABELS_FILE, "package.json", "tsconfig.json"})
 
 
 def check_slug(slug: str) -> str:
@@ -125,6 +129,7 @@ def write_graph_bundle(
         raise
 
     write_graph_json(graph, folder, slug, node_threshold, edge_threshold, labels)
+    _write_feature_labels(folder, graph, labels)
     atomic_write_json(
         folder / BUNDLE_FILE,
         {
@@ -136,3 +141,34 @@ def write_graph_bundle(
         },
     )
     return folder
+
+
+def _write_feature_labels(folder: Path, graph: Any, labels: Mapping[Any, str] | None) -> None:
+    """Keep the `(layer, feature)` labels of the graph's features beside it (or remove a stale
+    file when re-traced without labels): the pruned JSON only holds those of the nodes it kept."""
+    path = folder / LABELS_FILE
+    keyed = {key: text for key, text in (labels or {}).items()
+             if isinstance(key, tuple) and len(key) == 2 and text}
+    present = {(int(layer), int(feature)) for layer, _pos, feature in graph.feature_coords.tolist()}
+    kept = {f"{layer}:{feature}": keyed[(layer, feature)]
+            for layer, feature in sorted(present) if (layer, feature) in keyed}
+    if not kept:
+        path.unlink(missing_ok=True)
+        return
+    atomic_write_json(path, {"format": LABELS_FORMAT, "labels": kept})
+
+
+def read_feature_labels(folder: str | Path) -> dict[tuple[int, int], str]:
+    """`{(layer, feature): label}` a bundle keeps beside its graph (empty when it has none)."""
+    path = Path(folder) / LABELS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    labels = data.get("labels") if isinstance(data, dict) else None
+    out = {}
+    for key, text in (labels.items() if isinstance(labels, dict) else ()):
+        layer, _, feature = str(key).partition(":")
+        if layer.isdigit() and feature.isdigit() and isinstance(text, str):
+            out[(int(layer), int(feature))] = text
+    return out
