@@ -11,10 +11,8 @@ two differ only where the steering changed the distribution.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Iterable
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -22,9 +20,6 @@ import torch
 from circuit_atlas.errors import InterventionError
 from circuit_atlas.interventions.plan import ClampPlan
 from circuit_atlas.interventions.spec import CheckedIntervention, Intervention, Supernode, check_interventions
-from circuit_atlas.models import FreezeSpec
-from circuit_atlas.models.attention import use_attention
-from circuit_atlas.models.forward import _Pass
 
 
 @dataclass
@@ -182,36 +177,19 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
 
 
 class _CachedStepper:
-    """Runs the transformers model with its KV cache, our hooks installed for each call.
-
-    `LanguageModel.forward` recomputes the whole sequence (no cache); here the same hook machinery
-    (`models.forward._Pass`: input/output hook points, norm hooks, attention routing) is installed
-    around a cached call, so the clamp is applied at each new position with the production hooks.
-    """
+    """Runs the model one step at a time with its KV cache (`LanguageModel.cached_step`), the
+    clamp plan of the new positions as the output edit, so steering uses the production hooks."""
 
     def __init__(self, model, checked: list[CheckedIntervention]) -> None:
         self.model = model
-        self.lm = model.lm
         self.checked = checked
         self.cache = None
-        params = inspect.signature(self.lm.hf_model.forward).parameters
-        self.cache_argument = "cache" if "cache" in params else "past_key_values"
 
     def step(self, ids: torch.Tensor, *, offset: int) -> torch.Tensor:
         """Logits `[V]` at the last of `ids` (absolute positions `offset..offset+len−1`)."""
         plan = ClampPlan(self.model.transcoders, self.checked, offset=offset, length=int(ids.shape[0]),
                          n_zeroed=min(self.model.n_zeroed_positions, offset + int(ids.shape[0])))
-        lm = self.lm
-        hooks = _Pass(lm.hf_model, lm.adapter, lm._norms, self.model.input_hook, self.model.output_hook,
-                      FreezeSpec.live(), plan if plan.entries else None, None, (), False)
-        hooks.batch = 1
-        length = offset + int(ids.shape[0])
-        kwargs = {"use_cache": True, "attention_mask": torch.ones(1, length, dtype=torch.long, device=lm.device)}
-        if self.cache is not None:
-            kwargs[self.cache_argument] = self.cache
-        with ExitStack() as stack:
-            hooks.install(stack)
-            stack.enter_context(use_attention(lm.hf_model, hooks))
-            out = lm.hf_model(input_ids=ids[None].to(lm.device), **kwargs)
-        self.cache = out["cache"] if "cache" in out else out["past_key_values"]
-        return out.logits[0, -1]
+        logits, self.cache = self.model.lm.cached_step(
+            ids, self.cache, past_length=offset, input_hook=self.model.input_hook,
+            output_hook=self.model.output_hook, output_edit=plan if plan.entries else None)
+        return logits

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import inspect
+from contextlib import ExitStack, contextmanager
 
 import os
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,7 @@ from torch import nn
 from circuit_atlas.errors import CircuitAtlasError, ModelLoadError, UnsupportedArchitectureError
 from circuit_atlas.models import adapters as A
 from circuit_atlas.models.adapters import FamilyAdapter, adapter_for_architecture
+from circuit_atlas.models.attention import use_attention
 from circuit_atlas.models.forward import EmbeddingEdit, OutputEdit, _Pass, find_norms
 from circuit_atlas.models.freeze import ForwardRecord, FreezeSpec
 from circuit_atlas.models.prompts import is_gemma3_it, to_ids
@@ -275,6 +277,44 @@ class LanguageModel:
         return run.run(tokens, compute_logits)
 
     __call__ = forward
+
+    def cached_step(
+        self,
+        ids: torch.Tensor,
+        cache: object | None = None,
+        *,
+        past_length: int = 0,
+        input_hook: str = A.HOOK_RESID_MID,
+        output_hook: str = A.HOOK_MLP_OUT,
+        output_edit: OutputEdit | None = None,
+    ) -> tuple[torch.Tensor, object]:
+        """Logits `[V]` at the last of the new tokens `ids [p]`, continuing transformers' KV
+        `cache` of the first `past_length` tokens (None and 0 to start), and the updated cache.
+
+        Why: generation must not recompute the whole sequence for every token, yet steering needs
+        the same hook points and `output_edit` as `forward`. The edit sees only the new
+        positions; attention runs live (nothing frozen or recorded).
+        """
+        self.check_hooks(input_hook, output_hook)
+        hooks = _Pass(self.hf_model, self.adapter, self._norms, input_hook, output_hook,
+                      FreezeSpec.live(), output_edit, None, (), False)
+        hooks.batch = 1
+        kwargs = {"use_cache": True, "attention_mask": torch.ones(
+            1, past_length + int(ids.shape[0]), dtype=torch.long, device=self.device)}
+        if cache is not None:
+            kwargs[self._cache_argument] = cache
+        with ExitStack() as stack:
+            hooks.install(stack)
+            stack.enter_context(use_attention(self.hf_model, hooks))
+            out = self.hf_model(input_ids=ids.reshape(1, -1).to(self.device), **kwargs)
+        new_cache = out["cache"] if "cache" in out else out["past_key_values"]
+        return out.logits[0, -1], new_cache
+
+    @property
+    def _cache_argument(self) -> str:
+        """The keyword transformers' forward takes the KV cache under (renamed across versions)."""
+        params = inspect.signature(self.hf_model.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
 
     def __repr__(self) -> str:
         return (
