@@ -11,5 +11,10 @@
 - `activations`, `transcoders` -- per-line MLP pairs and training of the demo's transcoders;
 - `labels`    -- the automatic labelling rule of the demo's dashboards;
 - `build_assets` -- transcoders + dashboards + labels (`python -m circuit_atlas.demo.build_assets`);
-- `swap`      -- region codes and the swap intervention of the two-hop case study.
+- `codes`     -- feature codes (a concept's supernode, measured from activations) and their swap,
+  shared by the case studies;
+- `swap`      -- region codes and the swap intervention of the two-hop case study;
+- `multilingual` -- shared cross-language features and the concept-code swap;
+- `addition`  -- lookup-table features at the ones digits and the combination / carry swaps;
+- `figures`   -- explorer screenshots and bar charts (headless Chromium) for the case studies.
 """
