@@ -71,3 +71,15 @@ def test_missing_and_unsupported_paths(tmp_path):
     with pytest.raises(CorpusError, match="not UTF-8"):
         list(open_corpus(tmp_path / "latin1.txt"))
     assert issubclass(CorpusError, CircuitAtlasError)
+
+
+def test_bad_bytes_are_reported_on_their_exact_line(tmp_path):
+    """Far past the first read-ahead block, the message still names the right line and byte."""
+    lines = [f'{{"text": "document {i}"}}\r\n'.encode() for i in range(5000)]
+    lines.append('{"text": "caf\xe9"}\n'.encode("latin-1"))
+    (tmp_path / "docs.jsonl").write_bytes(b"".join(lines))
+    corpus = open_corpus(tmp_path / "docs.jsonl")
+    with pytest.raises(CorpusError, match=r"docs.jsonl, line 5001: not UTF-8 .* byte 14 of the line"):
+        for _ in corpus:
+            pass
+    assert next(iter(corpus)) == "document 0"  # CRLF line ends read like LF ones

@@ -169,13 +169,19 @@ def _read_text(path: Path) -> str:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line) pairs, with decoding and I/O errors naming the file."""
-    number = 0
+    """(1-based line number, line) pairs, with decoding and I/O errors naming the file.
+
+    Lines are read as bytes and decoded one by one: a text-mode reader decodes ahead in blocks,
+    so its error could not say on which line the bad bytes are.
+    """
     try:
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                yield number, line
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"{path}, line {number + 1}: not UTF-8 text ({exc.reason})") from None
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise CorpusError(f"{path}, line {number}: not UTF-8 text ({exc.reason} at "
+                                      f"byte {exc.start + 1} of the line)") from None
+                yield number, line.replace("\r\n", "\n")
     except OSError as exc:
         raise CorpusError(f"{path}: cannot read ({exc.strerror})") from None
