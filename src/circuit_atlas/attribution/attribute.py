@@ -129,7 +129,7 @@ def _check_memory(model, sources, n_rows, batch_size, strategy, memory_limit) ->
         d_model=sources.errors.shape[-1],
         n_heads=int(getattr(config, "num_attention_heads", getattr(config, "n_head", 1))),
         n_active=sources.n_active,
-        n_decoder_vectors=sum(group.valid.numel() for group in sources.decoder_groups),
+        n_decoder_vectors=sum(group.slots for group in sources.decoder_groups),
         n_rows=n_rows,
         batch_size=batch_size,
         forward_copies=1 if strategy == "vmap" else batch_size,

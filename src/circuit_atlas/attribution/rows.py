@@ -20,6 +20,7 @@ the work on long prompts.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -105,12 +106,15 @@ class RowComputer:
         `reach` is one past the last position any target of the batch reads: gradients beyond it
         are zero (attention is causal), so those positions are skipped.
         """
-        if group.vectors.shape[1] == 0:
-            return
-        vectors = group.vectors[:reach]  # [p, m, d]
-        effects = torch.bmm(vectors, gradient[:, :reach].permute(1, 2, 0))  # [p, m, B]
-        valid = group.valid[:reach]
-        out.index_add_(1, group.columns[:reach][valid], effects[valid].t().float())
+        by_position = gradient.permute(1, 2, 0)  # [P, d, B] view: one gather per block below
+        for block in group.blocks:
+            k = bisect.bisect_left(block.position_list, reach)
+            if k == 0:
+                continue
+            grads = by_position[block.positions[:k]]  # [k, d, B], contiguous as bmm wants it
+            effects = torch.bmm(block.vectors[:k], grads)  # [k, m, B]
+            valid = block.valid[:k]
+            out.index_add_(1, block.columns[:k][valid], effects[valid].t().float())
 
     def _gradients(self, injection: Injection):
         self._use_length(int(injection.positions.max()) + 1)
