@@ -41,8 +41,23 @@ class HeldOutputs:
         skip_clean = transcoders.skip(layer, self.inputs[layer])
         return held + (skip_now - skip_clean).to(held.dtype)
 
-    def clean_activations(self, layer: int) -> torch.Tensor:
-        return self.activations[layer].to_dense()
+    def clean_values(self, layer: int, positions: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Clean activations `[n]` of the (position, feature) pairs, 0 where inactive.
+
+        Looked up in the sparse tensor (sorted keys + binary search) rather than densified:
+        a dense `[P, F]` layer of a large CLT at a long prompt is gigabytes.
+        """
+        layer_acts = self.activations[layer].coalesce()
+        n_features = layer_acts.shape[1]
+        stored = layer_acts.indices()
+        keys = stored[0] * n_features + stored[1]  # ascending: coalesced indices are sorted
+        values = layer_acts.values()
+        wanted = positions.to(keys.device) * n_features + features.to(keys.device)
+        slot = torch.searchsorted(keys, wanted).clamp_max(max(keys.numel() - 1, 0))
+        if keys.numel() == 0:
+            return torch.zeros(wanted.shape, dtype=values.dtype, device=values.device)
+        found = keys[slot] == wanted
+        return torch.where(found, values[slot], torch.zeros((), dtype=values.dtype, device=values.device))
 
 
 @dataclass
@@ -96,8 +111,7 @@ class ClampPlan:
     def _current(self, layer: int, x: torch.Tensor, local: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Activations the deltas are taken from (post-activation, zeroed positions 0)."""
         if self.held is not None:
-            dense = self.held.clean_activations(layer)
-            return dense[(local + self.offset).to(dense.device), features.to(dense.device)]
+            return self.held.clean_values(layer, local + self.offset, features).to(x.device)
         acts = self.tc.encode(layer, x)
         absolute = torch.arange(self.offset, self.offset + x.shape[0], device=acts.device)
         acts = acts.masked_fill((absolute < self.n_zeroed)[:, None], 0)
