@@ -13,16 +13,13 @@ explorer on the held-out sum with the key feature selected, and a bar chart of t
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 import circuit_atlas
@@ -38,6 +35,8 @@ from circuit_atlas.features import FeatureStore
 from circuit_atlas.graph import graph_scores, node_influence
 from circuit_atlas.interventions import intervene
 from circuit_atlas.server.bundle import write_graph_bundle
+
+from _case_study import run_case_study  # scripts/_case_study.py
 
 CONDITIONS = (("swap", {}), ("suppress_only", {"inject": False}), ("inject_only", {"suppress": False}))
 FIRING_PAIRS_PER_COMBO = 20
@@ -254,25 +253,16 @@ def figures(work: Path, docs: Path, results: dict) -> list[Path]:
     return [shot, chart]
 
 
+def summary(results: dict) -> str:
+    rates = {k: {m: results[k][m] for m in ("clean_accuracy", "rates", "answer_changed")}
+             for k in ("ones_digit_swap", "carry_swap")}
+    return results["graph"]["summary_text"] + "\n" + json.dumps(rates, indent=1)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
-    parser.add_argument("--docs", type=Path, default=Path("docs/case-studies"))
-    parser.add_argument("--no-screenshots", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    work = args.work or Path(tempfile.mkdtemp(prefix="addition-case-study-"))
-    (args.docs / "img").mkdir(parents=True, exist_ok=True)
-    results = measure(work)
-    (args.docs / "addition-results.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(results["graph"]["summary_text"])
-    print(json.dumps({k: {m: results[k][m] for m in ("clean_accuracy", "rates", "answer_changed")}
-                      for k in ("ones_digit_swap", "carry_swap")}, indent=1))
-    if not args.no_screenshots:
-        for path in figures(work, args.docs, results):
-            print(f"wrote {path}")
-    print(f"work folder: {work}")
-    return 0
+    return run_case_study(argv, description=__doc__.split("\n\n")[0],
+                          results_name="addition-results.json", work_prefix="addition-case-study-",
+                          measure=measure, figures=figures, summary=summary)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,11 @@ About 75 s on one CPU thread.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 import circuit_atlas
 from circuit_atlas.cli.demo import copy_features, top_features_text
@@ -33,6 +30,8 @@ from circuit_atlas.demo.figures import bar_chart_png, explorer_screenshot
 from circuit_atlas.features import FeatureStore
 from circuit_atlas.graph import graph_scores, node_influence
 from circuit_atlas.server.bundle import write_graph_bundle
+
+from _case_study import run_case_study  # scripts/_case_study.py
 
 DEFAULT_WORD = ml.Word(1, 1, "french")  # petit: "le contraire de petit est" -> grand (held out)
 SHORT = {"english": "en", "french": "fr", "spanish": "es"}
@@ -302,27 +301,17 @@ def figures(work: Path, docs: Path, results: dict) -> list[Path]:
     return [shot, sharing, swap]
 
 
+def summary(results: dict) -> str:
+    key = {"orientation": results["orientation"],
+           "swap": {lang: r["swap"]["swapped"] for lang, r in results["swap"]["rates"].items()},
+           "held_out_correct": results["answers"]["held_out_correct"]}
+    return results["graph"]["summary_text"] + "\n" + json.dumps(key, indent=1)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
-    parser.add_argument("--docs", type=Path, default=Path("docs/case-studies"))
-    parser.add_argument("--no-screenshots", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    work = args.work or Path(tempfile.mkdtemp(prefix="case-study-multilingual-"))
-    (args.docs / "img").mkdir(parents=True, exist_ok=True)
-    results = measure(work)
-    (args.docs / "multilingual-results.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(results["graph"]["summary_text"])
-    print(json.dumps({"orientation": results["orientation"],
-                      "swap": {lang: r["swap"]["swapped"]
-                               for lang, r in results["swap"]["rates"].items()},
-                      "held_out_correct": results["answers"]["held_out_correct"]}, indent=1))
-    if not args.no_screenshots:
-        for path in figures(work, args.docs, results):
-            print(f"wrote {path}")
-    print(f"work folder: {work}")
-    return 0
+    return run_case_study(argv, description=__doc__.split("\n\n")[0],
+                          results_name="multilingual-results.json", work_prefix="case-study-multilingual-",
+                          measure=measure, figures=figures, summary=summary)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,11 @@ and a bar chart of the swap results.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 import circuit_atlas
 from circuit_atlas.cli.demo import copy_features, top_features_text
@@ -30,6 +27,8 @@ from circuit_atlas.demo.swap import region_codes, run_swap, swap_success_rate
 from circuit_atlas.features import FeatureStore
 from circuit_atlas.graph import graph_scores, node_influence
 from circuit_atlas.server.bundle import write_graph_bundle
+
+from _case_study import run_case_study  # scripts/_case_study.py
 
 def measure(work: Path) -> dict:
     model = circuit_atlas.load("demo", "demo")
@@ -106,24 +105,15 @@ def figures(work: Path, docs: Path, results: dict) -> list[Path]:
     return [shot, chart]
 
 
+def summary(results: dict) -> str:
+    rates = {k: results[k] for k in ("clean_accuracy", "rates", "answer_changed")}
+    return results["summary_text"] + "\n" + json.dumps(rates, indent=1)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
-    parser.add_argument("--docs", type=Path, default=Path("docs/case-studies"))
-    parser.add_argument("--no-screenshots", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    work = args.work or Path(tempfile.mkdtemp(prefix="demo-case-study-"))
-    (args.docs / "img").mkdir(parents=True, exist_ok=True)
-    results = measure(work)
-    (args.docs / "two-hop-results.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(results["summary_text"])
-    print(json.dumps({k: results[k] for k in ("clean_accuracy", "rates", "answer_changed")}, indent=1))
-    if not args.no_screenshots:
-        for path in figures(work, args.docs, results):
-            print(f"wrote {path}")
-    print(f"work folder: {work}")
-    return 0
+    return run_case_study(argv, description=__doc__.split("\n\n")[0],
+                          results_name="two-hop-results.json", work_prefix="demo-case-study-",
+                          measure=measure, figures=figures, summary=summary)
 
 
 if __name__ == "__main__":
