@@ -57,7 +57,14 @@ def test_save_load_round_trip_of_a_traced_graph(llama_clt, tmp_path):
     assert dense.shape == (n, n)
 
 
-def test_memory_estimate_refuses_with_advice(llama_clt):
+def test_memory_estimate_refuses_with_advice(llama_clt, monkeypatch):
+    import circuit_atlas.attribution.attribute as engine
+
+    def gathered(*args, **kwargs):
+        raise AssertionError("decoder vectors were gathered before the memory check refused")
+
+    # The refusal must come before the largest allocation (the decoder vectors), not after it.
+    monkeypatch.setattr(engine, "collect_sources", gathered)
     with pytest.raises(MemoryBudgetError, match="max_feature_nodes"):
         circuit_atlas.attribute(llama_clt, prompt_ids(llama_clt), memory_limit=1024, progress=False)
 

@@ -35,3 +35,16 @@ def test_blocks_hold_each_scaled_decoder_vector_once_with_bounded_padding():
         # exactly the active features of layers that write here, each once
         writers = [i for i, (layer, _p, _f) in enumerate(active.tolist()) if target in tc.target_layers(layer)]
         assert sorted(seen) == writers
+
+
+def test_slots_planned_from_counts_equal_the_slots_stored():
+    """The memory check counts decoder slots before gathering any vector; it must count exactly
+    what `collect_sources` then stores, for PLTs and CLTs."""
+    from circuit_atlas.attribution.sources import decoder_slots
+
+    for case in ("llama-plt-skip", "llama-clt"):
+        model = build_model(case, n_features=96)
+        run = model.run(prompt_ids(model, length=15, seed=7))
+        sources = collect_sources(model.transcoders, run, torch.float32)
+        planned = decoder_slots(run.activations.coalesce().indices().t(), 15, model.transcoders)
+        assert planned == sum(group.slots for group in sources.decoder_groups) > 0

@@ -18,7 +18,7 @@ from circuit_atlas.attribution.exploration import next_features, partial_influen
 from circuit_atlas.attribution.memory import check_memory, estimate_memory
 from circuit_atlas.attribution.rows import LOGIT_LAYER, Injection, RowComputer, bucket_of
 from circuit_atlas.models.token_text import token_display_strings
-from circuit_atlas.attribution.sources import AttributionSources, collect_sources
+from circuit_atlas.attribution.sources import AttributionSources, collect_sources, decoder_slots
 from circuit_atlas.attribution.targets import (
     LogitTargets,
     TargetSpec,
@@ -75,10 +75,13 @@ def attribute(
         desired_logit_prob=desired_logit_prob,
     )
     compute_dtype = model.lm.dtype
-    sources = collect_sources(model.transcoders, run, compute_dtype)
-    n_selected = sources.n_active if max_feature_nodes is None else min(max_feature_nodes, sources.n_active)
+    active = run.activations.coalesce().indices().t()
+    n_active = int(active.shape[0])
+    n_selected = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     chosen = "vmap" if strategy == "auto" else strategy
-    _check_memory(model, sources, n_selected + len(logit_targets), batch_size, chosen, memory_limit)
+    # Checked before the decoder vectors are gathered: they are the largest allocation.
+    _check_memory(model, run, active, n_selected + len(logit_targets), batch_size, chosen, memory_limit)
+    sources = collect_sources(model.transcoders, run, compute_dtype)
 
     try:
         rows, row_nodes = _compute_all_rows(
@@ -121,21 +124,22 @@ def _is_batching_failure(exc: RuntimeError) -> bool:
     return "vmap" in text or "batching rule" in text or "batched" in text
 
 
-def _check_memory(model, sources, n_rows, batch_size, strategy, memory_limit) -> None:
+def _check_memory(model, run, active, n_rows, batch_size, strategy, memory_limit) -> None:
     config = model.lm.text_config
+    n_layers, n_positions, d_model = run.errors.shape
     estimate = estimate_memory(
-        n_layers=sources.n_layers,
-        n_positions=sources.n_positions,
-        d_model=sources.errors.shape[-1],
+        n_layers=n_layers,
+        n_positions=n_positions,
+        d_model=d_model,
         n_heads=int(getattr(config, "num_attention_heads", getattr(config, "n_head", 1))),
-        n_active=sources.n_active,
-        n_decoder_vectors=sum(group.slots for group in sources.decoder_groups),
+        n_active=int(active.shape[0]),
+        n_decoder_vectors=decoder_slots(active, n_positions, model.transcoders),
         n_rows=n_rows,
         batch_size=batch_size,
         forward_copies=1 if strategy == "vmap" else batch_size,
         dtype=model.lm.dtype,
     )
-    check_memory(estimate, memory_limit, sources.errors.device)
+    check_memory(estimate, memory_limit, run.errors.device)
 
 
 def _compute_all_rows(model, run, sources, logit_targets, n_selected, batch_size, update_interval, strategy, progress):

@@ -125,6 +125,30 @@ def collect_sources(transcoders, run, compute_dtype: torch.dtype) -> Attribution
     )
 
 
+def _width_classes(counts: torch.Tensor) -> torch.Tensor:
+    """Block class of each position from its vector count (positions in one class are padded to
+    the class's largest count, at most `WIDTH_GROWTH` times their own)."""
+    return torch.floor(torch.log(counts.clamp_min(1).double()) / math.log(WIDTH_GROWTH)).long()
+
+
+def decoder_slots(active: torch.Tensor, n_positions: int, transcoders) -> int:
+    """Vectors `collect_sources` will store (padding included) for active features `[n, 3]`
+    (layer, position, feature), computed from counts alone so memory can be checked before any
+    decoder vector is gathered."""
+    total = 0
+    for target in range(transcoders.n_layers):
+        writers = [l for l in range(target + 1) if target in transcoders.target_layers(l)]
+        mask = torch.isin(active[:, 0], torch.tensor(writers, device=active.device))
+        counts = torch.bincount(active[mask, 1], minlength=n_positions)
+        if int(counts.sum()) == 0:
+            continue
+        classes = _width_classes(counts)
+        for cls in torch.unique(classes[counts > 0]).tolist():
+            members = (classes == cls) & (counts > 0)
+            total += int(members.sum()) * int(counts[members].max())
+    return total
+
+
 def _merge_group(parts, n_positions: int, d_model: int, device, dtype) -> DecoderGroup:
     if not parts:
         return DecoderGroup([])
@@ -134,7 +158,7 @@ def _merge_group(parts, n_positions: int, d_model: int, device, dtype) -> Decode
     counts = torch.bincount(positions, minlength=n_positions)
     starts = torch.cumsum(counts, 0) - counts
     slots = torch.arange(positions.numel(), device=device) - starts[positions]
-    width_class = torch.floor(torch.log(counts.clamp_min(1).double()) / math.log(WIDTH_GROWTH)).long()
+    width_class = _width_classes(counts)
     blocks = []
     for cls in torch.unique(width_class[counts > 0]).tolist():
         members = torch.nonzero((width_class == cls) & (counts > 0)).flatten()  # ascending
