@@ -58,7 +58,9 @@ def test_save_load_round_trip_of_a_traced_graph(llama_clt, tmp_path):
 
 
 def test_memory_estimate_refuses_with_advice(llama_clt, monkeypatch):
-    import circuit_atlas.attribution.attribute as engine
+    import importlib
+
+    engine = importlib.import_module("circuit_atlas.attribution.attribute")  # the module, not the function
 
     def gathered(*args, **kwargs):
         raise AssertionError("decoder vectors were gathered before the memory check refused")
