@@ -15,6 +15,7 @@ def test_blocks_hold_each_scaled_decoder_vector_once_with_bounded_padding():
     sources = collect_sources(model.transcoders, run, torch.float32)
     active = sources.active_features
     tc = model.transcoders
+    assert any(len(group.blocks) > 1 for group in sources.decoder_groups)  # the multi-block path
     for target, group in enumerate(sources.decoder_groups):
         seen = []
         for block in group.blocks:

@@ -81,6 +81,10 @@ def test_export_keeps_the_labels_of_a_bundle_or_takes_them_from_features(tmp_pat
     # Re-exporting the bundle with other thresholds keeps the labels trace wrote ...
     assert main(["export", str(out / slug), "--node-threshold", "0.95", "--edge-threshold", "0.99"]) == 0
     check(out / slug / f"{slug}.json")
+    # ... also when GRAPH_DIR names the bundle's graph/ subfolder ...
+    inner = tmp_path / "inner" / "dallas.json"
+    assert main(["export", str(out / slug / "graph"), "--out", str(inner), "--no-index"]) == 0
+    check(inner)
     # ... and --features labels a graph exported anywhere else.
     target = tmp_path / "upload" / "dallas.json"
     assert main(["export", str(out / slug / "graph"), "--out", str(target), "--no-index",

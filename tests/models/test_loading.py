@@ -136,3 +136,16 @@ def test_image_text_gemma3_round_trip(tmp_path):
     ids = loaded.tokenize("the cat")
     with torch.no_grad():
         assert torch.equal(loaded.forward(ids).logits, lm.forward(ids).logits)
+
+
+def test_cached_step_refuses_a_length_without_its_cache():
+    from circuit_atlas.errors import CircuitAtlasError
+
+    lm = tiny_language_model("llama", seed=0)
+    ids = lm.tokenize("the cat")
+    logits, cache = lm.cached_step(ids)
+    assert logits.shape == (lm.vocab_size,) and cache is not None
+    with pytest.raises(CircuitAtlasError, match="past_length"):
+        lm.cached_step(ids[-1:], None, past_length=int(ids.shape[0]))
+    with pytest.raises(CircuitAtlasError, match="past_length"):
+        lm.cached_step(ids[-1:], cache)

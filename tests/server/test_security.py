@@ -127,6 +127,8 @@ def test_foreign_host_header_is_refused(data_dir: Path) -> None:
     assert client.get("/api/graphs", headers={"host": "[::2]:8041"}).status_code == 400
     assert client.get("/api/graphs", headers={"host": "127.0.0.1.evil.example"}).status_code == 400
     assert client.get("/api/graphs", headers={"host": ""}).status_code == 400
+    for junk in ("[::1]evil.example", "[::1].evil.example:80", "127.0.0.1:x", "localhost:80:80"):
+        assert client.get("/api/graphs", headers={"host": junk}).status_code == 400, junk
 
 
 def test_unreadable_graph_file_is_422_not_500(data_dir: Path) -> None:

@@ -75,11 +75,21 @@ def test_missing_and_unsupported_paths(tmp_path):
 
 def test_bad_bytes_are_reported_on_their_exact_line(tmp_path):
     """Far past the first read-ahead block, the message still names the right line and byte."""
-    lines = [f'{{"text": "document {i}"}}\r\n'.encode() for i in range(5000)]
+    lines = [f'{{"text": "document {i}"}}\n'.encode() for i in range(5000)]
     lines.append('{"text": "caf\xe9"}\n'.encode("latin-1"))
     (tmp_path / "docs.jsonl").write_bytes(b"".join(lines))
-    corpus = open_corpus(tmp_path / "docs.jsonl")
     with pytest.raises(CorpusError, match=r"docs.jsonl, line 5001: not UTF-8 .* byte 14 of the line"):
-        for _ in corpus:
+        for _ in open_corpus(tmp_path / "docs.jsonl"):
             pass
-    assert next(iter(corpus)) == "document 0"  # CRLF line ends read like LF ones
+    # Lines ended by a lone "\r" count too, as a text-mode reader counts them.
+    (tmp_path / "mac.jsonl").write_bytes(b'{"text": "a"}\r{"text": "b"}\r{"text": "caf\xe9"}\r')
+    with pytest.raises(CorpusError, match=r"mac.jsonl, line 3: not UTF-8 .* byte 14 of the line"):
+        list(open_corpus(tmp_path / "mac.jsonl"))
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
+def test_text_files_read_the_same_with_any_line_ending(tmp_path, ending):
+    """Paragraphs of a .txt corpus do not depend on the file's line endings (no stray "\r")."""
+    text = ending.join([b"first line", b"second line", b"", b"next paragraph", b""])
+    (tmp_path / "doc.txt").write_bytes(text)
+    assert list(open_corpus(tmp_path / "doc.txt")) == ["first line\nsecond line", "next paragraph"]

@@ -77,11 +77,12 @@ def estimate_memory(
 def available_memory(device: torch.device) -> int:
     """Bytes the run may use on `device` (free GPU memory, or available system memory)."""
     if device.type == "cuda":
+        # Blocks PyTorch's caching allocator holds but no tensor uses (e.g. right after the
+        # transcoders were cast to bfloat16) count as used for the driver: hand them back first,
+        # so what is reported free is what large allocations can really get.
+        torch.cuda.empty_cache()
         free, _ = torch.cuda.mem_get_info(device)
-        # Blocks PyTorch's caching allocator holds but no tensor uses are free to this run too
-        # (the driver counts them as used, e.g. right after transcoders were cast to bfloat16).
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(free + max(cached, 0))
+        return int(free)
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:

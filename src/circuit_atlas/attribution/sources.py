@@ -115,7 +115,11 @@ def collect_sources(transcoders, run, compute_dtype: torch.dtype) -> Attribution
             vectors = rows.to(device=device, dtype=compute_dtype) * scale
             per_target[target_layer].append((in_layer, positions, vectors))
     n_positions, d_model = run.errors.shape[1], run.errors.shape[2]
-    groups = [_merge_group(parts, n_positions, d_model, device, compute_dtype) for parts in per_target]
+    groups = []
+    for target in range(n_layers):  # free each layer's unpadded vectors once merged
+        parts, per_target[target] = per_target[target], []
+        groups.append(_merge_group(parts, n_positions, d_model, device, compute_dtype))
+        del parts
     return AttributionSources(
         active_features=indices.cpu(),
         activation_values=values.float().cpu(),

@@ -106,7 +106,7 @@ def run(args) -> int:
     from circuit_atlas.graph import Graph, write_graph_json
     from circuit_atlas.graph.export import check_slug
     from circuit_atlas.graph.prune import check_threshold
-    from circuit_atlas.server.bundle import read_feature_labels
+    from circuit_atlas.server.bundle import NATIVE_DIR, read_feature_labels
 
     check_threshold(args.node_threshold, "--node-threshold")
     check_threshold(args.edge_threshold, "--edge-threshold")
@@ -117,7 +117,8 @@ def run(args) -> int:
     out_dir, slug = resolve_output(graph_dir, args.out, args.slug or (None if args.out else bundle_slug))
     check_slug(slug)
     graph = Graph.load(native_dir)
-    labels = read_feature_labels(native_dir.parent) if bundle_slug else {}
+    # A bundle keeps its labels beside graph/ (also when GRAPH_DIR names that subfolder).
+    labels = read_feature_labels(native_dir.parent) if native_dir.name == NATIVE_DIR else {}
     labels.update(feature_labels(args.features) or {})
     path = write_graph_json(
         graph, out_dir, slug, args.node_threshold, args.edge_threshold, labels=labels or None,

@@ -172,7 +172,7 @@ def relabel(folder: Path, world, *, progress: bool = True) -> int:
 
 def compact(folder: Path) -> None:
     """VACUUM the finished store and leave it in rollback-journal mode: the shipped file is then
-    one self-contained, minimal SQLite file (readers switch it back to WAL when they open it)."""
+    one self-contained, minimal SQLite file that read-only readers leave untouched."""
     import sqlite3
 
     conn = sqlite3.connect(folder / "features.sqlite", isolation_level=None)

@@ -119,9 +119,10 @@ class ClampPlan:
 
     def _queue(self, layer: int, x: torch.Tensor) -> None:
         # Entries are built on the CPU; index and scale on the device the activations live on.
-        local, features, mul, add = (t.to(x.device) for t in self.entries[layer])
+        local, features, mul, add = self.entries[layer]
+        local, features = local.to(x.device), features.to(x.device)
         current = self._current(layer, x, local, features).to(self.tc.dtype)
-        target = current * mul.to(current) + add.to(current)
+        target = current * mul.to(current) + add.to(current)  # device and dtype in one step
         delta = target - current
         self.applied.append(Applied(layer, (local + self.offset).cpu(), features.cpu(),
                                     current.detach().cpu(), target.detach().cpu()))

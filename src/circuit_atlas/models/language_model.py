@@ -293,9 +293,15 @@ class LanguageModel:
 
         Why: generation must not recompute the whole sequence for every token, yet steering needs
         the same hook points and `output_edit` as `forward`. The edit sees only the new
-        positions; attention runs live (nothing frozen or recorded).
+        positions; attention runs live (nothing frozen or recorded). transformers updates the
+        cache in place: continue one sequence per cache.
         """
         self.check_hooks(input_hook, output_hook)
+        if (cache is None) != (past_length == 0):
+            raise CircuitAtlasError(
+                f"cached_step: past_length={past_length} but "
+                f"{'no cache was given' if cache is None else 'a cache was given'}; pass the cache "
+                "returned by the previous step and the number of tokens it holds")
         hooks = _Pass(self.hf_model, self.adapter, self._norms, input_hook, output_hook,
                       FreezeSpec.live(), output_edit, None, (), False)
         hooks.batch = 1

@@ -9,19 +9,27 @@ TrustedHostMiddleware splits the header at the first ":" and so refuses the IPv6
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 from circuit_atlas.server.limits import Receive, Scope, Send, _send_json
 
 
+_PORT = re.compile(r"(?::\d{1,5})?")
+
+
 def host_name(header: str) -> str:
-    """The host part of a ``Host`` header, lowercased, port and IPv6 brackets removed."""
+    """The host part of a ``Host`` header, lowercased, port and IPv6 brackets removed; "" when
+    anything but a numeric port follows the host (such a header names no host we answer to)."""
     value = header.strip().lower()
     if value.startswith("["):
         end = value.find("]")
-        return value[1:end] if end > 0 else value
+        if end < 0 or not _PORT.fullmatch(value[end + 1:]):
+            return ""
+        return value[1:end]
     if value.count(":") == 1:
-        return value.split(":", 1)[0]
+        name, port = value.split(":", 1)
+        return name if port.isdigit() else ""
     return value  # a bare name, or an unbracketed IPv6 literal (no port can be told apart)
 
 

@@ -10,6 +10,7 @@ independently. Empty / whitespace-only documents are skipped everywhere, so indi
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -168,20 +169,29 @@ def _read_text(path: Path) -> str:
         raise CorpusError(f"{path}: cannot read ({exc.strerror})") from None
 
 
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, line) pairs, with decoding and I/O errors naming the file.
 
-    Lines are read as bytes and decoded one by one: a text-mode reader decodes ahead in blocks,
-    so its error could not say on which line the bad bytes are.
+    Bytes are read up to each "\n" and decoded one piece at a time: a text-mode reader decodes
+    ahead in blocks, so its error could not say on which line the bad bytes are. "\r\n" and a
+    lone "\r" end lines too (as in text mode), and every line is returned ending in "\n".
     """
+    number = 0
     try:
         with path.open("rb") as handle:
-            for number, raw in enumerate(handle, start=1):
+            for raw in handle:
                 try:
-                    line = raw.decode("utf-8")
+                    text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise CorpusError(f"{path}, line {number}: not UTF-8 text ({exc.reason} at "
-                                      f"byte {exc.start + 1} of the line)") from None
-                yield number, line.replace("\r\n", "\n")
+                    line = number + 1 + raw[:exc.start].count(b"\r")
+                    column = exc.start - raw.rfind(b"\r", 0, exc.start)
+                    raise CorpusError(f"{path}, line {line}: not UTF-8 text ({exc.reason} at byte "
+                                      f"{column} of the line)") from None
+                for match in _LINE.finditer(text):
+                    number += 1
+                    yield number, match.group().rstrip("\r\n") + "\n"
     except OSError as exc:
         raise CorpusError(f"{path}: cannot read ({exc.strerror})") from None
