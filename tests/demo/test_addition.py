@@ -15,7 +15,6 @@ ones-digit swap runs on every third held-out item and the graphs on every tenth.
 from __future__ import annotations
 
 import pytest
-import torch
 
 import circuit_atlas
 from circuit_atlas.demo import bundle
@@ -23,12 +22,6 @@ from circuit_atlas.demo.addition import (AdditionItem, carry_items, carry_target
                                          ones_digit_items, run_swap, swap_success_rate,
                                          training_pairs)
 from circuit_atlas.graph import node_influence
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.set_num_threads(1)
-    return circuit_atlas.load("demo", "demo")
 
 
 @pytest.fixture(scope="module")

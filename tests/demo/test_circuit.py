@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import circuit_atlas
 from circuit_atlas.cli.demo import copy_features
@@ -23,12 +22,6 @@ from circuit_atlas.features import FeatureStore
 from circuit_atlas.graph import node_influence
 
 TOP_N = 10
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.set_num_threads(1)
-    return circuit_atlas.load("demo", "demo")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import torch
 
 import circuit_atlas
 from circuit_atlas.demo import bundle, lexicon
@@ -149,12 +148,6 @@ def test_nearest_concept_picks_the_largest_jaccard():
 
 # ---------------------------------------------------------------------------------------------
 # The bundled model.
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.set_num_threads(1)
-    return circuit_atlas.load("demo", "demo")
 
 
 @pytest.fixture(scope="module")
