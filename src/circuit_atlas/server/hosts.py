@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from circuit_atlas.server.limits import Receive, Scope, Send, _send_json
+from circuit_atlas.server.limits import Receive, Scope, Send, send_json_error
 
 
 _PORT = re.compile(r"(?::\d{1,5})?")
@@ -46,7 +46,7 @@ class AllowedHostsMiddleware:
             host = host_name(headers.get(b"host", b"").decode("latin-1"))
             if host not in self.allowed:
                 if scope["type"] == "http":
-                    await _send_json(send, 400, "invalid Host header: this server answers only "
+                    await send_json_error(send, 400, "invalid Host header: this server answers only "
                                                 "to its loopback names")
                 return
         await self.app(scope, receive, send)

@@ -22,7 +22,7 @@ class BodyTooLarge(Exception):
     """Raised inside ``receive`` when a streamed body passes the cap."""
 
 
-async def _send_json(send: Send, status: int, detail: str) -> None:
+async def send_json_error(send: Send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send(
         {
@@ -54,17 +54,17 @@ class RequestLimitsMiddleware:
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()
             has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
             if has_body and ctype != "application/json":
-                await _send_json(send, 415, "request bodies must be sent as application/json")
+                await send_json_error(send, 415, "request bodies must be sent as application/json")
                 return
         declared = headers.get("content-length")
         if declared is not None:
             try:
                 too_big = int(declared) > self.max_body_bytes
             except ValueError:
-                await _send_json(send, 400, "invalid Content-Length header")
+                await send_json_error(send, 400, "invalid Content-Length header")
                 return
             if too_big:
-                await _send_json(send, 413, self._too_large_message())
+                await send_json_error(send, 413, self._too_large_message())
                 return
 
         received = 0
@@ -89,7 +89,7 @@ class RequestLimitsMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not response_started:
-                await _send_json(send, 413, self._too_large_message())
+                await send_json_error(send, 413, self._too_large_message())
 
     def _too_large_message(self) -> str:
         return f"request body is larger than the limit of {self.max_body_bytes} bytes"
