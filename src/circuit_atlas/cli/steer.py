@@ -204,7 +204,7 @@ def report(result, generation, prompt_text: str) -> str:
     lines.append(f"interventions ({mode}):")
     for item in result.applied:
         for p, f, b, a in zip(item.positions.tolist(), item.features.tolist(), item.before, item.after):
-            lines.append(f"  L{item.layer} @{p} {result.token_strings[p]!r} #{f}: {float(b):.4g} -> {float(a):.4g}")
+            lines.append(f"  L{item.layer} @{p} {result.token_strings[p]!r} #{f}: {_number(b)} -> {_number(a)}")
     lines.append("top next tokens:")
     lines.append(f"  {'before':<30} after")
     for before, after in zip(result.top_before, result.top_after):
@@ -213,9 +213,14 @@ def report(result, generation, prompt_text: str) -> str:
     lines.append(f"changed feature activations: {len(result.changes)}")
     for row in result.changes.rows(5):
         lines.append(f"  L{row['layer']} @{row['position']} #{row['feature']}: "
-                     f"{row['before']:.4g} -> {row['after']:.4g}")
+                     f"{_number(row['before'])} -> {_number(row['after'])}")
     if generation is not None:
         lines.append("generated (free mode; open position ranges also steer the new tokens):")
         lines.append(f"  default: {generation.default.text!r}")
         lines.append(f"  steered: {generation.steered.text!r}")
     return "\n".join(lines)
+
+
+def _number(value) -> str:
+    """4 significant digits, without the "-0" a ReLU of a tiny negative prints as."""
+    return f"{float(value) + 0.0:.4g}"
