@@ -263,10 +263,14 @@ def load(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    lazy_encoder: bool = False,
 ) -> ReplacementModel:
     """Pair a model (hub id, local dir or `LanguageModel`) with transcoders (reference string or
     a loaded set), on one device and dtype. `load("demo", "demo")` is the bundled demo model with
-    its cross-layer transcoders (`"demo-plt"`: per-layer ones)."""
+    its cross-layer transcoders (`"demo-plt"`: per-layer ones).
+
+    `lazy_encoder=True` keeps the encoders of a loaded reference on disk, read one layer at a
+    time (see `load_transcoders`); it does not apply to an already loaded set."""
     torch_dtype = resolve_dtype(dtype)
     if isinstance(model, LanguageModel):
         lm = model.to(device=device, dtype=torch_dtype)
@@ -275,7 +279,8 @@ def load(
     if isinstance(transcoders, (str, os.PathLike)):
         from circuit_atlas.transcoders import load_transcoders
 
-        transcoders = load_transcoders(str(transcoders), device=lm.device, dtype=lm.dtype)
+        transcoders = load_transcoders(str(transcoders), device=lm.device, dtype=lm.dtype,
+                                       lazy_encoder=lazy_encoder)
     elif hasattr(transcoders, "to"):
         transcoders = transcoders.to(device=lm.device, dtype=lm.dtype)
     return ReplacementModel(lm, transcoders)

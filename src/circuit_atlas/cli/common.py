@@ -16,13 +16,23 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --transcoders (required), --dtype, --device."""
+    """--model, --transcoders (required), --lazy-encoder, --dtype, --device."""
     parser.add_argument("--model", required=True, help="hub id, local directory, or 'demo'")
     parser.add_argument(
         "--transcoders", required=True, help="hub id (repo[/sub][@rev]), local directory, or 'demo'"
     )
+    add_lazy_encoder_argument(parser)
     parser.add_argument("--dtype", choices=DTYPES, help="model dtype (default: float32)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda if available)")
+
+
+def add_lazy_encoder_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--lazy-encoder, for commands that declare --transcoders themselves."""
+    parser.add_argument(
+        "--lazy-encoder", action="store_true",
+        help="keep transcoder encoders on disk and read one layer at a time (slower; for sets "
+             "whose encoders do not fit the device)",
+    )
 
 
 def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from circuit_atlas.cli.common import check_at_least, check_output_dir, resolve_device
+from circuit_atlas.cli.common import add_lazy_encoder_argument, check_at_least, check_output_dir, resolve_device
 
 EXAMPLES = """\
 examples:
@@ -76,6 +76,7 @@ def _register_build(commands) -> None:
         epilog=BUILD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="hub id, local directory, or 'demo'")
     p.add_argument("--transcoders", required=True, help="hub id (repo[/sub][@rev]), local directory, or 'demo'")
+    add_lazy_encoder_argument(p)
     p.add_argument("--corpus", required=True,
                    help="folder of .txt files, a .txt file (blank-line separated documents), a "
                         ".jsonl file, or hf:DATASET[:CONFIG] (needs the `datasets` package)")
@@ -159,7 +160,8 @@ def run_build(args: argparse.Namespace) -> int:
         context_before=args.context_before, context_after=args.context_after,
         n_logits=args.n_logits, max_tokens=args.max_tokens, seed=args.seed,
     )
-    model = circuit_atlas.load(_model_ref(args.model), args.transcoders, device=device, dtype=args.dtype)
+    model = circuit_atlas.load(_model_ref(args.model), args.transcoders, device=device, dtype=args.dtype,
+                               lazy_encoder=args.lazy_encoder)
     report = build_feature_store(model, corpus, args.out, settings, batch_size=args.batch_size,
                                  commit_interval=args.commit_interval, progress=not args.no_progress)
     state = {"corpus": "complete: read the whole corpus",

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from circuit_atlas.cli.common import add_lazy_encoder_argument
 from circuit_atlas.errors import CircuitAtlasError
 
 HELP = "open the graph explorer on a folder of graphs"
@@ -59,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     steer.add_argument(
         "--transcoders", default=None, help="hub id (repo[/sub][@rev]) or local directory"
     )
+    add_lazy_encoder_argument(steer)
     steer.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: auto)")
     steer.add_argument(
         "--dtype", choices=["float32", "bfloat16", "float16"], default=None,
@@ -93,7 +95,8 @@ def serve_folder(
 
 
 def load_steering_model(
-    model: str | None, transcoders: str | None, device: str | None, dtype: str | None
+    model: str | None, transcoders: str | None, device: str | None, dtype: str | None,
+    lazy_encoder: bool = False,
 ) -> Any | None:
     """The replacement model to hold for steering, or None when neither flag is given."""
     if model is None and transcoders is None:
@@ -110,7 +113,7 @@ def load_steering_model(
 
     device = resolve_device(device)
     print(f"loading {model} with transcoders {transcoders} for steering…", flush=True)
-    return circuit_atlas.load(model, transcoders, device=device, dtype=dtype)
+    return circuit_atlas.load(model, transcoders, device=device, dtype=dtype, lazy_encoder=lazy_encoder)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         raise CircuitAtlasError(f"serve: --features {args.features} does not exist")
     if not 0 <= args.port <= 65535:
         raise CircuitAtlasError(f"serve: --port must lie in 0..65535, got {args.port}")
-    model = load_steering_model(args.model, args.transcoders, args.device, args.dtype)
+    model = load_steering_model(args.model, args.transcoders, args.device, args.dtype, args.lazy_encoder)
     serve_folder(
         args.data_dir,
         host=args.host,

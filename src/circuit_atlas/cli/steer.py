@@ -160,7 +160,8 @@ def run(args) -> int:
 
     prompt = prompt_from_args(args)
     device = resolve_device(args.device)
-    model = circuit_atlas.load(args.model, args.transcoders, device=device, dtype=args.dtype)
+    model = circuit_atlas.load(args.model, args.transcoders, device=device, dtype=args.dtype,
+                               lazy_encoder=args.lazy_encoder)
     prompt_only = _prompt_interventions(model, prompt, interventions)
     result = intervene(model, prompt, prompt_only, mode=args.mode, constrained_layers=layers,
                        freeze_attention=args.freeze_attention, top_k=args.top_k)

@@ -137,7 +137,8 @@ def run(args) -> int:
     check_destination(args.out, args.slug or (None if args.token_ids else default_slug(args.prompt)))
     labels = feature_labels(args.features)
     device = resolve_device(args.device)
-    model = circuit_atlas.load(args.model, args.transcoders, device=device, dtype=args.dtype)
+    model = circuit_atlas.load(args.model, args.transcoders, device=device, dtype=args.dtype,
+                               lazy_encoder=args.lazy_encoder)
     graph = circuit_atlas.attribute(
         model,
         prompt,

@@ -30,6 +30,7 @@ import yaml
 from circuit_atlas.errors import TranscoderFormatError
 from circuit_atlas.transcoders.core import Transcoders
 from circuit_atlas.transcoders.decoders import MappedDecoder
+from circuit_atlas.transcoders.encoders import encoder_source, read_encoder
 from circuit_atlas.transcoders.gemmascope import (
     is_gemmascope2_file,
     read_gs2_clt,
@@ -94,17 +95,20 @@ def local_entry_resolver(directory: Path, config_path: Path) -> EntryResolver:
 
 
 def read_directory(directory: Path, *, dtype: torch.dtype, lazy_decoder: bool, scan: str | None,
-                   resolve: EntryResolver | None = None) -> Transcoders:
-    """Load a circuit-tracer style directory (hub snapshot, cache entry or hand-made)."""
+                   resolve: EntryResolver | None = None, lazy_encoder: bool = False) -> Transcoders:
+    """Load a circuit-tracer style directory (hub snapshot, cache entry or hand-made).
+
+    `lazy_encoder` applies to safetensors layer files; GemmaScope `params.npz` layers are read whole.
+    """
     config_path = directory / CT_CONFIG
     config = read_config(config_path)
     resolve = resolve or local_entry_resolver(directory, config_path)
     kind = KIND_NAMES[config["model_kind"]]
     listed = config.get("transcoders")
     if kind == "plt":
-        parts = _read_plt_layers(directory, listed, resolve, dtype, lazy_decoder)
+        parts = _read_plt_layers(directory, listed, resolve, dtype, lazy_decoder, lazy_encoder)
     else:
-        parts = _read_clt_layers(directory, config_path, listed, resolve, dtype, lazy_decoder)
+        parts = _read_clt_layers(directory, config_path, listed, resolve, dtype, lazy_decoder, lazy_encoder)
     return assemble(
         kind, parts, activation=config.get("activation"), k=config.get("k"),
         input_hook=config["feature_input_hook"], output_hook=config["feature_output_hook"],
@@ -125,7 +129,7 @@ def _numbered(directory: Path, prefix: str) -> dict[int, Path]:
 
 
 def _read_plt_layers(directory: Path, listed: list[str] | None, resolve: EntryResolver,
-                     dtype: torch.dtype, lazy: bool) -> list[LayerParts]:
+                     dtype: torch.dtype, lazy: bool, lazy_encoder: bool) -> list[LayerParts]:
     if listed:
         paths = [resolve(i, entry) for i, entry in enumerate(listed)]
     else:
@@ -139,18 +143,19 @@ def _read_plt_layers(directory: Path, listed: list[str] | None, resolve: EntryRe
             continue
         file = SafetensorsFile(path)
         reader = read_gs2_plt_layer if is_gemmascope2_file(file) else read_plt_layer
-        parts.append(reader(file, dtype, lazy))
+        parts.append(reader(file, dtype, lazy, lazy_encoder=lazy_encoder))
     return parts
 
 
-def read_plt_layer(file: SafetensorsFile, dtype: torch.dtype, lazy_decoder: bool) -> LayerParts:
+def read_plt_layer(file: SafetensorsFile, dtype: torch.dtype, lazy_decoder: bool, *,
+                   lazy_encoder: bool = False) -> LayerParts:
     """One circuit-tracer PLT file (§5): rows per feature for both W_enc and W_dec."""
     check_keys(file.path, file.keys(), ["W_enc", "W_dec", "b_enc", "b_dec"], [PLT_THRESHOLD, "W_skip", "k"])
     check_shape(file.path, "W_enc", file.info("W_enc").shape, [None, None], "[F, d]")
     F, d = (int(s) for s in file.info("W_enc").shape)
     parts = LayerParts(
         origin=str(file.path),
-        W_enc=read_tensor(file, "W_enc", [F, d], dtype),
+        W_enc=read_encoder(file, "W_enc", F, d, dtype, lazy_encoder),
         b_enc=read_tensor(file, "b_enc", [F], dtype),
         b_dec=read_tensor(file, "b_dec", [d], dtype),
         W_dec=torch.empty(0),
@@ -175,12 +180,12 @@ def _read_k(file: SafetensorsFile) -> int:
 
 
 def _read_clt_layers(directory: Path, config_path: Path, listed: list[str] | None, resolve: EntryResolver,
-                     dtype: torch.dtype, lazy: bool) -> list[LayerParts]:
+                     dtype: torch.dtype, lazy: bool, lazy_encoder: bool) -> list[LayerParts]:
     if listed:
         first = SafetensorsFile(resolve(0, listed[0]))
         if is_gemmascope2_file(first):
             files = [first] + [SafetensorsFile(resolve(i, e)) for i, e in enumerate(listed[1:], 1)]
-            return read_gs2_clt(files, dtype, lazy, str(config_path))
+            return read_gs2_clt(files, dtype, lazy, str(config_path), lazy_encoder=lazy_encoder)
         # circuit-tracer ignores the list for a normal CLT (§2.1); so do we.
     enc = _numbered(directory, "W_enc_")
     dec = _numbered(directory, "W_dec_")
@@ -192,12 +197,12 @@ def _read_clt_layers(directory: Path, config_path: Path, listed: list[str] | Non
     if (directory / "W_skip.safetensors").exists():
         warnings.warn(f"{directory / 'W_skip.safetensors'}: ignored, as circuit-tracer's CLT loader does (§8)",
                       stacklevel=3)
-    return [_read_clt_layer(enc[i], dec[i], i, n_layers, dtype, lazy)
+    return [_read_clt_layer(enc[i], dec[i], i, n_layers, dtype, lazy, lazy_encoder)
             for i in progress(range(n_layers), "reading transcoders")]
 
 
 def _read_clt_layer(enc_path: Path, dec_path: Path, i: int, n_layers: int, dtype: torch.dtype,
-                    lazy: bool) -> LayerParts:
+                    lazy: bool, lazy_encoder: bool) -> LayerParts:
     enc, dec = SafetensorsFile(enc_path), SafetensorsFile(dec_path)
     w, th = f"W_enc_{i}", f"threshold_{i}"
     check_keys(enc.path, enc.keys(), [w, f"b_enc_{i}", f"b_dec_{i}"], [th])
@@ -208,7 +213,7 @@ def _read_clt_layer(enc_path: Path, dec_path: Path, i: int, n_layers: int, dtype
     meaning = f"[F, L - {i}, d]: one row per feature, one slice per target layer {i}..{n_layers - 1}"
     parts = LayerParts(
         origin=str(enc.path),
-        W_enc=read_tensor(enc, w, [F, d], dtype),
+        W_enc=read_encoder(enc, w, F, d, dtype, lazy_encoder),
         b_enc=read_tensor(enc, f"b_enc_{i}", [F], dtype),
         b_dec=read_tensor(enc, f"b_dec_{i}", [d], dtype),
         threshold=read_tensor(enc, th, [F], dtype) if th in enc else None,
@@ -264,7 +269,8 @@ def _decoder_source(tc: Transcoders, layer: int, squeeze: bool) -> TensorSource:
 
 def _write_plt_layer(tc: Transcoders, layer: int, directory: Path) -> None:
     tensors: dict[str, Any] = {
-        "W_enc": tc.encoder_weight(layer), "W_dec": _decoder_source(tc, layer, squeeze=True),
+        "W_enc": encoder_source(tc.encoder_store(layer), tc.dtype),
+        "W_dec": _decoder_source(tc, layer, squeeze=True),
         "b_enc": tc.encoder_bias(layer), "b_dec": tc.decoder_bias(layer),
     }
     if tc.threshold(layer) is not None:
@@ -277,7 +283,8 @@ def _write_plt_layer(tc: Transcoders, layer: int, directory: Path) -> None:
 def _write_clt_layer(tc: Transcoders, layer: int, directory: Path) -> None:
     i = layer
     tensors: dict[str, Any] = {
-        f"W_enc_{i}": tc.encoder_weight(i), f"b_enc_{i}": tc.encoder_bias(i), f"b_dec_{i}": tc.decoder_bias(i),
+        f"W_enc_{i}": encoder_source(tc.encoder_store(i), tc.dtype),
+        f"b_enc_{i}": tc.encoder_bias(i), f"b_dec_{i}": tc.decoder_bias(i),
     }
     if tc.threshold(i) is not None:
         tensors[f"threshold_{i}"] = tc.threshold(i)

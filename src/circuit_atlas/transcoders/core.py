@@ -5,7 +5,8 @@ layer `l`. Every method works for both kinds through `target_layers(source)` /
 `source_layers(target)`, so callers (replacement model, attribution) need not branch on the kind.
 
 Layout in memory, the reference library's (row per feature):
-- `W_enc[l]` `[F, d]`; pre-activation `x · W_encᵀ + b_enc` (reference §5/§8).
+- `W_enc[l]` `[F, d]`; pre-activation `x · W_encᵀ + b_enc` (reference §5/§8). Held by an
+  `EncoderStore`, possibly read from disk on each use (lazy encoders).
 - decoder of source `l`: `[F, T_l, d]`, `T_l = 1` (PLT) or `L − l` (CLT); offset `j` writes to
   target layer `l + j`. Held by a `DecoderStore`, possibly lazily mapped from disk.
 - `b_dec[l]` `[d]`: decoder bias of *target* layer `l`, added once to its reconstruction.
@@ -24,6 +25,7 @@ import torch
 from circuit_atlas.errors import ShapeMismatchError, TranscoderFormatError
 from circuit_atlas.transcoders.activations import apply_activation, normalize_activation_name
 from circuit_atlas.transcoders.decoders import DecoderStore, EagerDecoder
+from circuit_atlas.transcoders.encoders import EagerEncoder, EncoderStore
 from circuit_atlas.transcoders.validation import all_finite
 
 KINDS = ("plt", "clt")
@@ -36,7 +38,7 @@ class Transcoders:
         self,
         kind: str,
         *,
-        W_enc: Sequence[torch.Tensor],
+        W_enc: Sequence[torch.Tensor | EncoderStore],
         b_enc: Sequence[torch.Tensor],
         b_dec: Sequence[torch.Tensor],
         W_dec: Sequence[torch.Tensor | DecoderStore],
@@ -52,8 +54,9 @@ class Transcoders:
     ) -> None:
         """Assemble a set from per-layer tensors (loaders and trainers both end here).
 
-        `W_dec[l]` may be a tensor (`[F, d]` for a PLT, `[F, L−l, d]` for a CLT) or a
-        `DecoderStore`. `activation` defaults to JumpReLU when thresholds are given, else ReLU.
+        `W_enc[l]` may be an `[F, d]` tensor or an `EncoderStore` (lazy sets); `W_dec[l]` a
+        tensor (`[F, d]` for a PLT, `[F, L−l, d]` for a CLT) or a `DecoderStore`. `activation`
+        defaults to JumpReLU when thresholds are given, else ReLU.
         `origins[l]` names the file of layer `l`, used in error messages.
         """
         if kind not in KINDS:
@@ -62,7 +65,10 @@ class Transcoders:
         self.input_hook, self.output_hook = input_hook, output_hook
         self.model_name = model_name
         self._origins = list(origins) if origins is not None else None
-        self._W_enc = list(W_enc)
+        self._encoders: list[EncoderStore] = [
+            EagerEncoder(w, f"W_enc[{i}]") if isinstance(w, torch.Tensor) else w
+            for i, w in enumerate(W_enc)
+        ]
         self._b_enc = list(b_enc)
         self._b_dec = list(b_dec)
         self._threshold = list(threshold) if threshold is not None else None
@@ -71,10 +77,10 @@ class Transcoders:
             EagerDecoder(w, f"W_dec[{i}]") if isinstance(w, torch.Tensor) else w
             for i, w in enumerate(W_dec)
         ]
-        self.n_layers = len(self._W_enc)
+        self.n_layers = len(self._encoders)
         if self.n_layers == 0:
             raise TranscoderFormatError("a transcoder set needs at least one layer")
-        self.n_features, self.d_model = (int(s) for s in self._W_enc[0].shape)
+        self.n_features, self.d_model = (int(s) for s in self._encoders[0].shape)
         self.activation_name = self._pick_activation(activation)
         self.k = self._check_k(k)
         self.scan = scan
@@ -118,7 +124,7 @@ class Transcoders:
             if len(values) != L:
                 raise ShapeMismatchError(f"{name} has {len(values)} layers, W_enc has {L}")
         for layer in range(L):
-            expect = {"W_enc": (self._W_enc[layer], (F, d)), "b_enc": (self._b_enc[layer], (F,)),
+            expect = {"W_enc": (self._encoders[layer], (F, d)), "b_enc": (self._b_enc[layer], (F,)),
                       "b_dec": (self._b_dec[layer], (d,))}
             if self._threshold is not None:
                 expect["threshold"] = (self._threshold[layer], (F,))
@@ -147,11 +153,11 @@ class Transcoders:
 
     @property
     def device(self) -> torch.device:
-        return self._W_enc[0].device
+        return self._encoders[0].device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._W_enc[0].dtype
+        return self._encoders[0].dtype
 
     @property
     def has_skip(self) -> bool:
@@ -161,9 +167,18 @@ class Transcoders:
     def lazy_decoder(self) -> bool:
         return any(dec.is_lazy for dec in self._decoders)
 
+    @property
+    def lazy_encoder(self) -> bool:
+        return any(enc.is_lazy for enc in self._encoders)
+
     def encoder_weight(self, layer: int) -> torch.Tensor:
-        """`W_enc[layer]` `[F, d]` (a view, not a copy)."""
-        return self._W_enc[self._layer(layer)]
+        """`W_enc[layer]` `[F, d]`.
+
+        Eager sets return the held tensor itself (a view: in-place edits change the set). Lazy
+        sets return a fresh tensor read from disk on every call: editing it changes nothing, and
+        holding on to it keeps that layer's encoder in memory.
+        """
+        return self._encoders[self._layer(layer)].weight()
 
     def encoder_bias(self, layer: int) -> torch.Tensor:
         return self._b_enc[self._layer(layer)]
@@ -181,6 +196,9 @@ class Transcoders:
 
     def decoder_store(self, layer: int) -> DecoderStore:
         return self._decoders[self._layer(layer)]
+
+    def encoder_store(self, layer: int) -> EncoderStore:
+        return self._encoders[self._layer(layer)]
 
     # ------------------------------------------------------------------ layer bookkeeping
 
@@ -202,10 +220,14 @@ class Transcoders:
     # ------------------------------------------------------------------ encoder side
 
     def pre_activation(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """`x · W_encᵀ + b_enc` for `x` `[..., d]` at the input hook of `layer`."""
+        """`x · W_encᵀ + b_enc` for `x` `[..., d]` at the input hook of `layer`.
+
+        A lazy encoder is read for this one call and released afterwards.
+        """
         layer = self._layer(layer)
         self._check_width(x, "x")
-        return torch.nn.functional.linear(x.to(self.dtype), self._W_enc[layer], self._b_enc[layer])
+        weight = self._encoders[layer].weight()
+        return torch.nn.functional.linear(x.to(self.dtype), weight, self._b_enc[layer])
 
     def activate(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         """Apply this set's activation to pre-activations `h` `[..., F]` of `layer`."""
@@ -219,10 +241,10 @@ class Transcoders:
         return self.activate(layer, self.pre_activation(layer, x))
 
     def encoder_rows(self, layer: int, features: torch.Tensor | Sequence[int]) -> torch.Tensor:
-        """Encoder vectors `[n, d]` of the given features of `layer`."""
+        """Encoder vectors `[n, d]` of the given features of `layer` (lazy sets read only these rows)."""
         layer = self._layer(layer)
         idx = self._features(features)
-        return self._W_enc[layer].index_select(0, idx.to(self.device))
+        return self._encoders[layer].rows(idx)
 
     def _check_width(self, x: torch.Tensor, name: str) -> None:
         if x.shape[-1] != self.d_model:
@@ -343,7 +365,7 @@ class Transcoders:
         def move(ts: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
             return None if ts is None else [t.to(device=device, dtype=dtype) for t in ts]
 
-        self._W_enc = move(self._W_enc)  # type: ignore[assignment]
+        self._encoders = [enc.to(device, dtype) for enc in self._encoders]
         self._b_enc = move(self._b_enc)  # type: ignore[assignment]
         self._b_dec = move(self._b_dec)  # type: ignore[assignment]
         self._threshold = move(self._threshold)
@@ -352,8 +374,9 @@ class Transcoders:
         return self
 
     def mapped_files(self) -> list[str]:
-        """Files that lazy decoders read from (writers refuse to overwrite them)."""
-        return sorted({str(dec.file.path) for dec in self._decoders if getattr(dec, "file", None)})
+        """Files that lazy encoders or decoders read from (writers refuse to overwrite them)."""
+        stores = [*self._encoders, *self._decoders]
+        return sorted({str(store.file.path) for store in stores if getattr(store, "file", None)})
 
     def check_output_dir(self, directory: str | os.PathLike[str]) -> None:
         """Refuse to write into the directory a lazy set reads from: it would clobber its source."""
@@ -361,12 +384,16 @@ class Transcoders:
         for path in self.mapped_files():
             if os.path.dirname(os.path.realpath(path)) == target:
                 raise TranscoderFormatError(
-                    f"cannot save into {directory}: this set reads its decoders lazily from {path}; "
+                    f"cannot save into {directory}: this set reads its weights lazily from {path}; "
                     "save to another directory"
                 )
 
     def check_finite(self, budget_bytes: int = 256 << 20) -> None:
-        """Scan every decoder for NaN/inf (lazy decoders are otherwise checked per read)."""
+        """Scan every encoder and decoder for NaN/inf (lazy ones are otherwise checked per read)."""
+        for layer, enc in enumerate(self._encoders):
+            for chunk in enc.chunks(budget_bytes):  # lazy chunks also check themselves on read
+                if not all_finite(chunk):
+                    raise TranscoderFormatError(f"{enc.description} ({self._where(layer)}) holds NaN or inf")
         for layer, dec in enumerate(self._decoders):
             for chunk in dec.chunks(budget_bytes):
                 if not all_finite(chunk):
@@ -392,5 +419,6 @@ class Transcoders:
             f"Transcoders(kind={self.kind!r}, n_layers={self.n_layers}, d_model={self.d_model}, "
             f"n_features={self.n_features}, activation={self.activation_name!r}{extra}, "
             f"skip={self.has_skip}, hooks={self.input_hook!r}->{self.output_hook!r}, "
-            f"dtype={self.dtype}, lazy_decoder={self.lazy_decoder}, scan={self.scan!r})"
+            f"dtype={self.dtype}, lazy_decoder={self.lazy_decoder}, lazy_encoder={self.lazy_encoder}, "
+            f"scan={self.scan!r})"
         )

@@ -6,7 +6,8 @@ as `x · W_skipᵀ`), so the rest of the package sees one layout.
 
 Unlike circuit-tracer, the safetensors variants keep lazy decoders: their decoders are already
 one row per feature, so memory-mapping works (GemmaScope-2 CLT rows cover all L targets; source
-`i` uses targets `i..L-1`). The npz format is always read whole.
+`i` uses targets `i..L-1`). Lazy encoders work too: the `[d, F]` encoder is read column-wise.
+The npz format is always read whole.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from circuit_atlas.errors import TranscoderFormatError
 from circuit_atlas.transcoders.decoders import MappedDecoder
+from circuit_atlas.transcoders.encoders import read_encoder
 from circuit_atlas.transcoders.layers import LayerParts, progress
 from circuit_atlas.transcoders.safetensors_io import SafetensorsFile
 from circuit_atlas.transcoders.validation import (
@@ -62,7 +64,7 @@ def read_npz_layer(path: Path, dtype: torch.dtype) -> LayerParts:
     )
 
 
-def _encoder_side(file: SafetensorsFile, dtype: torch.dtype) -> tuple[LayerParts, int, int]:
+def _encoder_side(file: SafetensorsFile, dtype: torch.dtype, lazy_encoder: bool) -> tuple[LayerParts, int, int]:
     info = file.info("w_enc")
     check_shape(file.path, "w_enc", info.shape, [None, None], "GemmaScope-2 w_enc is [d, F]")
     d, F = (int(s) for s in info.shape)
@@ -72,7 +74,7 @@ def _encoder_side(file: SafetensorsFile, dtype: torch.dtype) -> tuple[LayerParts
         skip = affine.T.contiguous()  # applied as x · affine == x · W_skipᵀ
     parts = LayerParts(
         origin=str(file.path),
-        W_enc=read_tensor(file, "w_enc", [d, F], dtype).T.contiguous(),
+        W_enc=read_encoder(file, "w_enc", F, d, dtype, lazy_encoder, transposed=True),
         b_enc=read_tensor(file, "b_enc", [F], dtype),
         b_dec=read_tensor(file, "b_dec", [d], dtype),
         threshold=read_tensor(file, "threshold", [F], dtype),
@@ -82,10 +84,11 @@ def _encoder_side(file: SafetensorsFile, dtype: torch.dtype) -> tuple[LayerParts
     return parts, d, F
 
 
-def read_gs2_plt_layer(file: SafetensorsFile, dtype: torch.dtype, lazy_decoder: bool) -> LayerParts:
+def read_gs2_plt_layer(file: SafetensorsFile, dtype: torch.dtype, lazy_decoder: bool, *,
+                       lazy_encoder: bool = False) -> LayerParts:
     """GemmaScope-2 PLT file (§7)."""
     check_keys(file.path, file.keys(), ["w_enc", "w_dec", "b_enc", "b_dec", "threshold"], [GS_SKIP])
-    parts, d, F = _encoder_side(file, dtype)
+    parts, d, F = _encoder_side(file, dtype, lazy_encoder)
     if lazy_decoder:
         check_mapped(file, "w_dec", [F, d], "[F, d]")
         parts.W_dec = MappedDecoder(file, "w_dec", dtype=dtype)
@@ -95,7 +98,7 @@ def read_gs2_plt_layer(file: SafetensorsFile, dtype: torch.dtype, lazy_decoder: 
 
 
 def read_gs2_clt(files: Sequence[SafetensorsFile], dtype: torch.dtype, lazy_decoder: bool,
-                 where: str) -> list[LayerParts]:
+                 where: str, *, lazy_encoder: bool = False) -> list[LayerParts]:
     """GemmaScope-2 CLT (§9), reading *all* listed layer files.
 
     circuit-tracer iterates `range(max(layer index))` and so drops the last layer (reference §9,
@@ -116,7 +119,7 @@ def read_gs2_clt(files: Sequence[SafetensorsFile], dtype: torch.dtype, lazy_deco
     layers = []
     for i, file in progress(list(enumerate(files[:n_layers])), "reading transcoders"):
         check_keys(file.path, file.keys(), ["w_enc", "w_dec", "b_enc", "b_dec", "threshold"], [GS_SKIP])
-        parts, d, F = _encoder_side(file, dtype)
+        parts, d, F = _encoder_side(file, dtype, lazy_encoder)
         check_mapped(file, "w_dec", [F, n_layers, d], "[F, L, d]: rows for every target layer")
         if lazy_decoder:
             parts.W_dec = MappedDecoder(file, "w_dec", target_start=i, dtype=dtype)

@@ -17,6 +17,7 @@ from circuit_atlas.errors import ShapeMismatchError, TranscoderFormatError
 from circuit_atlas.transcoders.activations import normalize_activation_name
 from circuit_atlas.transcoders.core import Transcoders
 from circuit_atlas.transcoders.decoders import DecoderStore
+from circuit_atlas.transcoders.encoders import EncoderStore
 from circuit_atlas.transcoders.validation import check_same_features
 
 T = TypeVar("T")
@@ -39,7 +40,7 @@ class LayerParts:
     """One source layer in memory orientation; `origin` names its file for messages."""
 
     origin: str
-    W_enc: torch.Tensor  # [F, d]
+    W_enc: torch.Tensor | EncoderStore  # [F, d] or a store
     b_enc: torch.Tensor  # [F]
     b_dec: torch.Tensor  # [d] (of target layer = this layer)
     W_dec: torch.Tensor | DecoderStore  # [F, d] / [F, T, d] or a store

@@ -50,13 +50,17 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
 
 
 def load_transcoders(ref: str | os.PathLike[str], *, device: torch.device | str | None = None,
-                     dtype: torch.dtype | str | None = None, lazy_decoder: bool = True) -> Transcoders:
+                     dtype: torch.dtype | str | None = None, lazy_decoder: bool = True,
+                     lazy_encoder: bool = False) -> Transcoders:
     """Load a transcoder set from a local directory or the Hugging Face hub.
 
     `ref`: a directory, `org/repo[/sub/folder][@revision]`, `hf://org/repo/sub?revision=rev`, or a
     preset (`gemma`, `llama`; `demo`, `demo-clt`, `demo-plt` for the bundled demo sets). `dtype`
     defaults to float32. With `lazy_decoder` (the default), decoders of safetensors formats stay
-    memory-mapped and rows are read on demand.
+    memory-mapped and rows are read on demand. With `lazy_encoder`, encoders stay on disk too:
+    each forward use reads one layer's encoder and releases it, and attribution reads only the
+    rows it needs (for sets whose encoders do not fit the device). GemmaScope `params.npz`
+    layers cannot be mapped and are always read whole; both flags are ignored for them.
     """
     from circuit_atlas.demo.bundle import resolve_transcoders_ref
 
@@ -65,21 +69,22 @@ def load_transcoders(ref: str | os.PathLike[str], *, device: torch.device | str 
     parsed = parse_reference(ref if isinstance(ref, str) else Path(ref))
     dtype = resolve_dtype(dtype)
     if parsed.local_path is not None:
-        tc = load_directory(parsed.local_path, dtype=dtype, lazy_decoder=lazy_decoder)
+        tc = load_directory(parsed.local_path, dtype=dtype, lazy_decoder=lazy_decoder, lazy_encoder=lazy_encoder)
     else:
-        tc = _load_from_hub(parsed, dtype=dtype, lazy_decoder=lazy_decoder)
+        tc = _load_from_hub(parsed, dtype=dtype, lazy_decoder=lazy_decoder, lazy_encoder=lazy_encoder)
     if device is not None:
         tc.to(device)
     return tc
 
 
 def load_directory(directory: Path, *, dtype: torch.dtype, lazy_decoder: bool,
-                   scan: str | None = None) -> Transcoders:
+                   scan: str | None = None, lazy_encoder: bool = False) -> Transcoders:
     """Load a local directory in any supported format."""
+    lazy = {"lazy_decoder": lazy_decoder, "lazy_encoder": lazy_encoder}
     if (directory / NATIVE_CONFIG).is_file():
-        return read_native(directory, dtype=dtype, lazy_decoder=lazy_decoder, scan=scan)
+        return read_native(directory, dtype=dtype, scan=scan, **lazy)
     if (directory / CT_CONFIG).is_file():
-        return read_directory(directory, dtype=dtype, lazy_decoder=lazy_decoder, scan=scan)
+        return read_directory(directory, dtype=dtype, scan=scan, **lazy)
     listing = sorted(p.name for p in directory.iterdir())[:10]
     raise TranscoderFormatError(
         f"{directory}: no {NATIVE_CONFIG} (circuit-atlas format) or {CT_CONFIG} (circuit-tracer format); "
@@ -87,20 +92,21 @@ def load_directory(directory: Path, *, dtype: torch.dtype, lazy_decoder: bool,
     )
 
 
-def _load_from_hub(ref: TranscoderRef, *, dtype: torch.dtype, lazy_decoder: bool) -> Transcoders:
+def _load_from_hub(ref: TranscoderRef, *, dtype: torch.dtype, lazy_decoder: bool,
+                   lazy_encoder: bool) -> Transcoders:
+    lazy = {"lazy_decoder": lazy_decoder, "lazy_encoder": lazy_encoder}
     config_path = fetch_config(ref)
     if config_path.name == NATIVE_CONFIG:
         directory = fetch_weights(ref, [NATIVE_CONFIG, "encoder_*.safetensors", "decoder_*.safetensors"])
-        return read_native(directory, dtype=dtype, lazy_decoder=lazy_decoder, scan=ref.scan)
+        return read_native(directory, dtype=dtype, scan=ref.scan, **lazy)
     config = read_config(config_path)
     resolve = _hub_entry_resolver(ref)
     if config.get("transcoders") and not _ignores_list(config, resolve):
-        return read_directory(config_path.parent, dtype=dtype, lazy_decoder=lazy_decoder, scan=ref.scan,
-                              resolve=resolve)
+        return read_directory(config_path.parent, dtype=dtype, scan=ref.scan, resolve=resolve, **lazy)
     patterns = ["layer_*.safetensors"] if config["model_kind"] == "transcoder_set" else [
         "W_enc_*.safetensors", "W_dec_*.safetensors"]
     directory = fetch_weights(ref, [CT_CONFIG, *patterns])
-    return read_directory(directory, dtype=dtype, lazy_decoder=lazy_decoder, scan=ref.scan)
+    return read_directory(directory, dtype=dtype, scan=ref.scan, **lazy)
 
 
 def _ignores_list(config: dict, resolve: EntryResolver) -> bool:

@@ -27,6 +27,7 @@ import torch
 from circuit_atlas.errors import TranscoderFormatError
 from circuit_atlas.transcoders.core import KINDS, Transcoders
 from circuit_atlas.transcoders.decoders import MappedDecoder
+from circuit_atlas.transcoders.encoders import encoder_source, read_encoder
 from circuit_atlas.transcoders.layers import LayerParts, assemble, progress
 from circuit_atlas.transcoders.refs import NATIVE_CONFIG
 from circuit_atlas.transcoders.safetensors_io import SafetensorsFile, TensorSource, write_safetensors
@@ -72,8 +73,11 @@ def _portable_scan(scan: str | None) -> str | None:
     return None if scan is None or Path(scan).is_absolute() else scan
 
 
-def _encoder_tensors(tc: Transcoders, layer: int) -> dict[str, torch.Tensor]:
-    tensors = {"W_enc": tc.encoder_weight(layer), "b_enc": tc.encoder_bias(layer), "b_dec": tc.decoder_bias(layer)}
+def _encoder_tensors(tc: Transcoders, layer: int) -> dict[str, torch.Tensor | TensorSource]:
+    tensors: dict[str, torch.Tensor | TensorSource] = {
+        "W_enc": encoder_source(tc.encoder_store(layer), tc.dtype),
+        "b_enc": tc.encoder_bias(layer), "b_dec": tc.decoder_bias(layer),
+    }
     threshold, skip = tc.threshold(layer), tc.skip_weight(layer)
     if threshold is not None:
         tensors["threshold"] = threshold
@@ -136,12 +140,13 @@ def _expect(path: Path, config: dict[str, Any], key: str, kind: type, *, optiona
         raise TranscoderFormatError(f"{path}: key {key!r} must be {want}, got {value!r}")
 
 
-def read_native(directory: Path, *, dtype: torch.dtype, lazy_decoder: bool, scan: str | None) -> Transcoders:
+def read_native(directory: Path, *, dtype: torch.dtype, lazy_decoder: bool, scan: str | None,
+                lazy_encoder: bool = False) -> Transcoders:
     """Load a native directory; every file is checked against the config's sizes."""
     config_path = directory / NATIVE_CONFIG
     config = read_native_config(config_path)
     _check_no_extra_layers(directory, config["n_layers"])
-    parts = [_read_layer(directory, layer, config, dtype, lazy_decoder)
+    parts = [_read_layer(directory, layer, config, dtype, lazy_decoder, lazy_encoder)
              for layer in progress(range(config["n_layers"]), "reading transcoders")]
     return assemble(
         config["kind"], parts, activation=config["activation"], k=config["k"],
@@ -169,7 +174,7 @@ def _layer_file(directory: Path, name: str) -> SafetensorsFile:
 
 
 def _read_layer(directory: Path, layer: int, config: dict[str, Any], dtype: torch.dtype,
-                lazy: bool) -> LayerParts:
+                lazy: bool, lazy_encoder: bool) -> LayerParts:
     F, d, L = config["n_features"], config["d_model"], config["n_layers"]
     targets = 1 if config["kind"] == "plt" else L - layer
     enc = _layer_file(directory, f"encoder_{layer}.safetensors")
@@ -182,7 +187,7 @@ def _read_layer(directory: Path, layer: int, config: dict[str, Any], dtype: torc
     _check_stored_dtype(dec, config)
     parts = LayerParts(
         origin=str(enc.path),
-        W_enc=read_tensor(enc, "W_enc", [F, d], dtype, "[F, d] from the config"),
+        W_enc=read_encoder(enc, "W_enc", F, d, dtype, lazy_encoder, meaning="[F, d] from the config"),
         b_enc=read_tensor(enc, "b_enc", [F], dtype),
         b_dec=read_tensor(enc, "b_dec", [d], dtype),
         threshold=read_tensor(enc, "threshold", [F], dtype) if jump else None,
