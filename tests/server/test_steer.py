@@ -1,6 +1,7 @@
 """The steering endpoints on a tiny model: results equal direct `intervene` / `generate` calls,
-every bad request is a 4xx with a message, refusals (no model, other model, JSON-only graph) are
-409, and model calls are serialised in a worker thread while the rest of the API answers."""
+every bad request is a 4xx with a message, refusals (no model, other model, a JSON file of other
+transcoders) are 409, and model calls are serialised in a worker thread while the rest of the API
+answers."""
 
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def data_dir(tmp_path_factory, graph) -> Path:
     write_graph_bundle(dataclasses.replace(graph, transcoder_scan="other-scan"), root, "other-tc")
     write_graph_bundle(dataclasses.replace(graph, model_name="other-model"), root, "other-model")
     (root / "jsonly.json").write_text(json.dumps(to_graph_json(graph, "jsonly", 0.8, 0.98)))
+    other = to_graph_json(graph, "other-json", 0.8, 0.98, scan="other-json-scan")
+    (root / "other-json.json").write_text(json.dumps(other))
     return root
 
 
@@ -231,7 +234,7 @@ def test_without_a_model_steering_is_409_with_how_to(data_dir, graph) -> None:
 @pytest.mark.parametrize(
     "graph_id, needle",
     [("other-tc", "transcoders 'other-scan'"), ("other-model", "model 'other-model'"),
-     ("jsonly", "native graph")],
+     ("other-json", "transcoders 'other-json-scan'")],
 )
 def test_graphs_of_other_models_are_409(client, graph, graph_id, needle) -> None:
     body = {"interventions": [{"nodes": [_features(graph)[0][0]], "op": "ablate"}]}

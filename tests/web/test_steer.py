@@ -3,13 +3,17 @@ tokens and continuations the panel renders, checked against direct `intervene` /
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import circuit_atlas
+from circuit_atlas.graph import to_graph_json
 from circuit_atlas.interventions import Intervention, generate, intervene
 from circuit_atlas.models.tiny import tiny_language_model
 from circuit_atlas.server.app import create_app
 from circuit_atlas.server.bundle import write_graph_bundle
+from circuit_atlas.server.json_graph import UNVERIFIED_WARNING
 from circuit_atlas.server.runner import BackgroundServer
 from circuit_atlas.transcoders.random import random_transcoders
 
@@ -27,7 +31,7 @@ def steer_site(tmp_path_factory):
     data = tmp_path_factory.mktemp("steer-web")
     write_graph_bundle(graph, data, "dallas")
     with BackgroundServer(create_app(data, model=model)) as server:
-        yield {"url": server.url, "model": model, "graph": graph}
+        yield {"url": server.url, "model": model, "graph": graph, "data": data}
 
 
 def _open(page, url: str) -> None:
@@ -117,3 +121,18 @@ def test_steer_panel_explains_a_server_without_model(page, site, shot) -> None:
     shot(page, "explorer-steer-no-model")
     page.click("[data-testid=steer-close]")
     assert page.locator("[data-testid=steer-panel]").is_hidden()
+
+
+def test_steer_a_json_only_graph_shows_the_warning(page, steer_site, shot) -> None:
+    """A loose JSON file whose scan names only the model (Neuronpedia style) can be steered, and
+    the panel says that its feature indices are taken on trust."""
+    model, graph = steer_site["model"], steer_site["graph"]
+    doc = to_graph_json(graph, "dallas-json", 0.8, 0.98, scan=model.lm.name)
+    (steer_site["data"] / "dallas-json.json").write_text(json.dumps(doc))
+    _open(page, f"{steer_site['url']}?graph=dallas-json")
+    page.click("[data-testid=steer-open]")
+    warning = page.locator("[data-testid=steer-warning]")
+    warning.wait_for()
+    assert warning.inner_text() == f"Warning: {UNVERIFIED_WARNING[0].upper()}{UNVERIFIED_WARNING[1:]}."
+    assert page.locator("[data-testid=steer-unavailable]").count() == 0
+    shot(page, "explorer-steer-json-warning")

@@ -292,11 +292,13 @@ _STEER_BODY = {
 
 def _add_steer_routes(app: FastAPI, explorer: Explorer, steerer: Steerer) -> None:
     def steerable_graph(graph_id: str) -> Any | None:
-        """The native graph (404 for unknown ids); not loaded when there is no model to use it."""
+        """The native graph, else the graph-JSON document (404 for unknown ids); not loaded
+        when there is no model to use it."""
         if not steerer.available:
             explorer.catalog.get(graph_id)
             return None
-        return explorer.native_graph(graph_id)
+        graph = explorer.native_graph(graph_id)
+        return graph if graph is not None else explorer.json_document(graph_id)
 
     @app.get("/api/steer", tags=["steer"], summary="Whether the server holds a model to steer")
     def steer_info() -> dict[str, Any]:

@@ -273,6 +273,12 @@ class Explorer:
         entry = self.catalog.get(graph_id)
         return None if entry.native_dir is None else self._native(entry)
 
+    def json_document(self, graph_id: str) -> dict[str, Any] | None:
+        """The graph's JSON document (cached; the same object until the file changes), or None
+        when it has no JSON file."""
+        entry = self.catalog.get(graph_id)
+        return None if entry.json_path is None else self._json_doc(entry)
+
     # -- features -----------------------------------------------------------------------------
     def feature(self, layer: int, index: int) -> dict[str, Any] | None:
         if self.features is None:

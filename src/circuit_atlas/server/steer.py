@@ -19,6 +19,11 @@ Positions: ``node`` is each node's own position; ``all`` every position, generat
 included; ``from_node`` the node's position and everything after it, generated tokens included
 (an open-ended range).
 
+Graphs that exist only as a graph-JSON file (no native bundle) are steered through
+`json_graph.adapt`, which recovers their token ids and feature coordinates and refuses files that
+belong to another model; when the file cannot prove it was traced with the loaded transcoders,
+the status and every response carry a ``warning``.
+
 The model is used by one request at a time (one lock); requests run in a worker thread, so the
 rest of the API answers while a model call is in progress. At most ``max_pending`` requests wait
 for the lock; more are refused with 503 instead of piling up.
@@ -35,6 +40,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.server.json_graph import JsonGraph, JsonGraphRefused, adapt
 
 MAX_NEW_TOKENS = 64
 MAX_TOP_K = 50
@@ -43,6 +49,7 @@ MAX_NODES_PER_ROW = 1024
 MAX_ABS_VALUE = 1e6
 MAX_TEMPERATURE = 100.0
 MAX_CHANGED_FEATURES = 20
+MAX_CACHED_JSON = 4
 POSITIONS = ("node", "all", "from_node")
 OPS = ("ablate", "scale", "set")
 MODES = ("free", "constrained")
@@ -220,6 +227,15 @@ def row_interventions(graph: Any, row: SteerRow, where: str) -> list:
 
 def node_coords(graph: Any, node_id: str, where: str) -> tuple[int, int, int]:
     """(layer, position, feature) of a feature node; other nodes cannot be intervened on."""
+    if isinstance(graph, JsonGraph):
+        kind = graph.kind(node_id)
+        if kind is None:
+            raise SteerRequestError(f"{where}: the graph has no node {node_id!r}")
+        if kind != "feature":
+            raise SteerRequestError(
+                f"{where}: node {node_id!r} is a {kind} node; only feature nodes can be steered"
+            )
+        return graph.features[node_id]
     try:
         index = graph.node_index(node_id)
     except KeyError:
@@ -295,7 +311,11 @@ class Steerer:
     def __init__(self, model: Any | None, max_pending: int = 4) -> None:
         self.model = model
         self.max_pending = max_pending
+        # graph id -> (document, its JsonGraph or refusal); the document is held so that the
+        # identity check below can never match a recycled object.
+        self._json: dict[str, tuple[dict, JsonGraph | JsonGraphRefused]] = {}
         self._lock = threading.Lock()
+        self._cache_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._pending = 0
 
@@ -314,26 +334,73 @@ class Steerer:
         }
 
     def graph_status(self, graph: Any | None, graph_id: str) -> dict[str, Any]:
-        """Whether this graph can be steered, and why not (shown next to a disabled panel)."""
-        reason = self.refusal(graph, graph_id)
-        return {**self.info(), "available": reason is None, "reason": reason}
+        """Whether this graph can be steered, and why not (shown next to a disabled panel).
+
+        ``graph``: the native `Graph`, a graph-JSON document (dict) for a JSON-only graph, or
+        None when neither is at hand. ``warning`` is set when steering is allowed but the file
+        cannot show it was traced with the loaded transcoders.
+        """
+        resolved, reason = self.resolve(graph, graph_id)
+        warning = resolved.warning if isinstance(resolved, JsonGraph) else None
+        return {
+            **self.info(),
+            "available": reason is None,
+            "reason": reason,
+            "warning": warning,
+            "source": _source(graph),
+            "tokens_from": resolved.tokens_from if isinstance(resolved, JsonGraph) else None,
+        }
 
     def refusal(self, graph: Any | None, graph_id: str) -> str | None:
+        return self.resolve(graph, graph_id)[1]
+
+    def resolve(self, graph: Any | None, graph_id: str) -> tuple[Any | None, str | None]:
+        """(what to steer: the native graph or a `JsonGraph`; None, or why it cannot be steered)."""
         if self.model is None:
-            return f"steering needs a model, and the server holds none; {START_HINT}"
+            return None, f"steering needs a model, and the server holds none; {START_HINT}"
         if graph is None:
-            return (
+            return None, (
                 f"graph {graph_id!r} exists only as a JSON file; steering needs the native graph "
                 "(its token ids and feature coordinates), as written by `circuit-atlas trace`"
             )
+        if isinstance(graph, dict):
+            adapted = self._adapt_json(graph, graph_id)
+            if isinstance(adapted, JsonGraphRefused):
+                return None, (
+                    f"graph {graph_id!r} (a JSON file) cannot be steered: {adapted}; {START_HINT}"
+                )
+            return adapted, None
         why = mismatch(graph, self.model)
         if why is not None:
-            return f"graph {graph_id!r} cannot be steered: {why}; {START_HINT}"
-        return None
+            return None, f"graph {graph_id!r} cannot be steered: {why}; {START_HINT}"
+        return graph, None
+
+    def _adapt_json(self, doc: dict, graph_id: str) -> JsonGraph | JsonGraphRefused:
+        """`json_graph.adapt`, cached per graph id while the explorer hands out the same document
+        (it rebuilds the document when the file changes)."""
+        with self._cache_lock:
+            cached = self._json.pop(graph_id, None)
+            if cached is not None and cached[0] is doc:
+                self._json[graph_id] = cached  # most recent last
+                return cached[1]
+        # Under the model lock: tokenising while a steering run decodes tokens on another thread
+        # can trip the fast tokenizer's "Already borrowed" guard.
+        with self._lock:
+            try:
+                adapted: JsonGraph | JsonGraphRefused = adapt(doc, self.model)
+            except JsonGraphRefused as exc:
+                adapted = exc
+        with self._cache_lock:
+            self._json[graph_id] = (doc, adapted)
+            while len(self._json) > MAX_CACHED_JSON:  # documents can be large: keep only a few
+                self._json.pop(next(iter(self._json)))
+        return adapted
 
     def steer(self, graph: Any | None, graph_id: str, body: Any) -> dict[str, Any]:
-        """Validate ``body`` against ``graph`` and run it (blocking; call from a worker thread)."""
-        reason = self.refusal(graph, graph_id)
+        """Validate ``body`` against ``graph`` and run it (blocking; call from a worker thread).
+
+        ``graph`` is the native `Graph` or, for a JSON-only graph, its graph-JSON document."""
+        graph, reason = self.resolve(graph, graph_id)
         if reason is not None:
             raise SteerUnavailable(reason)
         request = parse_request(body)
@@ -346,6 +413,7 @@ class Steerer:
                 waited = time.perf_counter() - start
                 result = self.compute(graph.input_ids, interventions, request)
         result["graph_id"] = graph_id
+        result["warning"] = graph.warning if isinstance(graph, JsonGraph) else None
         result["rows"] = [
             {"nodes": list(r.nodes), "op": r.op, "value": r.value, "positions": r.positions,
              "name": r.name}
@@ -375,6 +443,13 @@ class Steerer:
             "intervention": result.to_dict(max_changes=MAX_CHANGED_FEATURES),
             "generation": None if generation is None else generation.to_dict(),
         }
+
+
+def _source(graph: Any | None) -> str | None:
+    """Which form of the graph the steerer works from: its native bundle or its JSON file."""
+    if graph is None:
+        return None
+    return "json" if isinstance(graph, dict) else "native"
 
 
 class _Slot:

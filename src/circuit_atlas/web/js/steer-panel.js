@@ -197,6 +197,7 @@ export class SteerPanel {
       ),
       this.status === null ? el("div", { class: "empty small" }, "Checking the server…") : null,
       this.status && !this.status.available ? this.unavailableView(this.status.reason || "") : null,
+      this.warningView(),
       el(
         "section",
         { class: "steer-rows", "data-testid": "steer-rows" },
@@ -223,6 +224,15 @@ export class SteerPanel {
       { class: "steer-unavailable", "data-testid": "steer-unavailable" },
       at < 0 ? text : [text.slice(0, at), el("code", {}, text.slice(at))],
     );
+  }
+
+  /** The server's caution for a steerable graph it cannot tie to its model (a loose JSON file
+   *  that does not name the loaded transcoders); the latest result's warning wins. */
+  warningView() {
+    const warning = (this.result && this.result.warning) || (this.status && this.status.available && this.status.warning);
+    if (!warning) return null;
+    const text = warning.charAt(0).toUpperCase() + warning.slice(1);
+    return el("div", { class: "steer-unavailable steer-warning", "data-testid": "steer-warning", role: "note" }, `Warning: ${text}.`);
   }
 
   optionsView() {
