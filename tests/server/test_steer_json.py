@@ -105,6 +105,7 @@ def data_dir(tmp_path_factory, graph, model, full_doc) -> Path:
         "no-scan": {**full_doc, "metadata": {k: v for k, v in full_doc["metadata"].items()
                                              if k != "scan"}},
         "other-tc": _with(full_doc, scan="someone/other-transcoders"),
+        "other-model": _with(full_doc, info={**full_doc["metadata"]["info"], "model": "someone/other-model"}),
         "bad-token-prompt": _edit_token(_without_embeddings(full_doc, {0}), 3, " off"),
         "bad-token-embed": _edit_token(full_doc, 4, " Ohio"),
         "short-prompt": _with(_without_embeddings(full_doc, {0}), prompt=PROMPT.rsplit(" ", 1)[0]),
@@ -201,6 +202,7 @@ def test_unverifiable_identity_steers_with_a_warning(client, graph, full_doc, gr
 
 REFUSED = {
     "other-tc": "transcoders 'someone/other-transcoders' (metadata.scan) but the server holds",
+    "other-model": "model 'someone/other-model' (metadata.info.model) but the server holds",
     "bad-token-prompt": "first difference at position 3: the file has ' off', the tokenizer ' of'",
     "bad-token-embed": "first difference at position 4: the file has ' Ohio', the tokenizer ' Texas'",
     "short-prompt": "first difference at position 5: only the file has ' is'",

@@ -118,7 +118,9 @@ def _metadata(graph: Graph, slug: str, pruned: PrunedGraph, scan: str | None) ->
             "node_threshold": pruned.node_threshold,
             "edge_threshold": pruned.edge_threshold,
         },
-        "info": {"generator": {"name": "circuit-atlas", "version": __version__}},
+        # `model` lets a reader (our explorer's steering) check the model, not just the scan.
+        "info": {"generator": {"name": "circuit-atlas", "version": __version__},
+                 **({"model": graph.model_name} if graph.model_name else {})},
     }
 
 

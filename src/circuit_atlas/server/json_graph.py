@@ -302,6 +302,13 @@ def identity(doc: Mapping[str, Any], model: Any) -> tuple[str | None, bool]:
                 f"the graph's logit nodes sit at layer {layer}, so it has {layer - 1} layers, but "
                 f"the model has {model.n_layers}"
             ), False
+    info = metadata.get("info")
+    recorded_model = info.get("model") if isinstance(info, Mapping) else None
+    if isinstance(recorded_model, str) and recorded_model and not _same_ref(recorded_model, lm.name):
+        return (
+            f"the graph was traced with model {recorded_model!r} (metadata.info.model) but the "
+            f"server holds {lm.name!r}"
+        ), False
     scan = metadata.get("scan")
     listed = metadata.get("transcoder_list")
     if isinstance(scan, str) and scan.startswith("custom-") and isinstance(listed, list) and listed:
