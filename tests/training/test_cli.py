@@ -59,6 +59,11 @@ def test_train_then_eval_transcoders(workspace, capsys):
         assert code == 0
         tables.append(capsys.readouterr().out)
     assert tables[0] == tables[1]  # both formats describe the same transcoders
+    # ... and reading the encoders lazily changes nothing in the metrics
+    assert main(["eval-transcoders", "--model", str(workspace / "model"), "--transcoders",
+                 str(out / fmt), "--corpus", str(workspace / "corpus.jsonl"), "--context-length",
+                 "16", "--windows", "8", "--quiet", "--lazy-encoder"]) == 0
+    assert capsys.readouterr().out == tables[-1]
     assert "layer" in tables[0] and "loss recovered" in tables[0]
 
     # re-running the finished command resumes at step 30 and trains no further

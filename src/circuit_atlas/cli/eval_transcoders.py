@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from circuit_atlas.cli.common import check_at_least, check_output_file, resolve_device
+from circuit_atlas.cli.common import (add_lazy_encoder_argument, check_at_least, check_output_file,
+                                      resolve_device)
 from circuit_atlas.errors import CircuitAtlasError
 
 DEFAULT_CONTEXT_LENGTH = 128
@@ -39,6 +40,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cpu, cuda, … (default: cuda if available)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
+    add_lazy_encoder_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_eval)
     return parser
@@ -93,7 +95,7 @@ def run_eval(args) -> int:
     report = run_eval_job(args.model, args.transcoders, args.corpus, text_field=args.text_field,
                           context_length=length, windows=args.windows,
                           batch_size=args.batch_size, device=device, dtype=args.dtype,
-                          progress=not args.quiet)
+                          progress=not args.quiet, lazy_encoder=args.lazy_encoder)
     print(report.table())
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -194,7 +194,7 @@ def held_out_batches(lm, corpus: Corpus, context_length: int, max_windows: int,
 def run_eval_job(model: str, transcoders: str, corpus: str, *, text_field: str = "text",
                  context_length: int = 128, windows: int = 64, batch_size: int = 8,
                  device: str | None = None, dtype: str | None = None,
-                 progress: bool = True) -> EvalReport:
+                 progress: bool = True, lazy_encoder: bool = False) -> EvalReport:
     """Evaluate any transcoder set (hub id or directory) on a corpus."""
     from circuit_atlas.models import load_language_model
     from circuit_atlas.transcoders import load_transcoders
@@ -204,7 +204,7 @@ def run_eval_job(model: str, transcoders: str, corpus: str, *, text_field: str =
         if value <= 0:
             raise TrainingConfigError(f"{name} must be a positive integer, got {value}")
     lm = load_language_model(model, device=device, dtype=dtype)
-    tc = load_transcoders(transcoders, device=lm.device, dtype=lm.dtype)
+    tc = load_transcoders(transcoders, device=lm.device, dtype=lm.dtype, lazy_encoder=lazy_encoder)
     batches = held_out_batches(lm, open_corpus(corpus, text_field=text_field), context_length,
                                windows, batch_size)
     if not batches:
