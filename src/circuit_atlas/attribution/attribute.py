@@ -187,9 +187,13 @@ def _feature_rows(model, computer, sources, buffer, row_nodes, logit_targets, n_
         row_nodes[n_logits:] = order
         _rows_for(model, computer, sources, order, batch_size, buffer[n_logits:], bar)
         return
+    # Layer of every node in [columns | logits]; errors and tokens never own a row.
+    node_layers = torch.full((sources.n_columns + n_logits,), model.n_layers, dtype=torch.long)
+    node_layers[:n_active] = sources.active_features[:, 0]
     filled = n_logits
     while filled < n_logits + n_selected:
-        influence = partial_influence(buffer[:filled], row_nodes[:filled], logit_targets.probabilities, sources.n_columns)
+        influence = partial_influence(buffer[:filled], row_nodes[:filled], logit_targets.probabilities,
+                                      sources.n_columns, node_layers[row_nodes[:filled]])
         count = min(update_interval * batch_size, n_logits + n_selected - filled)
         chosen = next_features(influence, n_active, row_nodes[n_logits:filled], count)
         row_nodes[filled : filled + count] = chosen

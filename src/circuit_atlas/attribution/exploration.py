@@ -10,40 +10,44 @@ from __future__ import annotations
 
 import torch
 
-from circuit_atlas.errors import AttributionError
-
-MAX_PARTIAL_INFLUENCE_STEPS = 128
 ROW_BLOCK = 1024  # rows made absolute at a time
 
 
 def partial_influence(
-    rows: torch.Tensor, row_nodes: torch.Tensor, logit_weights: torch.Tensor, n_columns: int
+    rows: torch.Tensor, row_nodes: torch.Tensor, logit_weights: torch.Tensor, n_columns: int,
+    row_layers: torch.Tensor,
 ) -> torch.Tensor:
     """Influence on the targets of every source column, through the rows computed so far.
 
     `rows` is `[R, n_columns]`; `row_nodes[r]` is the node that row `r` belongs to, as an index
-    into the node space `[columns | logits]`; `logit_weights` weights the logit nodes.
-    Rows are normalised to absolute sums of 1; rather than building that normalised copy, each
-    step scales the weights by 1/rowsum and multiplies with `|rows|` a block at a time, so the
-    extra memory is one block, not a second row buffer.
+    into the node space `[columns | logits]`; `logit_weights` weights the logit nodes;
+    `row_layers[r]` is the layer of row `r`'s node (logit rows above the last layer).
+
+    Influence is `Σ_r w(r) · |A[r, c]| / Σ_c' |A[r, c']|`, where `w(r)` is the logit weight of a
+    logit row and the influence of its feature otherwise. Edges only run from lower layers to
+    higher ones, so one sweep over the rows from the top layer down finishes every row's weight
+    before its row is read: each row is made absolute once per call (an iteration to a fixed
+    point would read the whole buffer once per layer of depth). No normalised copy of the buffer
+    is built: a block of rows at a time is made absolute, summed and multiplied.
     """
-    row_sums = torch.cat([block.abs().sum(dim=1) for block in rows.split(ROW_BLOCK)]).clamp_min(1e-8)
     weight = torch.zeros(n_columns + logit_weights.shape[0], dtype=rows.dtype, device=rows.device)
     weight[n_columns:] = logit_weights.to(rows.dtype)
     influence = torch.zeros(n_columns, dtype=rows.dtype, device=rows.device)
-    for _ in range(MAX_PARTIAL_INFLUENCE_STEPS):
-        scaled = weight[row_nodes] / row_sums
+    layers = row_layers.to(rows.device)
+    for layer in torch.unique(layers).flip(0).tolist():  # top (logits) first
+        members = torch.nonzero(layers == layer).flatten()
         flow = torch.zeros(n_columns, dtype=rows.dtype, device=rows.device)
-        for start in range(0, rows.shape[0], ROW_BLOCK):
-            block_weights = scaled[start : start + ROW_BLOCK]
-            if block_weights.any():
-                flow += block_weights @ rows[start : start + ROW_BLOCK].abs()
-        if not flow.any():
-            return influence
+        for start in range(0, members.numel(), ROW_BLOCK):
+            chunk = members[start : start + ROW_BLOCK]
+            scaled = weight[row_nodes[chunk]]
+            if not bool(scaled.any()):
+                continue
+            block = rows[chunk].abs_()  # a gathered copy, made absolute in place
+            scaled = scaled / block.sum(dim=1).clamp_min(1e-8)
+            flow += scaled @ block
         influence += flow
-        weight = torch.zeros_like(weight)
-        weight[:n_columns] = flow
-    raise AttributionError("influence did not converge: the rows computed so far contain a cycle")
+        weight[:n_columns] += flow  # only lower layers' nodes receive it: none is read yet
+    return influence
 
 
 def next_features(
