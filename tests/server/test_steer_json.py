@@ -70,6 +70,30 @@ def _with_feature_node(doc: dict, layer: int, feature: int, pos: int) -> dict:
     return doc
 
 
+def _crafted(full_doc: dict) -> dict[str, dict]:
+    """Files written to break the reader: odd digits, huge numbers, a huge prompt."""
+    def feature_layer(value):
+        doc = copy.deepcopy(full_doc)
+        next(n for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder")["layer"] = value
+        return doc
+
+    def embedding_id(node_id):
+        doc = copy.deepcopy(full_doc)
+        next(n for n in doc["nodes"] if n["feature_type"] == "embedding")["node_id"] = node_id
+        return doc
+
+    huge_prompt = _without_embeddings(full_doc, {0})
+    huge_prompt["metadata"]["prompt"] = "the " * 200_000
+    return {
+        "crafted-superscript-layer": feature_layer("²"),
+        "crafted-superscript-schema": _with(full_doc, schema_version="¹"),
+        "crafted-huge-token": embedding_id("E_9999999999999999999999999_1"),
+        "crafted-long-digits": embedding_id("E_" + "9" * 4400 + "_1"),
+        "crafted-newline-id": embedding_id("E_5_1\n"),
+        "crafted-huge-prompt": huge_prompt,
+    }
+
+
 def _edit_token(doc: dict, pos: int, text: str) -> dict:
     doc = copy.deepcopy(doc)
     doc["metadata"]["prompt_tokens"][pos] = text
@@ -114,6 +138,7 @@ def data_dir(tmp_path_factory, graph, model, full_doc) -> Path:
         "layer-range": _with_feature_node(full_doc, 2, 0, n - 1),
         "too-long": _with(full_doc, prompt_tokens=long_tokens),
         "logit-layer": logits_moved,
+        **_crafted(full_doc),
     }
     for slug, doc in docs.items():
         doc = _with(doc, slug=slug)
@@ -211,6 +236,8 @@ REFUSED = {
     "layer-range": "feature node '2_0_5' is at layer 2, but the loaded transcoders have 2 layers",
     "too-long": "the prompt has 66 tokens, more than model 'tiny-llama' accepts (64 positions)",
     "logit-layer": "so it has 5 layers, but the model has 2",
+    "crafted-superscript-layer": "has layer='²', but its id says",
+    "crafted-huge-prompt": "800,000 characters for",
 }
 
 
@@ -256,3 +283,34 @@ def test_a_changed_file_is_checked_again(data_dir, model, graph, full_doc) -> No
     path.write_text(json.dumps(bad) + " ", encoding="utf-8")  # new size: a new file stamp
     status = client.get("/api/graphs/editable/steer").json()
     assert status["available"] is False and "position 4" in status["reason"]
+
+
+@pytest.mark.parametrize("graph_id", ["crafted-superscript-schema", "crafted-huge-token",
+                                      "crafted-long-digits", "crafted-newline-id"])
+def test_crafted_files_are_refused_never_a_server_error(client, graph, full_doc, graph_id) -> None:
+    """Whichever layer notices (the graph reader: 422, or the steerer: 409), never a 500."""
+    status = client.get(f"/api/graphs/{graph_id}/steer")
+    assert status.status_code in (200, 422), status.text
+    body = {"interventions": [{"nodes": [_feature_nodes(graph, full_doc)[0]], "op": "ablate"}]}
+    response = _steer(client, graph_id, body)
+    assert response.status_code in (200, 409, 422), response.text
+    if status.status_code == 200 and status.json()["available"]:
+        assert response.status_code == 200  # an unreadable schema_version only skips a check
+    else:
+        assert response.status_code != 200 and response.json()["detail"]
+
+
+def test_tokens_shown_as_whitespace_symbols_match_raw_whitespace() -> None:
+    """circuit-tracer writes a newline token as "⏎" (tab "→", carriage return "↵")."""
+    assert first_difference(["a", "\n", "\t"], ["a", "⏎", "→"]) is None
+    assert "position 1" in first_difference(["a", "\n"], ["a", "→"])
+
+
+def test_a_copy_of_the_model_elsewhere_is_steered_with_the_warning(data_dir, model, full_doc) -> None:
+    """metadata.info.model naming the same model under another folder is unverified, not foreign."""
+    doc = _with(full_doc, slug="model-copy", scan=None,
+                info={"model": f"/elsewhere/{model.lm.name}"})
+    (data_dir / "model-copy.json").write_text(json.dumps(doc), encoding="utf-8")
+    client = TestClient(create_app(data_dir, model=model))
+    status = client.get("/api/graphs/model-copy/steer").json()
+    assert status["available"] is True and status["warning"] == UNVERIFIED_WARNING

@@ -38,8 +38,13 @@ UNVERIFIED_WARNING = (
     "this graph was not traced by this server's model and transcoders as far as the file says; "
     "feature indices are assumed to refer to the loaded transcoders"
 )
-_FEATURE_ID = re.compile(r"^(\d+)_(\d+)_(\d+)$")
-_EMBEDDING_ID = re.compile(r"^E_(\d+)_(\d+)$")
+# ASCII digits only, at most 12 of them: ids are read from files anyone can drop in the data folder.
+_NUMBER = r"([0-9]{1,12})"
+_FEATURE_ID = re.compile(rf"{_NUMBER}_{_NUMBER}_{_NUMBER}")
+_EMBEDDING_ID = re.compile(rf"E_{_NUMBER}_{_NUMBER}")
+_LARGEST = 10**12
+# Graph JSON writers show these characters for newline, tab and carriage return in prompt_tokens.
+_SHOWN_WHITESPACE = str.maketrans({"⏎": "\n", "→": "\t", "↵": "\r"})
 
 
 class JsonGraphRefused(CircuitAtlasError):
@@ -80,8 +85,8 @@ def _int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
+        return value if abs(value) < _LARGEST else None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
         return int(value)
     return None
 
@@ -94,7 +99,7 @@ def feature_coords(node: Mapping[str, Any]) -> tuple[int, int, int]:
     must agree with it, so a hand-edited or foreign node is refused rather than misread.
     """
     node_id = node["node_id"]
-    match = _FEATURE_ID.match(node_id)
+    match = _FEATURE_ID.fullmatch(node_id) if isinstance(node_id, str) else None
     if match is None:
         raise JsonGraphRefused(
             f"feature node {node_id!r} does not have the id form "
@@ -151,7 +156,8 @@ def classify_nodes(
 
 def _embedding(node: Mapping[str, Any]) -> tuple[int, int]:
     """(token id, position) of an embedding node ``E_{token}_{pos}``."""
-    match = _EMBEDDING_ID.match(node["node_id"])
+    node_id = node["node_id"]
+    match = _EMBEDDING_ID.fullmatch(node_id) if isinstance(node_id, str) else None
     if match is None:
         raise JsonGraphRefused(
             f"embedding node {node['node_id']!r} does not have the id form "
@@ -178,6 +184,8 @@ def prompt_tokens(metadata: Mapping[str, Any]) -> list[str]:
 
 
 def _same_token(ours: str, theirs: str) -> bool:
+    """Equal up to a leading space, and up to the symbols writers show whitespace as."""
+    ours, theirs = ours.translate(_SHOWN_WHITESPACE), theirs.translate(_SHOWN_WHITESPACE)
     return ours == theirs or ours.lstrip(" ") == theirs.lstrip(" ")
 
 
@@ -213,8 +221,8 @@ def recover_input_ids(
             "metadata.prompt_tokens"
         )
     if len(embeddings) == n:
+        _check_vocabulary([embeddings[p] for p in range(n)], lm)
         ids = torch.tensor([embeddings[p] for p in range(n)], dtype=torch.long)
-        _check_vocabulary(ids, lm)
         why = first_difference(lm.token_strings(ids), tokens)
         if why is not None:
             raise JsonGraphRefused(
@@ -225,11 +233,11 @@ def recover_input_ids(
     return _ids_from_prompt(metadata, tokens, lm, embeddings), "prompt"
 
 
-def _check_vocabulary(ids: Any, lm: Any) -> None:
-    bad = ids[(ids < 0) | (ids >= lm.vocab_size)]
-    if bad.numel():
+def _check_vocabulary(ids: Sequence[int], lm: Any) -> None:
+    bad = [i for i in ids if not 0 <= i < lm.vocab_size]
+    if bad:
         raise JsonGraphRefused(
-            f"embedding node token id {int(bad[0])} is outside the vocabulary [0, {lm.vocab_size}) "
+            f"embedding node token id {bad[0]} is outside the vocabulary [0, {lm.vocab_size}) "
             f"of model {lm.name!r}"
         )
 
@@ -245,6 +253,9 @@ def _ids_from_prompt(
     prompt = metadata.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise JsonGraphRefused(f"{context}, which is missing")
+    if len(prompt) > 256 * len(tokens) + 1024:  # no token is that long: refuse before tokenising
+        raise JsonGraphRefused(
+            f"{context}, but it has {len(prompt):,} characters for {len(tokens)} tokens")
     try:
         ids = lm.tokenize(prompt).cpu()
     except CircuitAtlasError as exc:
@@ -304,7 +315,8 @@ def identity(doc: Mapping[str, Any], model: Any) -> tuple[str | None, bool]:
             ), False
     info = metadata.get("info")
     recorded_model = info.get("model") if isinstance(info, Mapping) else None
-    if isinstance(recorded_model, str) and recorded_model and not _same_ref(recorded_model, lm.name):
+    if (isinstance(recorded_model, str) and recorded_model and not _same_ref(recorded_model, lm.name)
+            and _last_part(recorded_model) != _last_part(lm.name)):  # a copy elsewhere: unverified
         return (
             f"the graph was traced with model {recorded_model!r} (metadata.info.model) but the "
             f"server holds {lm.name!r}"

@@ -50,6 +50,7 @@ MAX_ABS_VALUE = 1e6
 MAX_TEMPERATURE = 100.0
 MAX_CHANGED_FEATURES = 20
 MAX_CACHED_JSON = 4
+BUSY_WAIT_S = 2.0  # how long a status request waits for the model lock to check a JSON graph
 POSITIONS = ("node", "all", "from_node")
 OPS = ("ablate", "scale", "set")
 MODES = ("free", "constrained")
@@ -256,9 +257,14 @@ def _same_ref(a: Any, b: Any) -> bool:
         return True
     if not (isinstance(a, str) and isinstance(b, str)):
         return False
+    if a.startswith(("//", "\\\\")):
+        return False  # a network path named by a file: never touch it
     try:
-        pa, pb = Path(a).expanduser(), Path(b).expanduser()
-        return pa.exists() and pb.exists() and os.path.samefile(pa, pb)
+        pb = Path(b).expanduser()
+        if not pb.exists():  # the server's own reference first: stat a's path only if b is local
+            return False
+        pa = Path(a).expanduser()
+        return pa.exists() and os.path.samefile(pa, pb)
     except (OSError, ValueError):
         return False
 
@@ -354,8 +360,12 @@ class Steerer:
     def refusal(self, graph: Any | None, graph_id: str) -> str | None:
         return self.resolve(graph, graph_id)[1]
 
-    def resolve(self, graph: Any | None, graph_id: str) -> tuple[Any | None, str | None]:
-        """(what to steer: the native graph or a `JsonGraph`; None, or why it cannot be steered)."""
+    def resolve(self, graph: Any | None, graph_id: str, *,
+                wait: bool = False) -> tuple[Any | None, str | None]:
+        """(what to steer: the native graph or a `JsonGraph`; None, or why it cannot be steered).
+
+        Checking a JSON graph the first time tokenises under the model lock; a status request
+        (`wait=False`) does not queue behind a running steer for it but says the model is busy."""
         if self.model is None:
             return None, f"steering needs a model, and the server holds none; {START_HINT}"
         if graph is None:
@@ -364,7 +374,7 @@ class Steerer:
                 "(its token ids and feature coordinates), as written by `circuit-atlas trace`"
             )
         if isinstance(graph, dict):
-            adapted = self._adapt_json(graph, graph_id)
+            adapted = self._adapt_json(graph, graph_id, wait=wait)
             if isinstance(adapted, JsonGraphRefused):
                 return None, (
                     f"graph {graph_id!r} (a JSON file) cannot be steered: {adapted}; {START_HINT}"
@@ -375,7 +385,7 @@ class Steerer:
             return None, f"graph {graph_id!r} cannot be steered: {why}; {START_HINT}"
         return graph, None
 
-    def _adapt_json(self, doc: dict, graph_id: str) -> JsonGraph | JsonGraphRefused:
+    def _adapt_json(self, doc: dict, graph_id: str, *, wait: bool) -> JsonGraph | JsonGraphRefused:
         """`json_graph.adapt`, cached per graph id while the explorer hands out the same document
         (it rebuilds the document when the file changes)."""
         with self._cache_lock:
@@ -385,11 +395,18 @@ class Steerer:
                 return cached[1]
         # Under the model lock: tokenising while a steering run decodes tokens on another thread
         # can trip the fast tokenizer's "Already borrowed" guard.
-        with self._lock:
-            try:
-                adapted: JsonGraph | JsonGraphRefused = adapt(doc, self.model)
-            except JsonGraphRefused as exc:
-                adapted = exc
+        if not self._lock.acquire(timeout=-1 if wait else BUSY_WAIT_S):
+            return JsonGraphRefused("the model is busy with another steering run; this graph is "
+                                    "checked when it is free (try again in a moment)")  # not cached
+        try:
+            adapted: JsonGraph | JsonGraphRefused = adapt(doc, self.model)
+        except JsonGraphRefused as exc:
+            adapted = exc
+        except (ValueError, TypeError, KeyError, OverflowError, RuntimeError) as exc:
+            # a malformed file must be a refusal with a reason, never a server error
+            adapted = JsonGraphRefused(f"the file is not a readable graph-JSON document ({exc})")
+        finally:
+            self._lock.release()
         with self._cache_lock:
             self._json[graph_id] = (doc, adapted)
             while len(self._json) > MAX_CACHED_JSON:  # documents can be large: keep only a few
@@ -400,14 +417,14 @@ class Steerer:
         """Validate ``body`` against ``graph`` and run it (blocking; call from a worker thread).
 
         ``graph`` is the native `Graph` or, for a JSON-only graph, its graph-JSON document."""
-        graph, reason = self.resolve(graph, graph_id)
-        if reason is not None:
-            raise SteerUnavailable(reason)
         request = parse_request(body)
-        interventions = []
-        for i, row in enumerate(request.rows):
-            interventions.extend(row_interventions(graph, row, f"interventions[{i}]"))
-        with _Slot(self):
+        with _Slot(self):  # counted before anything waits on the model lock
+            graph, reason = self.resolve(graph, graph_id, wait=True)
+            if reason is not None:
+                raise SteerUnavailable(reason)
+            interventions = []
+            for i, row in enumerate(request.rows):
+                interventions.extend(row_interventions(graph, row, f"interventions[{i}]"))
             start = time.perf_counter()
             with self._lock:
                 waited = time.perf_counter() - start
