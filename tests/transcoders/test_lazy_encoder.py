@@ -187,6 +187,24 @@ def test_nan_encoder_row_reported_by_file_and_tensor(written, tmp_path):
         load_transcoders(tmp_path)
 
 
+def test_values_that_overflow_the_requested_dtype_are_refused_lazily_too(written, tmp_path):
+    """1e6 is finite in the float32 file but inf in float16: the eager load refuses it, so the
+    lazy reads must too (they check after the cast)."""
+    _, source = written["native-plt"]
+    source.save_native(tmp_path)
+    tensors = load_file(str(tmp_path / "encoder_1.safetensors"))
+    tensors["W_enc"] = tensors["W_enc"].clone()
+    tensors["W_enc"][5, 0] = 1e6
+    save_file(tensors, str(tmp_path / "encoder_1.safetensors"))
+    with pytest.raises(TranscoderFormatError):
+        load_transcoders(tmp_path, dtype=torch.float16)
+    lazy = load_transcoders(tmp_path, dtype=torch.float16, lazy_encoder=True)
+    with pytest.raises(TranscoderFormatError, match="feature 5"):
+        lazy.encoder_rows(1, [5])
+    with pytest.raises(TranscoderFormatError, match="feature 5"):
+        lazy.pre_activation(1, torch.ones(D, dtype=torch.float16))
+
+
 def test_nan_in_transposed_gemmascope2_encoder_names_the_feature(make_gemmascope2):
     root, _ = make_gemmascope2("plt", L=2, d=5, F=8, skip=False)
     _corrupt(root / "params_layer_0.safetensors", "w_enc", row=2, column=6)  # [d, F]: feature 6
@@ -255,3 +273,35 @@ def test_serve_passes_lazy_encoder_to_load(monkeypatch):
     monkeypatch.setattr(circuit_atlas, "load", lambda *a, **kw: seen.update(kw) or "model")
     assert serve.load_steering_model("m", "t", "cpu", None, True) == "model"
     assert seen["lazy_encoder"] is True
+
+
+@pytest.mark.parametrize("name", list(SETS))
+def test_encode_entries_reads_rows_and_equals_full_encoding(written, name, monkeypatch):
+    """Interventions read a few activations per layer: for lazy ReLU / JumpReLU sets that must
+    not read the whole encoder, and must equal the full `encode` at those entries."""
+    directory, source = written[name]
+    lazy = load_transcoders(directory, lazy_encoder=True)
+    x = torch.randn(7, D, generator=torch.Generator().manual_seed(3))
+    positions, features = torch.tensor([0, 3, 3, 6]), torch.tensor([5, 1, 40, 5])
+    for layer in range(L):
+        expected = source.encode(layer, x)[positions, features]
+        torch.testing.assert_close(source.encode_entries(layer, x, positions, features), expected,
+                                   rtol=0, atol=0)  # eager: the full encode itself
+        monkeypatch.setattr(MappedEncoder, "weight", lambda self: pytest.fail("read a whole layer"))
+        torch.testing.assert_close(lazy.encode_entries(layer, x, positions, features), expected)
+        monkeypatch.undo()
+    assert bool((source.encode(0, x)[positions, features] > 0).any())  # not all inactive
+
+
+def test_saving_into_a_folder_of_symlinked_weights_is_refused(written, tmp_path):
+    """A hub snapshot folder holds symlinks into blobs/: writing there would replace the files the
+    lazy set reads, so it is refused like writing into the blobs folder itself."""
+    directory, _ = written["native-plt"]
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    for file in directory.iterdir():
+        (snapshot / file.name).symlink_to(file)
+    lazy = load_transcoders(snapshot, lazy_encoder=True)
+    with pytest.raises(TranscoderFormatError, match="reads its weights lazily"):
+        lazy.save_native(snapshot)
+    assert all(p.is_symlink() for p in snapshot.iterdir())

@@ -112,10 +112,9 @@ class ClampPlan:
         """Activations the deltas are taken from (post-activation, zeroed positions 0)."""
         if self.held is not None:
             return self.held.clean_values(layer, local + self.offset, features).to(x.device)
-        acts = self.tc.encode(layer, x)
-        absolute = torch.arange(self.offset, self.offset + x.shape[0], device=acts.device)
-        acts = acts.masked_fill((absolute < self.n_zeroed)[:, None], 0)
-        return acts[local.to(acts.device), features.to(acts.device)]
+        acts = self.tc.encode_entries(layer, x, local, features)
+        zeroed = (local.to(acts.device) + self.offset) < self.n_zeroed
+        return acts.masked_fill(zeroed, 0)
 
     def _queue(self, layer: int, x: torch.Tensor) -> None:
         # Entries are built on the CPU; index and scale on the device the activations live on.

@@ -240,6 +240,27 @@ class Transcoders:
         """Dense feature activations `[..., F]`; zeroing special positions is the caller's job."""
         return self.activate(layer, self.pre_activation(layer, x))
 
+    def encode_entries(self, layer: int, x: torch.Tensor, positions: torch.Tensor,
+                       features: torch.Tensor) -> torch.Tensor:
+        """Activations `[n]` of the (position, feature) pairs, for `x` `[P, d]` of `layer`.
+
+        Why: interventions need a handful of activations per layer and generated token. With lazy
+        encoders a full `encode` reads the whole layer each time, while ReLU and JumpReLU act
+        feature by feature, so reading those encoder rows suffices (equal up to float rounding).
+        Eager sets (and TopK, which compares all features of a position) encode the positions in
+        full, so values match `encode` bit for bit.
+        """
+        layer = self._layer(layer)
+        positions, features = positions.to(x.device), self._features(features).to(self.device)
+        if self.activation_name == "topk" or not self.lazy_encoder:
+            acts = self.encode(layer, x)[positions]
+            return acts[torch.arange(positions.numel(), device=acts.device), features.to(acts.device)]
+        rows = self.encoder_rows(layer, features)
+        h = (x[positions].to(self.dtype) * rows).sum(-1) + self._b_enc[layer][features]
+        threshold = self.threshold(layer)
+        return apply_activation(self.activation_name, h,
+                                None if threshold is None else threshold[features], self.k)
+
     def encoder_rows(self, layer: int, features: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """Encoder vectors `[n, d]` of the given features of `layer` (lazy sets read only these rows)."""
         layer = self._layer(layer)
@@ -382,7 +403,11 @@ class Transcoders:
         """Refuse to write into the directory a lazy set reads from: it would clobber its source."""
         target = os.path.realpath(directory)
         for path in self.mapped_files():
-            if os.path.dirname(os.path.realpath(path)) == target:
+            # Both the folder the file is named in and the one it resolves to: hub snapshots
+            # hold symlinks into a blobs/ folder, and writing the snapshot would replace them.
+            folders = {os.path.realpath(os.path.dirname(os.path.abspath(path))),
+                       os.path.dirname(os.path.realpath(path))}
+            if target in folders:
                 raise TranscoderFormatError(
                     f"cannot save into {directory}: this set reads its weights lazily from {path}; "
                     "save to another directory"

@@ -144,10 +144,14 @@ class MappedEncoder:
         return raw.T.contiguous() if self.transposed else raw
 
     def weight(self) -> torch.Tensor:
-        """A fresh `[F, d]` tensor read from the file (writing into it changes nothing)."""
-        raw = self._as_rows(self.file.read(self.key))
-        self._check_finite(raw)
-        return raw.to(device=self._device, dtype=self._dtype)
+        """A fresh `[F, d]` tensor read from the file (writing into it changes nothing).
+
+        Moved and cast before the (GemmaScope-2) transpose, which then runs on the device, and
+        checked after the cast: a value finite in the file can overflow a smaller dtype."""
+        raw = self.file.read(self.key).to(device=self._device, dtype=self._dtype)
+        out = self._as_rows(raw)
+        self._check_finite(out)
+        return out
 
     def rows(self, features: torch.Tensor) -> torch.Tensor:
         idx = features.detach().to("cpu", torch.int64).numpy()
@@ -155,8 +159,9 @@ class MappedEncoder:
         raw = self._as_rows(self.file.read_index(self.key, self._index(idx[order])))
         out = torch.empty_like(raw)
         out[torch.from_numpy(order)] = raw
-        self._check_finite(out, idx)
-        return out.to(device=self._device, dtype=self._dtype)
+        out = out.to(device=self._device, dtype=self._dtype)
+        self._check_finite(out, idx)  # after the cast, as in `weight`
+        return out
 
     def _check_finite(self, rows: torch.Tensor, idx: np.ndarray | None = None, start: int = 0) -> None:
         """Lazy encoders skip the load-time scan, so each read is checked instead.
