@@ -241,9 +241,13 @@ def _keep_selected(rows, row_nodes, sources, n_logits):
     row_order = torch.cat([order + n_logits, torch.arange(n_logits)])
     keep_columns = torch.cat([selected, torch.arange(sources.n_active, sources.n_columns)])
     adjacency = torch.empty(row_order.numel(), keep_columns.numel())
-    for start in range(0, row_order.numel(), ASSEMBLY_CHUNK):
-        chunk = row_order[start : start + ASSEMBLY_CHUNK]
-        adjacency[start : start + chunk.numel()] = rows[chunk][:, keep_columns]
+    destination = torch.empty_like(row_order)
+    destination[row_order] = torch.arange(row_order.numel())  # buffer row j -> adjacency row
+    for start in range(0, rows.shape[0], ASSEMBLY_CHUNK):
+        # Columns of a contiguous block of buffer rows, then whole rows into place: gathering
+        # permuted rows first and then columns (advanced indexing) was the slow way round.
+        block = rows[start : start + ASSEMBLY_CHUNK].index_select(1, keep_columns)
+        adjacency.index_copy_(0, destination[start : start + block.shape[0]], block)
     return adjacency, selected
 
 

@@ -95,7 +95,9 @@ def apply_pattern(pattern: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         return torch.matmul(pattern, value)
     batch, heads, keys, width = value.shape
     folded = value.permute(1, 2, 0, 3).reshape(heads, keys, batch * width)
-    out = torch.stack([pattern[0, head] @ folded[head] for head in range(heads)])
+    # unbind, not folded[head]: each indexing's backward would allocate and add a zero tensor of
+    # the whole `folded` (H of them); unbind's backward stacks the H gradients once.
+    out = torch.stack([pattern[0, head] @ part for head, part in enumerate(folded.unbind(0))])
     return out.reshape(heads, -1, batch, width).permute(2, 0, 1, 3)
 
 
