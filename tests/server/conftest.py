@@ -8,9 +8,22 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+import circuit_atlas
 from circuit_atlas.graph import random_graph, to_graph_json
+from circuit_atlas.models.tiny import tiny_language_model
 from circuit_atlas.server.app import create_app
 from circuit_atlas.server.bundle import write_graph_bundle
+from circuit_atlas.transcoders.random import random_transcoders
+
+STEER_PROMPT = "the capital of Texas is"
+
+
+def steering_model():
+    """The tiny traced model the steering tests share (2-layer Llama, 32-feature CLT)."""
+    lm = tiny_language_model("llama", seed=3, n_layers=2, d_model=32)
+    tc = random_transcoders("clt", n_layers=2, d_model=32, n_features=32, seed=5,
+                            input_hook="hook_resid_mid", output_hook="hook_mlp_out")
+    return circuit_atlas.load(lm, tc)
 
 
 @pytest.fixture(scope="module")

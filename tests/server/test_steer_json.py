@@ -17,21 +17,18 @@ from fastapi.testclient import TestClient
 import circuit_atlas
 from circuit_atlas.graph import to_graph_json, write_graph_json
 from circuit_atlas.graph.export import cantor_pair
-from circuit_atlas.models.tiny import tiny_language_model
 from circuit_atlas.server import write_graph_bundle
 from circuit_atlas.server.app import create_app
 from circuit_atlas.server.json_graph import UNVERIFIED_WARNING, first_difference
-from circuit_atlas.transcoders.random import random_transcoders
 
-PROMPT = "the capital of Texas is"
+from .conftest import STEER_PROMPT, steering_model
+
+PROMPT = STEER_PROMPT
 
 
 @pytest.fixture(scope="module")
 def model():
-    lm = tiny_language_model("llama", seed=3, n_layers=2, d_model=32)
-    tc = random_transcoders("clt", n_layers=2, d_model=32, n_features=32, seed=5,
-                            input_hook="hook_resid_mid", output_hook="hook_mlp_out")
-    return circuit_atlas.load(lm, tc)
+    return steering_model()
 
 
 @pytest.fixture(scope="module")
