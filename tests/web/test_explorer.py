@@ -85,6 +85,8 @@ def test_pin_group_rename_and_reload(page, site, shot) -> None:
     name = page.locator("[data-testid=supernode-name]")
     name.wait_for()
     name.fill("Texas capital")
+    # A redraw landing mid-edit (a save's response, a pin change) must keep what was typed.
+    page.evaluate("window.__atlas.redraw()")
     name.press("Enter")
     page.wait_for_function(
         "() => document.querySelector('[data-testid=supernode-item] text').textContent.includes('Texas capital')"

@@ -318,7 +318,18 @@ export class SubgraphPane {
   }
 
   drawGroups() {
+    // A redraw (a save landing, a pin change) must not throw away a name being typed: carry the
+    // focused input's text, focus and selection over to its replacement.
+    const active = this.groups.querySelector("input[data-supernode-id]:focus");
+    const editing = active && {
+      sid: active.dataset.supernodeId,
+      value: active.value,
+      start: active.selectionStart,
+      end: active.selectionEnd,
+    };
+    this.replacingGroups = true; // removing a focused input may fire blur: that is no commit
     clear(this.groups);
+    this.replacingGroups = false;
     if (!this.app.state.supernodes.size) {
       this.groups.append(el("div", { class: "empty small" }, "No supernodes yet."));
       return;
@@ -332,6 +343,7 @@ export class SubgraphPane {
         placeholder: "supernode name",
       });
       const commit = () => {
+        if (this.replacingGroups) return;
         const name = input.value.trim();
         if (name !== sn.name) this.app.saveSupernode(sid, { name, members: sn.members });
       };
@@ -339,6 +351,13 @@ export class SubgraphPane {
         if (e.key === "Enter") input.blur();
       });
       input.addEventListener("blur", commit);
+      if (editing && editing.sid === sid) {
+        input.value = editing.value;
+        queueMicrotask(() => {
+          input.focus();
+          input.setSelectionRange(editing.start, editing.end);
+        });
+      }
       this.groups.append(
         el(
           "div",
