@@ -30,8 +30,9 @@ def add_lazy_encoder_argument(parser: argparse.ArgumentParser | argparse._Argume
     """--lazy-encoder, for commands that declare --transcoders themselves."""
     parser.add_argument(
         "--lazy-encoder", action="store_true",
-        help="keep transcoder encoders on disk and read one layer at a time (slower; for sets "
-             "whose encoders do not fit the device)",
+        help="keep transcoder encoders on disk and read one layer at a time (for sets whose "
+             "encoders do not fit the device; every forward pass reads all of them again, which "
+             "is fine for tracing and steering but slow over a whole corpus)",
     )
 
 
