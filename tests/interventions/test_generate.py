@@ -15,7 +15,7 @@ import torch
 
 import circuit_atlas
 from circuit_atlas.errors import InterventionError
-from circuit_atlas.interventions import Intervention, generate
+from circuit_atlas.interventions import Intervention, generate, intervene
 from circuit_atlas.interventions.generate import sample_token
 from circuit_atlas.models.tiny import tiny_language_model
 from circuit_atlas.transcoders import Transcoders
@@ -202,3 +202,12 @@ def test_cached_clt_steering_matches_recomputation_with_sliding_window() -> None
                       stop_at_eos=False)
     assert result.steered.token_ids == seq[len(ids):].tolist()
     assert result.steered.token_ids != result.default.token_ids
+
+
+def test_results_print_readably(steering_model) -> None:
+    """Printing a result in a notebook shows its text and top tokens, not pages of logits."""
+    model, _ = steering_model
+    steered = generate(model, PROMPT, [], 4)
+    assert "text=" in repr(steered) and "tensor([[" not in repr(steered) and len(repr(steered)) < 2000
+    result = intervene(model, PROMPT, [])
+    assert "top_after=" in repr(result) and len(repr(result)) < 5000

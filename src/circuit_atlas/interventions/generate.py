@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,7 +30,7 @@ class Continuation:
     token_ids: list[int]
     text: str
     full_text: str
-    logits: torch.Tensor
+    logits: torch.Tensor = field(repr=False)  # [n_new, V]: too large to print
 
 
 @dataclass

@@ -86,18 +86,18 @@ class InterventionResult:
     mode: str
     constrained_layers: tuple[int, ...] | None
     freeze_attention: bool
-    logits: torch.Tensor
-    clean_logits: torch.Tensor
+    logits: torch.Tensor = field(repr=False)
+    clean_logits: torch.Tensor = field(repr=False)
     top_before: list[TokenProb]
     top_after: list[TokenProb]
-    applied: list[Applied]
-    activations_before: torch.Tensor
-    activations_after: torch.Tensor
+    applied: list[Applied] = field(repr=False)
+    activations_before: torch.Tensor = field(repr=False)
+    activations_after: torch.Tensor = field(repr=False)
     changes: FeatureChanges
-    mlp_inputs: torch.Tensor
-    clean_mlp_inputs: torch.Tensor
-    final_hidden: torch.Tensor
-    clean_final_hidden: torch.Tensor
+    mlp_inputs: torch.Tensor = field(repr=False)
+    clean_mlp_inputs: torch.Tensor = field(repr=False)
+    final_hidden: torch.Tensor = field(repr=False)
+    clean_final_hidden: torch.Tensor = field(repr=False)
     interventions: list[Intervention] = field(default_factory=list)
 
     def probability(self, token_id: int, *, after: bool = True) -> float:
