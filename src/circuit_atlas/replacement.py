@@ -10,6 +10,13 @@ It produces what attribution needs (reference attribution-algorithm.md §2.3, §
   graph, with attention patterns and norm denominators constant and each output hook replaced by
   `skip(x) + stopgrad(Y − skip(x))`. Its forward values equal the clean pass; its gradients are
   the direct-effect paths (residual stream, attention OV, frozen norms, skip connections).
+- `frozen_tangents(run, tangents)`: the same frozen model in forward mode: the change that vectors
+  added at output hooks make at every input hook and at the final norm (exact directional
+  derivatives, for filling in attribution columns).
+
+`run(tokens, compact=True)` is the long-prompt form: attention is recorded as `O(P)` states instead
+of `P²` patterns and only the last position's logits are kept, so nothing in the clean run grows
+faster than linearly with the prompt.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+from torch.autograd import forward_ad
 
 from circuit_atlas.errors import ShapeMismatchError
 from circuit_atlas.models import ForwardRecord, FreezeSpec, LanguageModel, load_language_model
@@ -34,7 +42,8 @@ class ReplacementRun:
     layer, position, feature) with no entries at the zeroed positions. `errors` are zero at the
     zeroed positions. `token_vectors[p]` is the token-embedding contribution of token p (scale
     included, position embeddings excluded). `record` is the batch-1 `ForwardRecord` whose
-    attention patterns and norm scales other passes can replay.
+    attention patterns (or, for a compact run, attention states) and norm scales other passes
+    can replay. `logits` is `[P,V]`, or `[1,V]` (the last position) for a compact run.
     """
 
     tokens: torch.Tensor
@@ -57,7 +66,9 @@ class FrozenForward:
     `embeddings` `[B,P,d]` is a leaf that requires grad; `outputs[l]` is the value at the output
     hook of layer l (`skip(x) + stopgrad(Y − skip(x))`); `inputs[l]` the input hook of layer l;
     `final_hidden` the final-norm output. Gradients of any function of `inputs` / `final_hidden`
-    with respect to `outputs + [embeddings]` are direct effects.
+    with respect to `outputs + [embeddings]` are direct effects. `residuals[l]` is the residual
+    stream entering layer `l` (`residuals[0]` is `embeddings`, `residuals[L]` enters the final
+    norm): gradients can be taken one layer at a time between consecutive residuals.
     """
 
     tokens: torch.Tensor
@@ -65,10 +76,27 @@ class FrozenForward:
     inputs: list[torch.Tensor]
     outputs: list[torch.Tensor]
     final_hidden: torch.Tensor
+    residuals: list[torch.Tensor]
 
     @property
     def batch_size(self) -> int:
         return int(self.embeddings.shape[0])
+
+
+@dataclass
+class FrozenTangents:
+    """Directional derivatives of the frozen model (`ReplacementModel.frozen_tangents`):
+    `inputs[l]` `[B,P,d]` at the input hook of layer `l`, `final_hidden` `[B,P,d]` at the
+    final-norm output. Batch element `b` is the change caused by the `b`-th set of added vectors."""
+
+    inputs: list[torch.Tensor]
+    final_hidden: torch.Tensor
+
+
+# Positions encoded at a time in the clean run: bounds the dense `[positions, F]` activations.
+ENCODE_BYTES = 64 << 20
+# Active entries decoded at a time: bounds the `[entries, d]` decoder rows of a reconstruction.
+DECODE_BYTES = 128 << 20
 
 
 class ReplacementModel:
@@ -112,15 +140,22 @@ class ReplacementModel:
 
     # --- clean run ------------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, tokens: torch.Tensor) -> ReplacementRun:
-        """Clean pass over one prompt `[P]` and everything derived from it."""
+    def run(self, tokens: torch.Tensor, *, compact: bool = False) -> ReplacementRun:
+        """Clean pass over one prompt `[P]` and everything derived from it.
+
+        `compact=True` records attention as `O(P)` states instead of `[H,P,P]` patterns and keeps
+        only the last position's logits (what long-prompt attribution needs); the activations,
+        errors and every other field are the same.
+        """
         tokens = _one_prompt(tokens).to(self.lm.device)
-        record = self._forward(tokens[None], record_hooks=[HOOK_MLP_OUT_RAW])
+        record = self._forward(tokens[None], record_hooks=[HOOK_MLP_OUT_RAW], compute_logits=not compact,
+                               attention_states=compact)
+        logits = record.logits[0] if not compact else self._last_logits(record.final_hidden[0, -1:])
         x = torch.stack([t[0] for t in record.inputs])
         y = torch.stack([t[0] for t in record.outputs])
         zeroed = min(self.n_zeroed_positions, tokens.shape[0])
         # Sparse per layer as soon as encoded: a dense [L,P,F] would not fit for large CLTs.
-        sparse = [self._activations(layer, x[layer], zeroed).to_sparse() for layer in range(self.n_layers)]
+        sparse = [self._sparse_activations(layer, x[layer], zeroed) for layer in range(self.n_layers)]
         recon = torch.stack(
             [self._reconstruct(layer, sparse, x[layer]).to(y.dtype) for layer in range(self.n_layers)]
         )
@@ -128,7 +163,7 @@ class ReplacementModel:
         errors[:, :zeroed] = 0
         return ReplacementRun(
             tokens=tokens,
-            logits=record.logits[0],
+            logits=logits,
             mlp_inputs=x,
             mlp_outputs=y,
             activations=torch.stack(sparse).coalesce(),
@@ -140,15 +175,54 @@ class ReplacementModel:
             record=record,
         )
 
-    def _activations(self, layer: int, x: torch.Tensor, zeroed: int) -> torch.Tensor:
-        acts = self.transcoders.encode(layer, x).clone()
-        acts[:zeroed] = 0
-        return acts
+    def _last_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits `[n,V]` of final-norm outputs `[n,d]`, with the model's final soft-cap."""
+        logits = self.lm.module(self.lm.adapter.lm_head)(hidden)
+        cap = self.lm.final_softcap
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
-    def _reconstruct(self, layer: int, dense: list[torch.Tensor], x_in: torch.Tensor) -> torch.Tensor:
-        """Ŷ[layer] from every source layer that writes to it (PLT: itself; CLT: 0..layer)."""
-        sources = {s: dense[s] for s in range(layer + 1) if layer in self.transcoders.target_layers(s)}
-        return self.transcoders.reconstruct(layer, sources, x_in)
+    def _sparse_activations(self, layer: int, x: torch.Tensor, zeroed: int) -> torch.Tensor:
+        """Sparse `[P,F]` activations of `layer`, encoded a block of positions at a time (a dense
+        `[P,F]` of a 32k-feature set is 0.5 GiB at 4k tokens)."""
+        n_positions, n_features = x.shape[0], self.transcoders.n_features
+        step = max(1, ENCODE_BYTES // (4 * n_features))
+        indices, values = [], []
+        for start in range(0, n_positions, step):
+            acts = self.transcoders.encode(layer, x[start : start + step]).clone()
+            acts[: max(0, zeroed - start)] = 0
+            block = acts.to_sparse()
+            found = block.indices()
+            found[0] += start
+            indices.append(found)
+            values.append(block.values())
+        return torch.sparse_coo_tensor(torch.cat(indices, 1), torch.cat(values), (n_positions, n_features),
+                                       is_coalesced=True, check_invariants=False)
+
+    def _reconstruct(self, layer: int, sparse: list[torch.Tensor], x_in: torch.Tensor) -> torch.Tensor:
+        """Ŷ[layer] from every source layer that writes to it (PLT: itself; CLT: 0..layer), a block
+        of positions at a time so the gathered decoder rows stay within `DECODE_BYTES`."""
+        sources = [s for s in range(layer + 1) if layer in self.transcoders.target_layers(s)]
+        if not all(sparse[s].is_sparse for s in sources):
+            return self.transcoders.reconstruct(layer, {s: sparse[s] for s in sources}, x_in)
+        n_positions = x_in.shape[0]
+        counts = sum(torch.bincount(sparse[s].indices()[0], minlength=n_positions) for s in sources)
+        limit = max(1, DECODE_BYTES // (4 * self.d_model))
+        bounds, total, start = [], 0, 0
+        for position, count in enumerate(counts.tolist()):
+            if total + count > limit and position > start:
+                bounds.append((start, position))
+                start, total = position, 0
+            total += count
+        bounds.append((start, n_positions))
+        if len(bounds) == 1:
+            return self.transcoders.reconstruct(layer, {s: sparse[s] for s in sources}, x_in)
+        parts = []
+        for lo, hi in bounds:
+            acts = {s: _position_slice(sparse[s], lo, hi) for s in sources}
+            parts.append(self.transcoders.reconstruct(layer, acts, x_in[lo:hi]))
+        return torch.cat(parts)
 
     # --- frozen passes --------------------------------------------------------------------------
     def frozen_forward(
@@ -198,6 +272,7 @@ class ReplacementModel:
                 record_internals=False,
                 compute_logits=False,
                 mlp_values=mlp_values,
+                record_residuals=True,
             )
         return FrozenForward(
             tokens=tokens,
@@ -205,7 +280,61 @@ class ReplacementModel:
             inputs=record.inputs,
             outputs=record.outputs,
             final_hidden=record.final_hidden,
+            residuals=record.residuals,
         )
+
+    @torch.no_grad()
+    def frozen_tangents(
+        self, run: ReplacementRun, tangents: dict[int, torch.Tensor], *, length: int | None = None,
+    ) -> FrozenTangents:
+        """Forward-mode derivatives of the frozen model: `tangents[l]` `[B,P,d]` are vectors added
+        at the output hook of layer `l` (batch element `b` is one perturbation); returned are the
+        changes they cause at every input hook and at the final norm, computed with dual numbers
+        (exact, no difference of two passes). The frozen model is the one `frozen_forward`
+        differentiates: replayed patterns and norm scales, MLPs reduced to their skip path.
+        `length` runs over the first `length` positions only.
+        """
+        if not tangents:
+            raise ShapeMismatchError("frozen_tangents needs at least one layer's tangents")
+        batch = next(iter(tangents.values())).shape[0]
+        clean = run.record
+        tokens = run.tokens
+        if length is not None and length != tokens.shape[0]:
+            clean = prefix_record(clean, length)
+            tokens = tokens[:length]
+        tc = self.transcoders
+        raw = clean.hooks.get(HOOK_MLP_OUT_RAW)
+        mlp_values = None if raw is None else dict(enumerate(raw))
+
+        def perturb(layer: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            skip = tc.skip(layer, x)
+            if skip is None:
+                value = y.detach()
+            else:
+                skip = skip.to(y.dtype)
+                value = skip + (y - skip).detach()
+            if layer in tangents:
+                added = tangents[layer].to(device=y.device, dtype=y.dtype)
+                value = value + forward_ad.make_dual(torch.zeros_like(added), added)
+            return value
+
+        with forward_ad.dual_level():
+            record = self._forward(
+                tokens[None].expand(batch, -1),
+                freeze=FreezeSpec.replayed(clean),
+                output_edit=perturb,
+                record_internals=False,
+                compute_logits=False,
+                mlp_values=mlp_values,
+            )
+
+            def tangent_of(value: torch.Tensor) -> torch.Tensor:
+                found = forward_ad.unpack_dual(value).tangent
+                return torch.zeros_like(value) if found is None else found
+
+            inputs = [tangent_of(t) for t in record.inputs]
+            final = tangent_of(record.final_hidden)
+        return FrozenTangents(inputs=inputs, final_hidden=final)
 
     @torch.no_grad()
     def frozen_replacement_logits(
@@ -235,6 +364,17 @@ class ReplacementModel:
 
     def __repr__(self) -> str:
         return f"ReplacementModel({self.lm!r}, transcoders={self.transcoders!r})"
+
+
+def _position_slice(acts: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows `start:stop` of a coalesced sparse `[P,F]` tensor (entries are sorted by position)."""
+    positions = acts.indices()[0]
+    lo = int(torch.searchsorted(positions, torch.tensor(start, device=positions.device)))
+    hi = int(torch.searchsorted(positions, torch.tensor(stop, device=positions.device)))
+    indices = acts.indices()[:, lo:hi].clone()
+    indices[0] -= start
+    return torch.sparse_coo_tensor(indices, acts.values()[lo:hi], (stop - start, acts.shape[1]),
+                                   is_coalesced=True, check_invariants=False)
 
 
 def _one_prompt(tokens: torch.Tensor) -> torch.Tensor:

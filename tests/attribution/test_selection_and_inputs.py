@@ -57,17 +57,33 @@ def test_save_load_round_trip_of_a_traced_graph(llama_clt, tmp_path):
     assert dense.shape == (n, n)
 
 
-def test_memory_estimate_refuses_with_advice(llama_clt, monkeypatch):
+@pytest.mark.parametrize("engine, allocator", [("dense", "collect_sources"), ("compact", "plan_decoders")])
+def test_memory_estimate_refuses_with_advice(llama_clt, monkeypatch, engine, allocator):
     import importlib
 
-    engine = importlib.import_module("circuit_atlas.attribution.attribute")  # the module, not the function
+    module = importlib.import_module(f"circuit_atlas.attribution.{engine}")
 
     def gathered(*args, **kwargs):
-        raise AssertionError("decoder vectors were gathered before the memory check refused")
+        raise AssertionError("decoder vectors / plan were built before the memory check refused")
 
-    # The refusal must come before the largest allocation (the decoder vectors), not after it.
-    monkeypatch.setattr(engine, "collect_sources", gathered)
-    with pytest.raises(MemoryBudgetError, match="max_feature_nodes"):
+    # The refusal must come before the largest allocations (decoder vectors or plan, row buffer),
+    # not after them; for the compact engine, with a limit the clean run itself fits in.
+    monkeypatch.setattr(module, allocator, gathered)
+    tokens = prompt_ids(llama_clt)
+    limit = 1024 if engine == "dense" else 300_000
+    with pytest.raises(MemoryBudgetError, match="max_feature_nodes") as refused:
+        circuit_atlas.attribute(llama_clt, tokens, memory_limit=limit, engine=engine, progress=False)
+    if engine == "compact":
+        assert "row store" in str(refused.value)  # the full plan refused, not the clean-run check
+
+
+def test_compact_refuses_a_prompt_whose_clean_run_cannot_fit(llama_clt, monkeypatch):
+    """The clean run is checked before the model runs at all."""
+    def ran(*args, **kwargs):
+        raise AssertionError("the clean run started before the memory check refused")
+
+    monkeypatch.setattr(llama_clt, "run", ran)
+    with pytest.raises(MemoryBudgetError, match="clean run"):
         circuit_atlas.attribute(llama_clt, prompt_ids(llama_clt), memory_limit=1024, progress=False)
 
 
@@ -81,6 +97,7 @@ def test_memory_estimate_refuses_with_advice(llama_clt, monkeypatch):
         ({"max_feature_nodes": -1}, AttributionError, "max_feature_nodes"),
         ({"desired_logit_prob": 1.5}, AttributionError, "desired_logit_prob"),
         ({"strategy": "magic"}, AttributionError, "strategy"),
+        ({"engine": "sparse"}, AttributionError, "engine"),
     ],
 )
 def test_bad_settings_raise_clear_errors(llama_clt, kwargs, error, match):

@@ -15,7 +15,7 @@ ROW_BLOCK = 1024  # rows made absolute at a time
 
 def partial_influence(
     rows: torch.Tensor, row_nodes: torch.Tensor, logit_weights: torch.Tensor, n_columns: int,
-    row_layers: torch.Tensor,
+    row_layers: torch.Tensor, row_sums: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Influence on the targets of every source column, through the rows computed so far.
 
@@ -29,7 +29,19 @@ def partial_influence(
     before its row is read: each row is made absolute once per call (an iteration to a fixed
     point would read the whole buffer once per layer of depth). No normalised copy of the buffer
     is built: a block of rows at a time is made absolute, summed and multiplied.
+
+    `row_sums` gives each row's absolute sum when `rows` holds only some of its columns (the
+    compact buffer); by default it is summed from `rows`.
     """
+    return influence_and_weights(rows, row_nodes, logit_weights, n_columns, row_layers, row_sums)[0]
+
+
+def influence_and_weights(
+    rows: torch.Tensor, row_nodes: torch.Tensor, logit_weights: torch.Tensor, n_columns: int,
+    row_layers: torch.Tensor, row_sums: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`partial_influence`, and the final weight of every row's node (`[R]`), which the compact
+    buffer's bounds need."""
     weight = torch.zeros(n_columns + logit_weights.shape[0], dtype=rows.dtype, device=rows.device)
     weight[n_columns:] = logit_weights.to(rows.dtype)
     influence = torch.zeros(n_columns, dtype=rows.dtype, device=rows.device)
@@ -43,11 +55,12 @@ def partial_influence(
             if not bool(scaled.any()):
                 continue
             block = rows[chunk].abs_()  # a gathered copy, made absolute in place
-            scaled = scaled / block.sum(dim=1).clamp_min(1e-8)
+            sums = block.sum(dim=1) if row_sums is None else row_sums[chunk].to(block.dtype)
+            scaled = scaled / sums.clamp_min(1e-8)
             flow += scaled @ block
         influence += flow
         weight[:n_columns] += flow  # only lower layers' nodes receive it: none is read yet
-    return influence
+    return influence, weight[row_nodes]
 
 
 def next_features(

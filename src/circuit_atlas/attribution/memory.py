@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from circuit_atlas.attribution.decoders import BLOCK_BYTES
+from circuit_atlas.attribution.sources import decoder_slots
+from circuit_atlas.attribution.store import FILL_STEP, RowStore, capacity_columns, n_row_groups
 from circuit_atlas.errors import MemoryBudgetError
 
 # Saved tensors per layer and position in the frozen forward, in units of d_model (residual,
@@ -103,3 +106,187 @@ def check_memory(estimate: MemoryEstimate, limit: int | None, device: torch.devi
         f"is available ({estimate.describe()}). Try fewer feature nodes (max_feature_nodes / "
         "--max-feature-nodes), a smaller batch_size, a lower dtype (bfloat16), or a shorter prompt."
     )
+
+
+# --- the compact engine's plan ----------------------------------------------------------------------
+#
+# Every term below is what `compact.py` and the clean run allocate, counted from sizes known before
+# the allocation. The constants are the few that depend on torch's and transformers' internals
+# (tensors a layer's backward holds at once); they were measured on the benchmark shapes
+# (`benchmarks/attribution.py`, `tests/attribution/test_memory_plan.py` keeps them honest).
+
+# Tensors of one prompt copy held by the clean run, in units of L × P × d (record inputs, outputs
+# and MLP outputs; the run's stacked inputs, outputs, reconstruction and errors).
+CLEAN_RUN_PER_LAYER = 7
+# Gradients alive during one layer's batched backward, in units of B × P × d (the gradient entering
+# from above, the one at the output hook, the injected cotangent, and the layer's internals).
+SWEEP_GRADIENTS = 6
+# Tensors the frozen single-copy pass keeps per layer, in units of P × d (residuals, hook values,
+# what the linear backward needs).
+FROZEN_PER_LAYER = 6
+# Bytes per decoder slot of the plan: column, source layer, feature (int64), activation, validity.
+SLOT_BYTES = 8 + 8 + 8 + 4 + 1
+# Bytes per active feature outside the row store: sparse COO indices and value, planning copies.
+ACTIVE_BYTES = 3 * 8 + 4 + 3 * 8 + 8
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+
+
+@dataclass
+class CompactPlan:
+    """Bytes of each part of a compact attribution run; `device` parts live where the model is,
+    `host` parts (row store, graph) in CPU memory — the same memory on a CPU run."""
+
+    device: dict[str, int]
+    host: dict[str, int]
+    decoder_cache_budget: int
+    fill_budget: int
+
+    @property
+    def device_total(self) -> int:
+        return sum(self.device.values())
+
+    @property
+    def host_total(self) -> int:
+        return sum(self.host.values())
+
+    @property
+    def total(self) -> int:
+        return self.device_total + self.host_total
+
+    def parts(self) -> dict[str, float]:
+        """Every part in GiB (device parts first), for reports."""
+        both = {**{f"device: {k}": v for k, v in self.device.items()}, **{f"host: {k}": v for k, v in self.host.items()}}
+        return {name: round(size / 2**30, 3) for name, size in both.items()}
+
+    def describe(self) -> str:
+        parts = {**self.device, **self.host}
+        return ", ".join(f"{name} {format_bytes(size)}" for name, size in parts.items() if size)
+
+    def check(self, limit: int | None, device: torch.device) -> None:
+        """Refuse when the plan exceeds `limit` (default: what the device — and, for a GPU run,
+        the host — has available)."""
+        if device.type == "cpu":
+            need, budget, where = self.total, available_memory(device) if limit is None else limit, "memory"
+            _refuse_if(need, budget, where, self.describe())
+            return
+        budget = available_memory(device) if limit is None else limit
+        _refuse_if(self.device_total, budget, f"{device.type} memory", self.describe())
+        if limit is None:
+            _refuse_if(self.host_total, available_memory(torch.device("cpu")), "host memory", self.describe())
+
+
+def _refuse_if(need: int, budget: int, where: str, description: str) -> None:
+    if need <= budget:
+        return
+    raise MemoryBudgetError(
+        f"attribution would need about {format_bytes(need)} of {where} but only {format_bytes(budget)} "
+        f"is available ({description}). Try fewer feature nodes (max_feature_nodes / "
+        "--max-feature-nodes), a smaller batch_size, a lower dtype (bfloat16), or a shorter prompt."
+    )
+
+
+def plan_compact_memory(
+    *,
+    n_layers: int,
+    n_positions: int,
+    d_model: int,
+    attention: AttentionShape,
+    n_active: int,
+    n_decoder_slots: int,
+    n_selected: int,
+    n_logits: int,
+    batch_size: int,
+    dtype: torch.dtype,
+    row_device_is_host: bool = False,
+    expand_copies: int = 1,
+    update_interval: int = 4,
+    decoder_cache_limit: int = 0,
+    fill_limit: int = 256 << 20,
+) -> CompactPlan:
+    """The compact engine's memory, part by part (see the module notes for the constants).
+
+    `row_device_is_host`: the model is on a GPU, the row store and graph in host memory.
+    `expand_copies`: forward copies of the "expand" strategy (1 for "vmap").
+    """
+    item = torch.tensor([], dtype=dtype).element_size()
+    L, P, d, B = n_layers, n_positions, d_model, batch_size
+    n_fixed = (L + 1) * P
+    n_rows = n_selected + n_logits
+    columns = capacity_columns(n_selected, n_active, update_interval * batch_size, FILL_STEP)
+    states = L * P * ((attention.n_heads + attention.n_kv_heads) * attention.head_dim * item + attention.n_heads * 8 + 16)
+    clean = CLEAN_RUN_PER_LAYER * L * P * d * item + states + n_active * ACTIVE_BYTES
+    frozen = expand_copies * FROZEN_PER_LAYER * L * P * d * item + P * P  # + the boolean causal mask
+    gradients = SWEEP_GRADIENTS * B * P * d * item
+    accumulators = B * (n_active + n_fixed) * 4
+    slots = n_decoder_slots * SLOT_BYTES
+    gather = 3 * min(BLOCK_BYTES, n_decoder_slots * d * item)
+    cache = min(decoder_cache_limit, n_decoder_slots * d * item)
+    store = RowStore.nbytes(n_active=n_active, n_fixed=n_fixed, capacity_rows=n_rows, capacity_columns=columns,
+                            n_groups=n_row_groups(n_rows, B), d_model=d, vector_item=item)
+    logit_rows = n_logits * n_active * 4 if columns < n_active else 0
+    graph = n_rows * (n_selected + n_fixed) * 4
+    exploration = n_active * 24 + (1024 * (columns + n_fixed) * 4 if n_selected < n_active else 0)
+    fill = min(fill_limit, 12 * P * d * item * 64) if columns < n_active else 0
+    device = {
+        "clean run": clean,
+        "frozen pass": frozen,
+        "layer gradients": gradients,
+        "row accumulators": accumulators,
+        "decoder plan": slots + gather,
+        "decoder cache": cache,
+        "fill-in pass": fill,
+    }
+    host = {
+        "row store": store,
+        "logit rows": logit_rows,
+        "exploration": exploration,
+        "graph": graph,
+    }
+    if not row_device_is_host:
+        device, host = {**device, **host}, {}
+    return CompactPlan(device, host, cache, fill)
+
+
+def plan_for_trace(trace, strategy: str) -> CompactPlan:
+    """`plan_compact_memory` for a traced prompt (a `context.Trace`) and a batch strategy."""
+    on_gpu = trace.device.type != "cpu"
+    return plan_compact_memory(
+        n_layers=trace.n_layers, n_positions=trace.n_positions, d_model=trace.model.d_model,
+        attention=attention_shape(trace.model.lm.text_config, trace.model.d_model), n_active=trace.n_active,
+        n_decoder_slots=decoder_slots(trace.active, trace.n_positions, trace.model.transcoders),
+        n_selected=trace.n_selected, n_logits=trace.n_logits, batch_size=trace.settings.batch_size,
+        dtype=trace.compute_dtype, row_device_is_host=on_gpu,
+        expand_copies=1 if strategy == "vmap" else trace.settings.batch_size,
+        update_interval=trace.settings.update_interval,
+    )
+
+
+def attention_shape(config, d_model: int) -> AttentionShape:
+    heads = int(getattr(config, "num_attention_heads", getattr(config, "n_head", 1)))
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or d_model // heads)
+    return AttentionShape(heads, kv_heads, head_dim)
+
+
+def plan_clean_run(model, n_positions: int) -> CompactPlan:
+    """What the compact clean run allocates before any feature is known (checked first, so a
+    prompt too long even for that is refused before the model runs): its recorded tensors, the
+    attention states, one layer's MLP activations and the encoder's block of activations."""
+    lm = model.lm
+    item = torch.tensor([], dtype=lm.dtype).element_size()
+    d, L, P = lm.d_model, lm.n_layers, n_positions
+    shape = attention_shape(lm.text_config, d)
+    d_mlp = int(getattr(lm.text_config, "intermediate_size", None) or 4 * d)
+    states = L * P * ((shape.n_heads + shape.n_kv_heads) * shape.head_dim * item + shape.n_heads * 8 + 16)
+    device = {
+        "clean run": CLEAN_RUN_PER_LAYER * L * P * d * item + states,
+        "MLP activations": 3 * P * d_mlp * item,
+        "causal mask": P * P,
+    }
+    return CompactPlan(device, {}, 0, 0)

@@ -129,7 +129,7 @@ def collect_sources(transcoders, run, compute_dtype: torch.dtype) -> Attribution
     )
 
 
-def _width_classes(counts: torch.Tensor) -> torch.Tensor:
+def width_classes(counts: torch.Tensor) -> torch.Tensor:
     """Block class of each position from its vector count (positions in one class are padded to
     the class's largest count, at most `WIDTH_GROWTH` times their own)."""
     return torch.floor(torch.log(counts.clamp_min(1).double()) / math.log(WIDTH_GROWTH)).long()
@@ -146,7 +146,7 @@ def decoder_slots(active: torch.Tensor, n_positions: int, transcoders) -> int:
         counts = torch.bincount(active[mask, 1], minlength=n_positions)
         if int(counts.sum()) == 0:
             continue
-        classes = _width_classes(counts)
+        classes = width_classes(counts)
         for cls in torch.unique(classes[counts > 0]).tolist():
             members = (classes == cls) & (counts > 0)
             total += int(members.sum()) * int(counts[members].max())
@@ -162,7 +162,7 @@ def _merge_group(parts, n_positions: int, d_model: int, device, dtype) -> Decode
     counts = torch.bincount(positions, minlength=n_positions)
     starts = torch.cumsum(counts, 0) - counts
     slots = torch.arange(positions.numel(), device=device) - starts[positions]
-    width_class = _width_classes(counts)
+    width_class = width_classes(counts)
     blocks = []
     for cls in torch.unique(width_class[counts > 0]).tolist():
         members = torch.nonzero((width_class == cls) & (counts > 0)).flatten()  # ascending

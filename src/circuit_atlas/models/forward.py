@@ -18,8 +18,8 @@ from torch import nn
 from circuit_atlas.errors import ShapeMismatchError
 from circuit_atlas.models import adapters as A
 from circuit_atlas.models.adapters import FamilyAdapter
-from circuit_atlas.models.attention import use_attention
-from circuit_atlas.models.freeze import DETACH, REPLAY, ForwardRecord, FreezeSpec, broadcast_replay
+from circuit_atlas.models.attention import AttentionState, frozen_attention, state_from_live, use_attention
+from circuit_atlas.models.freeze import DETACH, LIVE, REPLAY, ForwardRecord, FreezeSpec, broadcast_replay
 from circuit_atlas.models.norms import apply_norm, inverse_scale, norm_kind
 
 OutputEdit = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -55,6 +55,8 @@ class _Pass:
         record_hooks: Sequence[str],
         record_internals: bool,
         mlp_values: Mapping[int, torch.Tensor] | None = None,
+        attention_states: bool = False,
+        record_residuals: bool = False,
     ) -> None:
         self.hf_model, self.adapter, self.norms = hf_model, adapter, norms
         self.input_hook, self.output_hook = input_hook, output_hook
@@ -62,6 +64,8 @@ class _Pass:
         self.record_hooks = tuple(record_hooks)
         self.record_internals = record_internals
         self.mlp_values = mlp_values
+        self.attention_states = attention_states
+        self.record_residuals = record_residuals
         self.batch = 0
         self.embeddings: torch.Tensor | None = None
         self.final_hidden: torch.Tensor | None = None
@@ -69,6 +73,8 @@ class _Pass:
         self.outputs: dict[int, torch.Tensor] = {}
         self.hooks: dict[str, dict[int, torch.Tensor]] = {name: {} for name in self.record_hooks}
         self.patterns: dict[int, torch.Tensor] = {}
+        self.states: dict[int, AttentionState] = {}
+        self.residuals: dict[int, torch.Tensor] = {}
         self.scales: dict[str, torch.Tensor] = {}
         self.normalized: dict[str, torch.Tensor] = {}
 
@@ -92,6 +98,39 @@ class _Pass:
         if self.record_internals:
             self.patterns[layer] = pattern
         return pattern
+
+    def attend(self, layer: int, query, key, value, mask, scaling, softcap):
+        """The whole attention of `layer` from an `O(P)` state, or None for the pattern path.
+
+        Replay uses the record's state when it has one. A pass asked for `attention_states`
+        computes live attention a block of rows at a time and records the state; its output
+        follows the frozen pattern (gradient only through the values), so this applies to
+        detached and no-grad passes, not to live passes that differentiate through patterns.
+        """
+        mode = self.freeze.attention
+        if mode == REPLAY:
+            state = self.freeze.replay_from.attention_states.get(layer)
+            if state is None:
+                return None
+            if state.n_positions != query.shape[2] or state.n_heads != query.shape[1]:
+                raise ShapeMismatchError(
+                    f"replayed attention state of layer {layer} covers {state.n_positions} positions "
+                    f"and {state.n_heads} heads, this pass has query shape {tuple(query.shape)}"
+                )
+            return frozen_attention(value, state), None
+        if not self.attention_states:
+            return None
+        live_gradient = mode == LIVE and torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
+        float_mask = mask is not None and mask.dtype != torch.bool
+        if query.shape[0] != 1 or live_gradient or float_mask:
+            return None
+        with torch.no_grad():
+            output, state = state_from_live(query, key, value, mask, scaling, softcap)
+        if torch.is_grad_enabled() and value.requires_grad:
+            output = frozen_attention(value, state)
+        if self.record_internals:
+            self.states[layer] = state
+        return output, None
 
     # --- norms -----------------------------------------------------------------------------------
     def _norm_hook(self, path: str, kind: str):
@@ -154,6 +193,16 @@ class _Pass:
             self._install_layer(layer, keep)
         final = ad.get(model, ad.final_norm)
         keep(final.register_forward_hook(lambda m, a, o: self._set_final(o)))
+        if self.record_residuals:
+            for layer in range(1, len(layers)):
+                keep(layers[layer].register_forward_pre_hook(self._residual_hook(layer), with_kwargs=True))
+            keep(final.register_forward_pre_hook(self._residual_hook(len(layers)), with_kwargs=True))
+
+    def _residual_hook(self, layer: int):
+        def hook(module, args, kwargs):
+            self.residuals[layer] = _first(args, kwargs)
+
+        return hook
 
     def _install_layer(self, layer: int, keep) -> None:
         ad, model = self.adapter, self.hf_model
@@ -212,6 +261,7 @@ class _Pass:
         if self.embedding_edit is not None:
             emb = self.embedding_edit(emb)
         self.embeddings = emb
+        self.residuals[0] = emb
         if args:
             return (emb, *args[1:]), kwargs
         kwargs = dict(kwargs)
@@ -257,6 +307,8 @@ class _Pass:
             attention_patterns=self.patterns,
             norm_scales=self.scales,
             hooks={name: [vals[l] for l in range(n_layers)] for name, vals in self.hooks.items()},
+            attention_states=self.states,
+            residuals=[self.residuals[l] for l in range(n_layers + 1)] if self.record_residuals else [],
         )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from circuit_atlas.errors import CircuitAtlasError, ShapeMismatchError
+from circuit_atlas.models.attention import AttentionState
 
 LIVE = "live"
 DETACH = "detach"
@@ -30,7 +31,12 @@ class ForwardRecord:
     (softmax output, after any attention soft-cap and mask). `norm_scales[path]` is the float32
     inverse denominator `1/sqrt(var+eps)` of the norm module at that dotted path, `[B,P,1]` (or
     `[B,P,H,1]` for per-head q/k norms). `hooks[name][l]` holds extra hook values asked for with
-    `record_hooks`.
+    `record_hooks`. A pass asked for `attention_states` records `attention_states[l]` (an
+    `AttentionState`: `O(P)` per layer, from which the pattern is recomputed block by block)
+    instead of patterns; replaying such a record freezes attention just the same.
+    `residuals[l]` `[B,P,d]` (when asked for) is the residual stream entering layer `l`, and
+    `residuals[L]` the one entering the final norm: the boundaries at which a backward pass can
+    be taken one layer at a time.
     """
 
     tokens: torch.Tensor
@@ -42,6 +48,8 @@ class ForwardRecord:
     attention_patterns: dict[int, torch.Tensor] = field(default_factory=dict)
     norm_scales: dict[str, torch.Tensor] = field(default_factory=dict)
     hooks: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    attention_states: dict[int, AttentionState] = field(default_factory=dict)
+    residuals: list[torch.Tensor] = field(default_factory=list)
 
 
 def prefix_record(record: ForwardRecord, length: int) -> ForwardRecord:
@@ -68,6 +76,8 @@ def prefix_record(record: ForwardRecord, length: int) -> ForwardRecord:
         attention_patterns={k: v[..., :length, :length] for k, v in record.attention_patterns.items()},
         norm_scales={k: cut(v) for k, v in record.norm_scales.items()},
         hooks={k: [cut(t) for t in v] for k, v in record.hooks.items()},
+        attention_states={k: v.prefix(length) for k, v in record.attention_states.items()},
+        residuals=[cut(t) for t in record.residuals],
     )
 
 

@@ -239,6 +239,8 @@ class LanguageModel:
         record_internals: bool = True,
         compute_logits: bool = True,
         mlp_values: Mapping[int, torch.Tensor] | None = None,
+        attention_states: bool = False,
+        record_residuals: bool = False,
     ) -> ForwardRecord:
         """One instrumented pass over `tokens [B,P]` (a 1-D `[P]` is treated as batch 1).
 
@@ -273,6 +275,8 @@ class LanguageModel:
             record_hooks,
             record_internals,
             mlp_values,
+            attention_states,
+            record_residuals,
         )
         return run.run(tokens, compute_logits)
 

@@ -1,0 +1,156 @@
+"""Adjacency rows by a reverse sweep through the frozen model, one layer's gradient at a time.
+
+A row holds the direct effects of every source on one target: the target's gradient at each output
+hook, dotted with what each source writes there (see `decoders.py`, `sources.py`). Asking autograd
+for the gradients at every layer at once keeps `layers × batch × positions × d_model` numbers alive
+(9 GiB for a 4-layer, d 2048 model at 1024 tokens and batch 64). The frozen pass records the
+residual stream between layers instead, and the backward pass is taken one layer at a time:
+the gradient entering layer `l` from above, plus the cotangents of the targets that read layer
+`l`, give the gradients at the residual below and at layer `l`'s output hook; the latter is
+contracted with that layer's decoder, error and token columns at once and dropped. About one
+layer's gradient is alive at any moment.
+
+Batches of targets are pushed through the backward together, as in the dense engine: "vmap"
+(one forward copy, `autograd.grad(is_grads_batched=True)`) or "expand" (a batch-expanded forward).
+Targets are grouped by prefix length (see `rows.prefix_lengths`): positions after the last target
+of a batch do not matter, so its pass runs over a prefix of the prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from circuit_atlas.attribution.decoders import DecoderPlan, contract
+from circuit_atlas.attribution.rows import LOGIT_LAYER, Injection, prefix_lengths
+
+
+@dataclass
+class BatchRows:
+    """Rows of one batch: every active feature's column, and the error and token columns."""
+
+    features: torch.Tensor  # [B, n_active] float32
+    fixed: torch.Tensor  # [B, (L + 1) · P] float32: errors layer-major by position, then tokens
+
+
+@dataclass
+class SweepInputs:
+    """What the sweep contracts gradients with (all on the compute device)."""
+
+    plan: DecoderPlan
+    errors: torch.Tensor  # [L, P, d] compute dtype
+    token_vectors: torch.Tensor  # [P, d] compute dtype
+    n_active: int
+    transcoders: object
+
+
+class LayerSweep:
+    """Turns batches of targets into rows, holding about one layer's batched gradient at a time."""
+
+    def __init__(self, frozen_for: Callable[[int], object], inputs: SweepInputs, strategy: str):
+        """`frozen_for(length)` builds the frozen pass (with residuals) over the first `length`
+        positions; `strategy` is "vmap" or "expand"."""
+        self.frozen_for = frozen_for
+        self.inputs = inputs
+        self.strategy = strategy
+        self.n_layers, self.n_positions = int(inputs.errors.shape[0]), int(inputs.errors.shape[1])
+        self.lengths = prefix_lengths(self.n_positions)
+        self._length = -1
+        self.frozen = None
+
+    @property
+    def n_fixed(self) -> int:
+        return (self.n_layers + 1) * self.n_positions
+
+    def _use_length(self, reach: int) -> int:
+        length = next(n for n in self.lengths if n >= reach)
+        if length != self._length:
+            self.frozen = None  # free the previous pass before building the next
+            self.frozen = self.frozen_for(length)
+            self._length = length
+        return length
+
+    def rows(self, injection: Injection) -> BatchRows:
+        """Rows `[B, ...]` of one batch of targets."""
+        batch = int(injection.layers.shape[0])
+        reach = int(injection.positions.max()) + 1
+        length = self._use_length(reach)
+        device = self.inputs.errors.device
+        features = torch.zeros(batch, self.inputs.n_active, dtype=torch.float32, device=device)
+        fixed = torch.zeros(batch, self.n_fixed, dtype=torch.float32, device=device)
+        for layer, gradient in self._gradients(injection):
+            if layer == "embedding":
+                start = self.n_layers * self.n_positions
+                fixed[:, start : start + length] = torch.einsum(
+                    "bpd,pd->bp", gradient, self.inputs.token_vectors[:length]).float()
+                continue
+            contract(features, gradient, self.inputs.plan, layer, reach, self.inputs.transcoders)
+            start = layer * self.n_positions
+            fixed[:, start : start + length] = torch.einsum(
+                "bpd,pd->bp", gradient, self.inputs.errors[layer, :length]).float()
+        return BatchRows(features, fixed)
+
+    # --- the backward sweep ------------------------------------------------------------------------
+    def _gradients(self, injection: Injection):
+        """Yield `(layer, gradient at its output hook [B, P', d])` from the top layer down, then
+        `("embedding", gradient at the embedding)`. Layers above the deepest target are skipped."""
+        frozen = self.frozen
+        batch = int(injection.layers.shape[0])
+        targets = set(torch.unique(injection.layers).tolist())
+        if LOGIT_LAYER in targets:
+            cotangent = self._cotangent(injection, LOGIT_LAYER)
+            (above,) = self._grad([frozen.final_hidden], [cotangent], [frozen.residuals[-1]])
+            del cotangent
+            top = self.n_layers - 1
+        else:
+            above, top = None, max(targets)
+        for layer in range(top, -1, -1):
+            outputs, cotangents = [], []
+            if above is not None:
+                outputs.append(frozen.residuals[layer + 1])
+                cotangents.append(above)
+            if layer in targets:  # built only now: one layer's cotangent alive at a time
+                outputs.append(frozen.inputs[layer])
+                cotangents.append(self._cotangent(injection, layer))
+            if not outputs:
+                continue
+            above, at_output = self._grad(outputs, cotangents, [frozen.residuals[layer], frozen.outputs[layer]])
+            del cotangents
+            if at_output is not None:
+                yield layer, self._per_target(at_output, batch)
+            del at_output
+        if above is None:
+            yield "embedding", torch.zeros((batch,) + tuple(frozen.embeddings.shape[1:]),
+                                           dtype=frozen.embeddings.dtype, device=frozen.embeddings.device)
+        else:
+            yield "embedding", self._per_target(above, batch)
+
+    def _per_target(self, gradient: torch.Tensor, batch: int) -> torch.Tensor:
+        """`[B, P', d]`: one gradient per target of the batch."""
+        return gradient[:, 0] if self.strategy == "vmap" else gradient[:batch]
+
+    def _grad(self, outputs, cotangents, inputs) -> list[torch.Tensor | None]:
+        """Gradients of `Σ ⟨cotangent, output⟩` with respect to `inputs`, batched like the
+        cotangents (`[B, 1, P', d]` for vmap, `[copies, P', d]` expanded); None where an input is
+        not reached."""
+        grads = torch.autograd.grad(outputs, inputs, grad_outputs=cotangents, retain_graph=True,
+                                    allow_unused=True, is_grads_batched=self.strategy == "vmap")
+        return list(grads)
+
+    def _cotangent(self, injection: Injection, layer: int) -> torch.Tensor:
+        """The cotangent reading the targets of `layer` (LOGIT_LAYER: the final-norm output): each
+        batch element's injection vector at its position, zeros elsewhere."""
+        batch = int(injection.layers.shape[0])
+        tensor = self.frozen.final_hidden if layer == LOGIT_LAYER else self.frozen.inputs[layer]
+        members = torch.nonzero(injection.layers == layer).flatten()
+        vectors = injection.vectors[members].to(tensor.dtype)
+        positions = injection.positions[members]
+        if self.strategy == "vmap":
+            cotangent = torch.zeros((batch,) + tuple(tensor.shape), dtype=tensor.dtype, device=tensor.device)
+            cotangent[members, 0, positions] = vectors
+        else:  # the expanded pass has a copy per batch slot (a last, short batch uses a few)
+            cotangent = torch.zeros_like(tensor)
+            cotangent[members, positions] = vectors
+        return cotangent
