@@ -3,7 +3,8 @@
 Each configuration runs in a fresh subprocess so its peak memory is its own. On CPU the figure is
 the growth of the process's resident-set high-water mark during `attribute` (the mark is reset
 just before the call through /proc/self/clear_refs, so setting up the model does not count); on
-CUDA it is `torch.cuda.max_memory_allocated` growth. The model is a seeded random model of the
+CUDA it is `torch.cuda.max_memory_allocated` growth. "CPU s" is the process's CPU time during
+the call: on a shared machine it moves far less with other people's load than wall time. The model is a seeded random model of the
 chosen shape with random transcoders whose encoder biases are shifted so that about `--l0`
 features fire per layer and position, like trained transcoders.
 
@@ -175,8 +176,9 @@ def measure(kind: str, length: int, args) -> dict:
     else:
         reset_peak_rss()
         base = current_rss_bytes()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     graph = circuit_atlas.attribute(model, tokens, **attribute_kwargs(args))
+    cpu_seconds = time.process_time() - cpu_start
     if device.type == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
@@ -193,6 +195,7 @@ def measure(kind: str, length: int, args) -> dict:
         "l0": round(n_active / max(1, args.layers * (length - 1)), 1),
         "rows": rows,
         "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),
         "peak_mib": round(max(peak, 0) / 2**20, 1),
         "estimate_mib": None if estimate is None else round(estimate / 2**20, 1),
         "rows_per_s": round(rows / seconds, 1),
@@ -297,7 +300,7 @@ def main() -> None:
             for length in args.lengths:
                 print(json.dumps(estimate_only(kind, length, args)))
         return
-    print(f"{'kind':>4} {'tokens':>6} {'active':>8} {'L0':>6} {'rows':>6} {'seconds':>8} {'rows/s':>8} "
+    print(f"{'kind':>4} {'tokens':>6} {'active':>8} {'L0':>6} {'rows':>6} {'seconds':>8} {'CPU s':>8} {'rows/s':>8} "
           f"{'peak MiB':>9} {'est. MiB':>9} {'filled':>6}")
     passthrough = list(sys.argv[1:])
     for kind in args.kinds:
@@ -315,8 +318,8 @@ def main() -> None:
             estimate = "-" if r["estimate_mib"] is None else f"{r['estimate_mib']:.1f}"
             filled = "-" if r["filled_columns"] is None else str(r["filled_columns"])
             print(f"{r['kind']:>4} {r['tokens']:>6} {r['active']:>8} {r['l0']:>6} {r['rows']:>6} "
-                  f"{r['seconds']:>8.2f} {r['rows_per_s']:>8.1f} {r['peak_mib']:>9.1f} {estimate:>9} "
-                  f"{filled:>6}", flush=True)
+                  f"{r['seconds']:>8.2f} {r['cpu_seconds']:>8.2f} {r['rows_per_s']:>8.1f} {r['peak_mib']:>9.1f} "
+                  f"{estimate:>9} {filled:>6}", flush=True)
 
 
 if __name__ == "__main__":

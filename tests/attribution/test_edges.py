@@ -159,6 +159,7 @@ def test_logit_difference_row_is_difference_of_token_rows():
 def test_long_prompts_use_prefix_passes_with_identical_rows(monkeypatch):
     """Rows computed through shorter prefix passes equal rows from whole-prompt passes."""
     from circuit_atlas.attribution import rows as rows_module
+    from circuit_atlas.attribution import sweep as sweep_module
     from circuit_atlas.models.tiny import tiny_language_model
     from circuit_atlas.transcoders.random import random_transcoders
 
@@ -177,8 +178,11 @@ def test_long_prompts_use_prefix_passes_with_identical_rows(monkeypatch):
     monkeypatch.setattr(model, "frozen_forward", spy)
     bucketed = circuit_atlas.attribute(model, tokens, max_feature_nodes=300, batch_size=32, progress=False)
     assert len(set(lengths_used)) > 1 and min(lengths_used) < 90  # prefixes were really used
-    monkeypatch.setattr(rows_module, "MIN_BUCKETED_LENGTH", 10_000)
+    monkeypatch.setattr(rows_module, "MIN_BUCKETED_LENGTH", 10_000)  # the dense engine's prefixes
+    monkeypatch.setattr(sweep_module, "MIN_PREFIX_LENGTH", 10_000)  # the compact engine's
+    lengths_used.clear()
     whole = circuit_atlas.attribute(model, tokens, max_feature_nodes=300, batch_size=32, progress=False)
+    assert set(lengths_used) == {90}
     assert torch.equal(bucketed.selected_features, whole.selected_features)
     assert torch.allclose(bucketed.adjacency, whole.adjacency, atol=1e-5, rtol=1e-4)
     # And a few edges of the long prompt against the independent frozen-model probe.

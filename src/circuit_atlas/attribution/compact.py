@@ -28,13 +28,13 @@ from tqdm.auto import tqdm
 
 from circuit_atlas.attribution.context import BatchStrategy, Trace, TraceResult
 from circuit_atlas.attribution.decoders import DecoderPlan, plan_decoders
-from circuit_atlas.attribution.dense import cone_order, encoder_rows
+from circuit_atlas.attribution.dense import encoder_rows
 from circuit_atlas.attribution.exploration import influence_and_weights
 from circuit_atlas.attribution.fill import fill_batch_size, fill_columns
 from circuit_atlas.attribution.memory import CompactPlan, plan_for_trace
 from circuit_atlas.attribution.rows import LOGIT_LAYER, Injection
 from circuit_atlas.attribution.store import FILL_STEP, RowStore, RowTargets, capacity_columns, n_row_groups
-from circuit_atlas.attribution.sweep import BatchRows, LayerSweep, SweepInputs
+from circuit_atlas.attribution.sweep import BatchRows, LayerSweep, SweepInputs, plan_batches
 
 # A dropped column is filled in when its bound reaches the cut within this relative margin
 # (float rounding of the bound and of the exact influence).
@@ -148,12 +148,12 @@ class _CompactEngine:
             visited += count
 
     def _rows_for(self, features: torch.Tensor, bases: torch.Tensor) -> None:
-        """Compute and store the rows of `features` (active indices), in causal-cone order."""
+        """Compute and store the rows of `features` (active indices), a layer and a stretch of
+        positions per batch (see `sweep.plan_batches`)."""
         trace = self.trace
-        order = cone_order(self.active_cpu[features], self.sweep.lengths, trace.n_layers)
+        triples = self.active_cpu[features]
         device = trace.device
-        for start in range(0, features.numel(), self.batch_size):
-            slots = order[start : start + self.batch_size]
+        for slots in plan_batches(triples[:, 0], triples[:, 1], self.batch_size, trace.n_positions):
             batch = features[slots]
             triples = self.active_cpu[batch]
             vectors = encoder_rows(trace.model.transcoders, triples, device, trace.compute_dtype)
