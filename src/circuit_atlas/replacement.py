@@ -96,7 +96,7 @@ class FrozenTangents:
 # Positions encoded at a time in the clean run: bounds the dense `[positions, F]` activations.
 ENCODE_BYTES = 64 << 20
 # Active entries decoded at a time: bounds the `[entries, d]` decoder rows of a reconstruction.
-DECODE_BYTES = 128 << 20
+DECODE_BYTES = 32 << 20
 
 
 class ReplacementModel:

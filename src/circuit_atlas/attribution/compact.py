@@ -78,7 +78,7 @@ class _CompactEngine:
 
         inputs = SweepInputs(self.decoders, run.errors.to(dtype), run.token_vectors.to(dtype), trace.n_active,
                              model.transcoders)
-        self.sweep = LayerSweep(frozen_for, inputs, strategy)
+        self.sweep = LayerSweep(frozen_for, inputs, strategy, plan.sweep_budget)
         n_rows = trace.n_logits + trace.n_selected
         self.n_groups = n_row_groups(n_rows, self.batch_size)
         self.batches_done = 0
@@ -99,8 +99,8 @@ class _CompactEngine:
         return min(self.n_groups - 1, self.batches_done * self.n_groups // max(1, total))
 
     def _add(self, rows: BatchRows, nodes: torch.Tensor, bases: torch.Tensor, targets: RowTargets) -> None:
+        """Store a batch's rows (or a part of it: the group advances per whole batch)."""
         self.store.add(rows.features, rows.fixed, nodes, bases, self._group(), targets)
-        self.batches_done += 1
         self.bar.update(int(nodes.numel()))
 
     def logit_rows(self) -> None:
@@ -116,15 +116,17 @@ class _CompactEngine:
             count = vectors.shape[0]
             positions = torch.full((count,), trace.n_positions - 1, dtype=torch.long)
             layers = torch.full((count,), LOGIT_LAYER, dtype=torch.long)
-            rows = self.sweep.rows(Injection(layers.to(trace.device), positions.to(trace.device), vectors))
-            sums = (rows.features.abs().sum(1) + rows.fixed.abs().sum(1)).clamp_min(1e-8).cpu()
-            influence += ((weights[start : start + count] / sums)[None] @ rows.features.abs().cpu()).flatten()
-            nodes = torch.arange(start, start + count) + trace.n_active
-            base = weights[start : start + count]
-            self._add(rows, nodes, base, RowTargets(layers, positions, vectors))
-            if not store.keeps_all:
-                full_rows.append(rows.features.cpu())
-            del rows
+            injection = Injection(layers.to(trace.device), positions.to(trace.device), vectors)
+            for part, rows in self.sweep.rows_in_parts(injection):
+                sums = (rows.features.abs().sum(1) + rows.fixed.abs().sum(1)).clamp_min(1e-8).cpu()
+                base = weights[start : start + count][part]
+                influence += ((base / sums)[None] @ rows.features.abs().cpu()).flatten()
+                nodes = (torch.arange(start, start + count) + trace.n_active)[part]
+                self._add(rows, nodes, base, RowTargets(layers[part], positions[part], vectors[part]))
+                if not store.keeps_all:
+                    full_rows.append(rows.features.cpu())
+                del rows
+            self.batches_done += 1
         if not store.keeps_all:
             full = torch.cat(full_rows)
             del full_rows
@@ -158,8 +160,12 @@ class _CompactEngine:
             triples = self.active_cpu[batch]
             vectors = encoder_rows(trace.model.transcoders, triples, device, trace.compute_dtype)
             layers, positions = triples[:, 0], triples[:, 1]
-            rows = self.sweep.rows(Injection(layers.to(device), positions.to(device), vectors))
-            self._add(rows, batch, bases[slots], RowTargets(layers, positions, vectors))
+            injection = Injection(layers.to(device), positions.to(device), vectors)
+            for part, rows in self.sweep.rows_in_parts(injection):
+                self._add(rows, batch[part], bases[slots][part],
+                          RowTargets(layers[part], positions[part], vectors[part]))
+                del rows
+            self.batches_done += 1
 
     # --- exploration ---------------------------------------------------------------------------------
     def _influence(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,7 @@ import torch
 from circuit_atlas.attribution.decoders import BLOCK_BYTES
 from circuit_atlas.attribution.sources import decoder_slots
 from circuit_atlas.attribution.store import FILL_STEP, RowStore, capacity_columns, n_row_groups
+from circuit_atlas.attribution.sweep import SWEEP_GRADIENTS
 from circuit_atlas.errors import MemoryBudgetError
 
 # Saved tensors per layer and position in the frozen forward, in units of d_model (residual,
@@ -118,9 +119,9 @@ def check_memory(estimate: MemoryEstimate, limit: int | None, device: torch.devi
 # Tensors of one prompt copy held by the clean run, in units of L × P × d (record inputs, outputs
 # and MLP outputs; the run's stacked inputs, outputs, reconstruction and errors).
 CLEAN_RUN_PER_LAYER = 7
-# Gradients alive during one layer's batched backward, in units of B × P × d (the gradient entering
-# from above, the one at the output hook, the injected cotangent, and the layer's internals).
-SWEEP_GRADIENTS = 6
+# Bytes one batched backward may hold (gradients and row accumulators); a batch beyond it runs in
+# parts. A GPU gets more: its matrix products want large batches.
+SWEEP_BYTES = {"cpu": 1 << 30, "cuda": 8 << 30}
 # Tensors the frozen single-copy pass keeps per layer, in units of P × d (residuals, hook values,
 # what the linear backward needs).
 FROZEN_PER_LAYER = 6
@@ -139,41 +140,57 @@ class AttentionShape:
 
 @dataclass
 class CompactPlan:
-    """Bytes of each part of a compact attribution run; `device` parts live where the model is,
-    `host` parts (row store, graph) in CPU memory — the same memory on a CPU run."""
+    """Bytes of each part of a compact attribution run.
+
+    `device` / `host` parts stay allocated from when they are made to the end; `device_phases` /
+    `host_phases` are alive one at a time (the batched backward, a fill-in pass, the logit rows,
+    the graph's assembly), so a peak is the lasting parts plus the largest phase. On a CPU run
+    host and device are the same memory and everything is in `device` / `device_phases`.
+    """
 
     device: dict[str, int]
     host: dict[str, int]
-    decoder_cache_budget: int
-    fill_budget: int
+    device_phases: dict[str, int]
+    host_phases: dict[str, int]
+    decoder_cache_budget: int = 0
+    fill_budget: int = 0
+    sweep_budget: int | None = None
 
     @property
     def device_total(self) -> int:
-        return sum(self.device.values())
+        return sum(self.device.values()) + max(self.device_phases.values(), default=0)
 
     @property
     def host_total(self) -> int:
-        return sum(self.host.values())
+        return sum(self.host.values()) + max(self.host_phases.values(), default=0)
 
     @property
     def total(self) -> int:
         return self.device_total + self.host_total
 
     def parts(self) -> dict[str, float]:
-        """Every part in GiB (device parts first), for reports."""
-        both = {**{f"device: {k}": v for k, v in self.device.items()}, **{f"host: {k}": v for k, v in self.host.items()}}
-        return {name: round(size / 2**30, 3) for name, size in both.items()}
+        """Every part in GiB (phases marked), for reports."""
+        named = {}
+        for where, lasting, phases in (("device", self.device, self.device_phases),
+                                       ("host", self.host, self.host_phases)):
+            named.update({f"{where}: {k}": v for k, v in lasting.items()})
+            named.update({f"{where}: {k} (phase)": v for k, v in phases.items()})
+        return {name: round(size / 2**30, 3) for name, size in named.items()}
 
     def describe(self) -> str:
         parts = {**self.device, **self.host}
-        return ", ".join(f"{name} {format_bytes(size)}" for name, size in parts.items() if size)
+        phases = {**self.device_phases, **self.host_phases}
+        text = ", ".join(f"{name} {format_bytes(size)}" for name, size in parts.items() if size)
+        if phases:
+            text += "; at most one of: " + ", ".join(f"{name} {format_bytes(size)}" for name, size in phases.items() if size)
+        return text
 
     def check(self, limit: int | None, device: torch.device) -> None:
         """Refuse when the plan exceeds `limit` (default: what the device — and, for a GPU run,
         the host — has available)."""
         if device.type == "cpu":
-            need, budget, where = self.total, available_memory(device) if limit is None else limit, "memory"
-            _refuse_if(need, budget, where, self.describe())
+            budget = available_memory(device) if limit is None else limit
+            _refuse_if(self.total, budget, "memory", self.describe())
             return
         budget = available_memory(device) if limit is None else limit
         _refuse_if(self.device_total, budget, f"{device.type} memory", self.describe())
@@ -206,6 +223,7 @@ def plan_compact_memory(
     row_device_is_host: bool = False,
     expand_copies: int = 1,
     update_interval: int = 4,
+    sweep_budget: int | None = None,
     decoder_cache_limit: int = 0,
     fill_limit: int = 256 << 20,
 ) -> CompactPlan:
@@ -213,44 +231,46 @@ def plan_compact_memory(
 
     `row_device_is_host`: the model is on a GPU, the row store and graph in host memory.
     `expand_copies`: forward copies of the "expand" strategy (1 for "vmap").
+    `sweep_budget`: bytes one batched backward may hold (None: the whole batch at once).
     """
     item = torch.tensor([], dtype=dtype).element_size()
-    L, P, d, B = n_layers, n_positions, d_model, batch_size
+    L, P, d = n_layers, n_positions, d_model
     n_fixed = (L + 1) * P
     n_rows = n_selected + n_logits
     columns = capacity_columns(n_selected, n_active, update_interval * batch_size, FILL_STEP)
-    states = L * P * ((attention.n_heads + attention.n_kv_heads) * attention.head_dim * item + attention.n_heads * 8 + 16)
-    clean = CLEAN_RUN_PER_LAYER * L * P * d * item + states + n_active * ACTIVE_BYTES
-    frozen = expand_copies * FROZEN_PER_LAYER * L * P * d * item + P * P  # + the boolean causal mask
-    gradients = SWEEP_GRADIENTS * B * P * d * item
-    accumulators = B * (n_active + n_fixed) * 4
-    slots = n_decoder_slots * SLOT_BYTES
+    drops = columns < n_active
+    states = L * P * ((attention.n_heads + attention.n_kv_heads) * attention.head_dim * item
+                      + attention.n_heads * 8 + 16)
+    per_target = SWEEP_GRADIENTS * P * d * item + (n_active + n_fixed) * 4
+    part = batch_size if sweep_budget is None or expand_copies > 1 else max(1, min(batch_size, sweep_budget // per_target))
     gather = 3 * min(BLOCK_BYTES, n_decoder_slots * d * item)
     cache = min(decoder_cache_limit, n_decoder_slots * d * item)
-    store = RowStore.nbytes(n_active=n_active, n_fixed=n_fixed, capacity_rows=n_rows, capacity_columns=columns,
-                            n_groups=n_row_groups(n_rows, B), d_model=d, vector_item=item)
-    logit_rows = n_logits * n_active * 4 if columns < n_active else 0
-    graph = n_rows * (n_selected + n_fixed) * 4
-    exploration = n_active * 24 + (1024 * (columns + n_fixed) * 4 if n_selected < n_active else 0)
-    fill = min(fill_limit, 12 * P * d * item * 64) if columns < n_active else 0
+    fill = min(fill_limit, 12 * P * d * item * 64) if drops else 0
     device = {
-        "clean run": clean,
-        "frozen pass": frozen,
-        "layer gradients": gradients,
-        "row accumulators": accumulators,
-        "decoder plan": slots + gather,
+        "clean run": CLEAN_RUN_PER_LAYER * L * P * d * item + states + n_active * ACTIVE_BYTES,
+        "frozen pass": expand_copies * FROZEN_PER_LAYER * L * P * d * item + P * P,  # + the boolean mask
+        "decoder plan": n_decoder_slots * SLOT_BYTES,
         "decoder cache": cache,
+    }
+    device_phases = {
+        "batched backward": part * per_target + gather,
         "fill-in pass": fill,
     }
     host = {
-        "row store": store,
-        "logit rows": logit_rows,
-        "exploration": exploration,
-        "graph": graph,
+        "row store": RowStore.nbytes(n_active=n_active, n_fixed=n_fixed, capacity_rows=n_rows,
+                                     capacity_columns=columns, n_groups=n_row_groups(n_rows, batch_size),
+                                     d_model=d, vector_item=item),
+        "exploration": n_active * 24 if n_selected < n_active else 0,
     }
-    if not row_device_is_host:
-        device, host = {**device, **host}, {}
-    return CompactPlan(device, host, cache, fill)
+    host_phases = {
+        "logit rows": n_logits * n_active * 4 if drops else 0,
+        "graph": n_rows * (n_selected + n_fixed) * 4,
+    }
+    if not row_device_is_host:  # one memory: phases still come one at a time
+        device.update(host)
+        device_phases.update(host_phases)
+        host, host_phases = {}, {}
+    return CompactPlan(device, host, device_phases, host_phases, cache, fill, sweep_budget)
 
 
 def plan_for_trace(trace, strategy: str) -> CompactPlan:
@@ -264,6 +284,7 @@ def plan_for_trace(trace, strategy: str) -> CompactPlan:
         dtype=trace.compute_dtype, row_device_is_host=on_gpu,
         expand_copies=1 if strategy == "vmap" else trace.settings.batch_size,
         update_interval=trace.settings.update_interval,
+        sweep_budget=SWEEP_BYTES.get(trace.device.type, SWEEP_BYTES["cuda"]),
     )
 
 
@@ -284,9 +305,6 @@ def plan_clean_run(model, n_positions: int) -> CompactPlan:
     shape = attention_shape(lm.text_config, d)
     d_mlp = int(getattr(lm.text_config, "intermediate_size", None) or 4 * d)
     states = L * P * ((shape.n_heads + shape.n_kv_heads) * shape.head_dim * item + shape.n_heads * 8 + 16)
-    device = {
-        "clean run": CLEAN_RUN_PER_LAYER * L * P * d * item + states,
-        "MLP activations": 3 * P * d_mlp * item,
-        "causal mask": P * P,
-    }
-    return CompactPlan(device, {}, 0, 0)
+    device = {"clean run": CLEAN_RUN_PER_LAYER * L * P * d * item + states}
+    phases = {"MLP activations": 3 * P * d_mlp * item + P * P}
+    return CompactPlan(device, {}, phases, {})

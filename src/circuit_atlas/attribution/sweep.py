@@ -29,6 +29,9 @@ import torch
 from circuit_atlas.attribution.decoders import DecoderPlan, contract
 from circuit_atlas.attribution.rows import LOGIT_LAYER, Injection
 
+# Gradients alive during one layer's batched backward, in units of batch × prefix × d_model × item
+# (from above, at the output hook, the injected cotangent, and the layer's internals; measured).
+SWEEP_GRADIENTS = 6
 # Prompts up to this length run every batch over the whole prompt.
 MIN_PREFIX_LENGTH = 64
 # Prefix lengths are multiples of the prompt length / this (consecutive batches share passes).
@@ -80,12 +83,16 @@ class SweepInputs:
 class LayerSweep:
     """Turns batches of targets into rows, holding about one layer's batched gradient at a time."""
 
-    def __init__(self, frozen_for: Callable[[int], object], inputs: SweepInputs, strategy: str):
+    def __init__(self, frozen_for: Callable[[int], object], inputs: SweepInputs, strategy: str,
+                 budget: int | None = None):
         """`frozen_for(length)` builds the frozen pass (with residuals) over the first `length`
-        positions; `strategy` is "vmap" or "expand"."""
+        positions; `strategy` is "vmap" or "expand". `budget` bounds the bytes of one backward's
+        gradients and row accumulators: a batch that would exceed it runs in parts (same rows;
+        the attention tiles are recomputed per part)."""
         self.frozen_for = frozen_for
         self.inputs = inputs
         self.strategy = strategy
+        self.budget = budget
         self.n_layers, self.n_positions = int(inputs.errors.shape[0]), int(inputs.errors.shape[1])
         self.step = prefix_step(self.n_positions)
         self._length = -1
@@ -102,6 +109,25 @@ class LayerSweep:
             self.frozen = self.frozen_for(length)
             self._length = length
         return length
+
+    def part_size(self, reach: int, item: int) -> int:
+        """Targets per backward pass within the budget, for targets up to position `reach - 1`."""
+        if self.budget is None or self.strategy != "vmap":
+            return 1 << 30
+        length = min(self.n_positions, -(-reach // self.step) * self.step)
+        d_model = int(self.inputs.errors.shape[2])
+        per_target = SWEEP_GRADIENTS * length * d_model * item + (self.inputs.n_active + self.n_fixed) * 4
+        return max(1, self.budget // per_target)
+
+    def rows_in_parts(self, injection: Injection):
+        """Yield `(slice of the batch, BatchRows)`, the batch cut into parts within the budget."""
+        batch = int(injection.layers.shape[0])
+        reach = int(injection.positions.max()) + 1
+        size = self.part_size(reach, self.inputs.errors.element_size())
+        for start in range(0, batch, size):
+            part = slice(start, min(batch, start + size))
+            yield part, self.rows(Injection(injection.layers[part], injection.positions[part],
+                                            injection.vectors[part]))
 
     def rows(self, injection: Injection) -> BatchRows:
         """Rows `[B, ...]` of one batch of targets."""
