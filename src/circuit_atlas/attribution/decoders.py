@@ -30,18 +30,17 @@ BLOCK_BYTES = 32 << 20
 class SlotBlock:
     """Contributions into one target layer from a few positions, padded to `m` slots each.
 
-    Padding slots have activation 0, column 0 and feature 0: their (finite) dot products are
+    Padding slots have activation 0 and column 0 and hold zero rows: their dot products are
     multiplied by 0 and added to column 0, which changes nothing, and saves masking every batch.
+    `by_source[s]` = (flat slot indices `row · m + slot`, ascending, and feature indices) of the
+    slots whose feature belongs to source layer `s`: one gather and one copy per source.
     """
 
     positions: torch.Tensor  # [p] ascending
     position_list: list[int]  # the same on the host (prefix cuts without a device sync)
     columns: torch.Tensor  # [p, m] index among the active features
-    source_layers: torch.Tensor  # [p, m]
-    features: torch.Tensor  # [p, m] feature index within its source layer
     activations: torch.Tensor  # [p, m] float32, 0 in padding slots
-    valid: torch.Tensor  # [p, m] bool
-    sources: list[int]  # source layers present
+    by_source: dict[int, tuple[torch.Tensor, torch.Tensor]]
     rows: torch.Tensor | None = field(default=None, repr=False)  # cached [p, m, d] unscaled rows
 
     @property
@@ -98,15 +97,15 @@ def gather_rows(transcoders, block: SlotBlock, target: int, dtype: torch.dtype,
     """Decoder rows `[p, m, d]` (not scaled by activation) of a block's slots, zeros in padding."""
     count = block.columns.shape[0] if count is None else count
     width = block.columns.shape[1]
-    out = torch.zeros(count, width, transcoders.d_model, dtype=dtype, device=block.columns.device)
-    layers, features, valid = block.source_layers[:count], block.features[:count], block.valid[:count]
-    for source in block.sources:
-        where = valid & (layers == source)
-        if not bool(where.any()):
+    d_model = transcoders.d_model
+    out = torch.zeros(count * width, d_model, dtype=dtype, device=block.columns.device)
+    for source, (flat, features) in block.by_source.items():
+        used = int(torch.searchsorted(flat, torch.tensor(count * width, device=flat.device)))
+        if used == 0:
             continue
-        rows = transcoders.decoder_rows(source, features[where], target)
-        out[where] = rows.to(device=out.device, dtype=dtype)
-    return out
+        rows = transcoders.decoder_rows(source, features[:used], target)
+        out.index_copy_(0, flat[:used], rows.to(device=out.device, dtype=dtype))
+    return out.view(count, width, d_model)
 
 
 def plan_decoders(transcoders, active: torch.Tensor, values: torch.Tensor, n_positions: int,
@@ -152,17 +151,16 @@ def _blocks_for(active, values, members, n_positions: int, device, max_slots: in
         chosen = members[mine]
         shape = (rows_positions.numel(), int(counts[rows_positions].max()))
         columns = torch.zeros(shape, dtype=torch.long, device=device)
-        layers = torch.zeros(shape, dtype=torch.long, device=device)
-        features = torch.zeros(shape, dtype=torch.long, device=device)
         acts = torch.zeros(shape, dtype=torch.float32, device=device)
-        valid = torch.zeros(shape, dtype=torch.bool, device=device)
         columns[r, c] = chosen
-        layers[r, c] = active[chosen, 0]
-        features[r, c] = active[chosen, 2]
         acts[r, c] = values[chosen]
-        valid[r, c] = True
-        out.append(SlotBlock(rows_positions, rows_positions.tolist(), columns, layers, features, acts, valid,
-                             torch.unique(active[chosen, 0]).tolist()))
+        flat = r * shape[1] + c
+        by_source = {}
+        for source in torch.unique(active[chosen, 0]).tolist():
+            mine_here = active[chosen, 0] == source
+            order = torch.argsort(flat[mine_here])
+            by_source[int(source)] = (flat[mine_here][order], active[chosen[mine_here], 2][order])
+        out.append(SlotBlock(rows_positions, rows_positions.tolist(), columns, acts, by_source))
     return out
 
 

@@ -125,8 +125,9 @@ SWEEP_BYTES = {"cpu": 1 << 30, "cuda": 8 << 30}
 # Tensors the frozen single-copy pass keeps per layer, in units of P × d (residuals, hook values,
 # what the linear backward needs).
 FROZEN_PER_LAYER = 6
-# Bytes per decoder slot of the plan: column, source layer, feature (int64), activation, validity.
-SLOT_BYTES = 8 + 8 + 8 + 4 + 1
+# Bytes per decoder slot of the plan: column (int64), activation; per real slot its flat index and
+# feature (int64).
+SLOT_BYTES = 8 + 4 + 8 + 8
 # Bytes per active feature outside the row store: sparse COO indices and value, planning copies.
 ACTIVE_BYTES = 3 * 8 + 4 + 3 * 8 + 8
 
