@@ -151,8 +151,9 @@ class ReplacementModel:
         record = self._forward(tokens[None], record_hooks=[HOOK_MLP_OUT_RAW], compute_logits=not compact,
                                attention_states=compact)
         logits = record.logits[0] if not compact else self._last_logits(record.final_hidden[0, -1:])
-        x = torch.stack([t[0] for t in record.inputs])
-        y = torch.stack([t[0] for t in record.outputs])
+        device = self.lm.device  # where the run's tensors gather when layers sit on several devices
+        x = torch.stack([t[0].to(device) for t in record.inputs])
+        y = torch.stack([t[0].to(device) for t in record.outputs])
         zeroed = min(self.n_zeroed_positions, tokens.shape[0])
         # Sparse per layer as soon as encoded: a dense [L,P,F] would not fit for large CLTs.
         sparse = [self._sparse_activations(layer, x[layer], zeroed) for layer in range(self.n_layers)]

@@ -138,6 +138,7 @@ class LayerSweep:
         features = torch.zeros(batch, self.inputs.n_active, dtype=torch.float32, device=device)
         fixed = torch.zeros(batch, self.n_fixed, dtype=torch.float32, device=device)
         for layer, gradient in self._gradients(injection):
+            gradient = gradient.to(device)  # layers may sit on other devices (a split model)
             if layer == "embedding":
                 start = self.n_layers * self.n_positions
                 fixed[:, start : start + length] = torch.einsum(

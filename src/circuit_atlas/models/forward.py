@@ -245,12 +245,19 @@ class _Pass:
         compute and, above all, the `[B,P,d_mlp]` tensors autograd would keep for it.
         """
         batch = self.batch
+        previous = mlp.__dict__.get("forward")  # a wrapper someone installed (e.g. accelerate's hooks)
 
         def forward(*args, **kwargs):
             return value.detach().expand(batch, *value.shape[1:])
 
+        def restore() -> None:
+            if previous is None:
+                mlp.__dict__.pop("forward", None)
+            else:
+                mlp.forward = previous
+
         mlp.forward = forward
-        keep_callback(_Removal(lambda: mlp.__dict__.pop("forward", None)))
+        keep_callback(_Removal(restore))
 
     def _embedding_hook(self, module, args, kwargs):
         """Residual stream entering layer 0: record it and let the caller replace it."""
