@@ -113,7 +113,7 @@ def plan_decoders(transcoders, active: torch.Tensor, values: torch.Tensor, n_pos
     """Slots for every (active feature, target layer) pair, in blocks of similar-count positions.
 
     `active` `[n, 3]` (layer, position, feature), lexicographic; `values` `[n]` activations.
-    `sources.decoder_slots` counts the slots (padding included) before anything is laid out.
+    `plan_sizes` counts the slots (padding included) before anything is laid out.
     """
     active = active.to(device)
     values = values.to(device=device, dtype=torch.float32)
@@ -162,6 +162,27 @@ def _blocks_for(active, values, members, n_positions: int, device, max_slots: in
             by_source[int(source)] = (flat[mine_here][order], active[chosen[mine_here], 2][order])
         out.append(SlotBlock(rows_positions, rows_positions.tolist(), columns, acts, by_source))
     return out
+
+
+def plan_sizes(active: torch.Tensor, n_positions: int, transcoders, dtype: torch.dtype) -> tuple[int, int]:
+    """(slots, slots of the largest block) `plan_decoders` will lay out, padding included, from the
+    counts alone: the memory plan is checked before anything is laid out."""
+    item = torch.tensor([], dtype=dtype).element_size()
+    max_slots = max(1, BLOCK_BYTES // (item * int(transcoders.d_model)))
+    total, largest = 0, 0
+    for target in range(transcoders.n_layers):
+        writers = torch.tensor(list(transcoders.source_layers(target)), device=active.device)
+        counts = torch.bincount(active[torch.isin(active[:, 0], writers), 1], minlength=n_positions)
+        classes = width_classes(counts)
+        for cls in torch.unique(classes[counts > 0]).tolist():
+            members = counts[(classes == cls) & (counts > 0)]  # in position order, like the plan
+            per_block = max(1, max_slots // int(members.max()))
+            for start in range(0, members.numel(), per_block):
+                piece = members[start : start + per_block]
+                size = piece.numel() * int(piece.max())
+                total += size
+                largest = max(largest, size)
+    return total, largest
 
 
 def contract(out: torch.Tensor, gradient: torch.Tensor, plan: DecoderPlan, target: int, reach: int,

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuit_atlas.attribution.decoders import BLOCK_BYTES
-from circuit_atlas.attribution.sources import decoder_slots
+from circuit_atlas.attribution.decoders import BLOCK_BYTES, plan_sizes
 from circuit_atlas.attribution.store import FILL_STEP, RowStore, capacity_columns, n_row_groups
 from circuit_atlas.attribution.sweep import SWEEP_GRADIENTS
 from circuit_atlas.errors import MemoryBudgetError
@@ -225,6 +224,7 @@ def plan_compact_memory(
     expand_copies: int = 1,
     update_interval: int = 4,
     sweep_budget: int | None = None,
+    largest_block_slots: int | None = None,
     decoder_cache_limit: int = 0,
     fill_limit: int = 256 << 20,
 ) -> CompactPlan:
@@ -244,7 +244,8 @@ def plan_compact_memory(
                       + attention.n_heads * 8 + 16)
     per_target = SWEEP_GRADIENTS * P * d * item + (n_active + n_fixed) * 4
     part = batch_size if sweep_budget is None or expand_copies > 1 else max(1, min(batch_size, sweep_budget // per_target))
-    gather = 3 * min(BLOCK_BYTES, n_decoder_slots * d * item)
+    block = BLOCK_BYTES if largest_block_slots is None else largest_block_slots * d * item
+    gather = 3 * min(block, n_decoder_slots * d * item)  # rows, gradients and products of one block
     cache = min(decoder_cache_limit, n_decoder_slots * d * item)
     fill = min(fill_limit, 12 * P * d * item * 64) if drops else 0
     device = {
@@ -277,10 +278,11 @@ def plan_compact_memory(
 def plan_for_trace(trace, strategy: str) -> CompactPlan:
     """`plan_compact_memory` for a traced prompt (a `context.Trace`) and a batch strategy."""
     on_gpu = trace.device.type != "cpu"
+    slots, largest = plan_sizes(trace.active, trace.n_positions, trace.model.transcoders, trace.compute_dtype)
     return plan_compact_memory(
         n_layers=trace.n_layers, n_positions=trace.n_positions, d_model=trace.model.d_model,
         attention=attention_shape(trace.model.lm.text_config, trace.model.d_model), n_active=trace.n_active,
-        n_decoder_slots=decoder_slots(trace.active, trace.n_positions, trace.model.transcoders),
+        n_decoder_slots=slots, largest_block_slots=largest,
         n_selected=trace.n_selected, n_logits=trace.n_logits, batch_size=trace.settings.batch_size,
         dtype=trace.compute_dtype, row_device_is_host=on_gpu,
         expand_copies=1 if strategy == "vmap" else trace.settings.batch_size,
