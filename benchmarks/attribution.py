@@ -219,7 +219,8 @@ def estimate_only(kind: str, length: int, args) -> dict:
         n_active=n_active, n_decoder_slots=int(n_active * _mean_targets(kind, args.layers) * 1.2),
         n_selected=min(args.max_feature_nodes, n_active), n_logits=10, batch_size=args.batch_size,
         dtype=resolve_dtype(args.dtype) or torch.float32, row_device_is_host=args.device != "cpu",
-        sweep_budget=SWEEP_BYTES["cpu" if args.device == "cpu" else "cuda"],
+        sweep_budget=SWEEP_BYTES["cpu" if args.device == "cpu" else "cuda"], d_mlp=args.d_mlp,
+        n_features=args.features,
     )
     weights = _weight_bytes(kind, args)
     return {"kind": kind, "tokens": length, "active": n_active, "plan": plan.parts(),

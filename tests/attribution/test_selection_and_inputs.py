@@ -70,7 +70,7 @@ def test_memory_estimate_refuses_with_advice(llama_clt, monkeypatch, engine, all
     # not after them; for the compact engine, with a limit the clean run itself fits in.
     monkeypatch.setattr(module, allocator, gathered)
     tokens = prompt_ids(llama_clt)
-    limit = 1024 if engine == "dense" else 300_000
+    limit = 1024 if engine == "dense" else 2_000_000
     with pytest.raises(MemoryBudgetError, match="max_feature_nodes") as refused:
         circuit_atlas.attribute(llama_clt, tokens, memory_limit=limit, engine=engine, progress=False)
     if engine == "compact":

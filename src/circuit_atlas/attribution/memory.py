@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from circuit_atlas.attribution.decoders import BLOCK_BYTES, plan_sizes
+from circuit_atlas.attribution.fill import FILL_COPY_FACTOR
+from circuit_atlas.models.attention import BLOCK_ELEMENTS, LIVE_ROW_ELEMENTS
+from circuit_atlas.replacement import DECODE_BYTES, ENCODE_BYTES
 from circuit_atlas.attribution.store import FILL_STEP, RowStore, capacity_columns, n_row_groups
 from circuit_atlas.attribution.sweep import SWEEP_GRADIENTS
 from circuit_atlas.errors import MemoryBudgetError
@@ -124,6 +127,10 @@ SWEEP_BYTES = {"cpu": 1 << 30, "cuda": 8 << 30}
 # Tensors the frozen single-copy pass keeps per layer, in units of P × d (residuals, hook values,
 # what the linear backward needs).
 FROZEN_PER_LAYER = 6
+# Float32 copies of a frozen-attention tile alive at once (scores, exponentials, the cast tile).
+TILE_COPIES = 4
+# Float32 copies of a block of live softmax rows alive at once in the clean run.
+LIVE_COPIES = 5
 # Bytes per decoder slot of the plan: column (int64), activation; per real slot its flat index and
 # feature (int64).
 SLOT_BYTES = 8 + 4 + 8 + 8
@@ -155,10 +162,12 @@ class CompactPlan:
     decoder_cache_budget: int = 0
     fill_budget: int = 0
     sweep_budget: int | None = None
+    clean_run_peak: int = 0  # device bytes alive at the clean run's own peak, before the rest exists
 
     @property
     def device_total(self) -> int:
-        return sum(self.device.values()) + max(self.device_phases.values(), default=0)
+        later = sum(self.device.values()) + max(self.device_phases.values(), default=0)
+        return max(later, self.clean_run_peak)
 
     @property
     def host_total(self) -> int:
@@ -223,6 +232,8 @@ def plan_compact_memory(
     row_device_is_host: bool = False,
     expand_copies: int = 1,
     update_interval: int = 4,
+    d_mlp: int | None = None,
+    n_features: int = 0,
     sweep_budget: int | None = None,
     largest_block_slots: int | None = None,
     decoder_cache_limit: int = 0,
@@ -247,15 +258,19 @@ def plan_compact_memory(
     block = BLOCK_BYTES if largest_block_slots is None else largest_block_slots * d * item
     gather = 3 * min(block, n_decoder_slots * d * item)  # rows, gradients and products of one block
     cache = min(decoder_cache_limit, n_decoder_slots * d * item)
-    fill = min(fill_limit, 12 * P * d * item * 64) if drops else 0
+    tiles = TILE_COPIES * min(BLOCK_ELEMENTS, attention.n_heads * P * P) * 4  # one frozen-attention tile
+    backward = part * per_target + gather + tiles
+    # Fill-in passes run between batches: they get the backward's memory, never more.
+    fill = min(fill_limit, backward, FILL_COPY_FACTOR * P * d * item * 64) if drops else 0
+    clean = CLEAN_RUN_PER_LAYER * L * P * d * item + states + n_active * ACTIVE_BYTES
     device = {
-        "clean run": CLEAN_RUN_PER_LAYER * L * P * d * item + states + n_active * ACTIVE_BYTES,
+        "clean run": clean,
         "frozen pass": expand_copies * FROZEN_PER_LAYER * L * P * d * item + P * P,  # + the boolean mask
         "decoder plan": n_decoder_slots * SLOT_BYTES,
         "decoder cache": cache,
     }
     device_phases = {
-        "batched backward": part * per_target + gather,
+        "batched backward": backward,
         "fill-in pass": fill,
     }
     host = {
@@ -272,7 +287,22 @@ def plan_compact_memory(
         device.update(host)
         device_phases.update(host_phases)
         host, host_phases = {}, {}
-    return CompactPlan(device, host, device_phases, host_phases, cache, fill, sweep_budget)
+    early = clean + clean_run_transients(L, P, d, attention, item, d_mlp, n_features, n_active)
+    return CompactPlan(device, host, device_phases, host_phases, cache, fill, sweep_budget, early)
+
+
+def clean_run_transients(n_layers: int, n_positions: int, d_model: int, attention: AttentionShape, item: int,
+                         d_mlp: int | None, n_features: int, n_active: int | None = None) -> int:
+    """Bytes the clean run holds only while it runs: one layer's MLP activations, one block of
+    softmax rows and its temporaries, the boolean mask, a block of dense feature activations
+    (encode) and of gathered decoder rows (reconstruction)."""
+    P = n_positions
+    rows = min(LIVE_ROW_ELEMENTS, attention.n_heads * P * P)
+    mlp = 3 * P * (d_mlp or 4 * d_model) * item
+    encode = min(ENCODE_BYTES, P * n_features * 4)
+    bound = n_layers * P * n_features if n_active is None else n_active  # entries decoded at most
+    decoded = min(DECODE_BYTES, bound * d_model * 4)
+    return mlp + LIVE_COPIES * rows * 4 + P * P + 3 * encode + 3 * decoded
 
 
 def plan_for_trace(trace, strategy: str) -> CompactPlan:
@@ -288,6 +318,8 @@ def plan_for_trace(trace, strategy: str) -> CompactPlan:
         expand_copies=1 if strategy == "vmap" else trace.settings.batch_size,
         update_interval=trace.settings.update_interval,
         sweep_budget=SWEEP_BYTES.get(trace.device.type, SWEEP_BYTES["cuda"]),
+        d_mlp=getattr(trace.model.lm.text_config, "intermediate_size", None),
+        n_features=int(trace.model.transcoders.n_features),
     )
 
 
@@ -308,6 +340,6 @@ def plan_clean_run(model, n_positions: int) -> CompactPlan:
     shape = attention_shape(lm.text_config, d)
     d_mlp = int(getattr(lm.text_config, "intermediate_size", None) or 4 * d)
     states = L * P * ((shape.n_heads + shape.n_kv_heads) * shape.head_dim * item + shape.n_heads * 8 + 16)
-    device = {"clean run": CLEAN_RUN_PER_LAYER * L * P * d * item + states}
-    phases = {"MLP activations": 3 * P * d_mlp * item + P * P}
-    return CompactPlan(device, {}, phases, {})
+    clean = CLEAN_RUN_PER_LAYER * L * P * d * item + states
+    transients = clean_run_transients(L, P, d, shape, item, d_mlp, int(model.transcoders.n_features))
+    return CompactPlan({"clean run": clean}, {}, {"clean-run transients": transients}, {})
