@@ -41,3 +41,8 @@ class MemoryBudgetError(CircuitAtlasError):
 
 class InterventionError(CircuitAtlasError):
     """An intervention names a layer, position or feature that does not exist, or a bad value."""
+
+
+class GraphFileError(CircuitAtlasError):
+    """A graph directory or graph JSON file is missing, corrupt, or of an unknown format, or a
+    graph name (slug) cannot be a file name."""

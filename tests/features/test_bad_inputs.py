@@ -17,7 +17,7 @@ from circuit_atlas.features import (
     build_feature_store,
     open_feature_corpus,
 )
-from circuit_atlas.training.corpus import CorpusError, TextListCorpus
+from circuit_atlas.io.corpus import CorpusError, TextListCorpus
 
 SETTINGS = BuildSettings(context_len=10, top_k=4, n_samples=6)
 

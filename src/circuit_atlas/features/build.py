@@ -53,7 +53,7 @@ from circuit_atlas.features.pending import PendingExamples
 from circuit_atlas.features.sources import open_feature_corpus
 from circuit_atlas.features.windows import Batch, Cursor, Window, Windower, counted_tokens, make_batch, truncate
 from circuit_atlas.models.token_text import token_display_strings
-from circuit_atlas.training.corpus import Corpus, CorpusError
+from circuit_atlas.io.corpus import Corpus, CorpusError
 
 KILL_ENV = "CIRCUIT_ATLAS_TEST_KILL_AT_COMMIT"
 DEFAULT_CONTEXT_LEN = 128

@@ -1,11 +1,11 @@
-"""Where dashboard text comes from: the training part's corpus readers, plus two additions.
+"""Where dashboard text comes from: the shared corpus readers, plus two additions.
 
-`circuit_atlas.training.corpus` reads a folder of .txt files, a .txt file (blank-line separated
+`circuit_atlas.io.corpus` (also used by training) reads a folder of .txt files, a .txt file (blank-line separated
 documents) or a JSONL file, with `documents(start)` resuming at a document index; it is reused
 as is. Added here:
 
 * `encoding_errors="replace"`: bytes that are not UTF-8 become U+FFFD instead of stopping the
-  build (the training readers always raise, naming file and line, which stays the default:
+  build (the shared readers always raise, naming file and line, which stays the default:
   silently replacing could hide a corpus in the wrong encoding).
 * Hugging Face datasets (`hf:NAME` or a name that is not a local path), streamed with the
   `datasets` package, imported only when used.
@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from circuit_atlas.training.corpus import (
+from circuit_atlas.io.corpus import (
     Corpus,
     CorpusError,
     JsonlCorpus,

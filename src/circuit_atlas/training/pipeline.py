@@ -25,7 +25,7 @@ from circuit_atlas.training import distributed as dist
 from circuit_atlas.training.cache import (CACHE_CONFIG, CachedActivationSource,
                                           build_activation_cache, read_cache_config)
 from circuit_atlas.training.config import ArchitectureConfig, OptimConfig
-from circuit_atlas.training.corpus import Corpus, open_corpus
+from circuit_atlas.io.corpus import Corpus, open_corpus
 from circuit_atlas.training.errors import TrainingConfigError, TrainingDataError
 from circuit_atlas.training.evaluate import EvalReport, evaluate_transcoders
 from circuit_atlas.training.export import export_transcoders, to_transcoders

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from circuit_atlas.training.corpus import Corpus
+from circuit_atlas.io.corpus import Corpus
 from circuit_atlas.training.errors import TrainingConfigError, TrainingDataError
 from circuit_atlas.training.source import SourceState
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.training.corpus import CorpusError, open_corpus
+from circuit_atlas.io.corpus import CorpusError, open_corpus
 
 
 def test_folder_of_txt_files_is_read_recursively_in_path_order(tmp_path):
