@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -112,8 +113,9 @@ def _config(family: str, n_layers: int, d_model: int, n_heads: int, n_kv_heads: 
     )
 
 
-def _reinit(model: nn.Module, generator: torch.Generator) -> None:
-    """O(1) activations: 1/sqrt(fan_in) projections, unit-ish embeddings, varied norm gains."""
+def _reinit(model: nn.Module, generator: torch.Generator, norms: Mapping[str, str]) -> None:
+    """O(1) activations: 1/sqrt(fan_in) projections, unit-ish embeddings, varied norm gains
+    (`norms`: the family's norm classes and how they compute, from its adapter row)."""
     from transformers.pytorch_utils import Conv1D
 
     def normal(t: torch.Tensor, std: float, mean: float = 0.0) -> None:
@@ -135,9 +137,9 @@ def _reinit(model: nn.Module, generator: torch.Generator) -> None:
         elif isinstance(module, nn.LayerNorm):
             normal(module.weight, 0.3, 1.0)
             normal(module.bias, 0.1)
-        elif cls.startswith("Gemma") and cls.endswith("RMSNorm"):
+        elif norms.get(cls) == "rms_one_plus":
             normal(module.weight, 0.3)  # gain is (1 + w)
-        elif cls.endswith("RMSNorm"):
+        elif norms.get(cls) == "rms":
             normal(module.weight, 0.3, 1.0)
 
 
@@ -174,6 +176,6 @@ def tiny_language_model(
     torch.manual_seed(seed)
     hf_model = AutoModelForCausalLM.from_config(config)
     generator = torch.Generator().manual_seed(seed)
-    _reinit(hf_model, generator)
+    _reinit(hf_model, generator, ADAPTERS[family].norms)
     hf_model = hf_model.to(dtype=dtype, device=device or os.environ.get(TEST_DEVICE_VARIABLE, "cpu"))
     return LanguageModel.from_hf(hf_model, tokenizer, name=f"tiny-{family}")
