@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import fnmatch
+import shutil
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
 import yaml
+from huggingface_hub.errors import EntryNotFoundError
 from safetensors.torch import save_file
 
 
@@ -139,3 +143,41 @@ def make_gemmascope2(tmp_path: Path):
         return root, Raw(files=files, L=L, d=d, F=F)
 
     return make
+
+
+# ----------------------------------------------------------------------------- fake hub
+
+
+class FakeHub:
+    """Serves files from `root/<org>/<repo>/...`; records what was requested."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.files, self.patterns = root, [], []
+
+    def repo(self, repo_id: str) -> Path:
+        return self.root / repo_id
+
+    def hf_hub_download(self, repo_id, filename, *, revision=None, **_):
+        path = self.repo(repo_id) / filename
+        self.files.append((repo_id, filename, revision))
+        if not path.is_file():
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        return str(path)
+
+    def snapshot_download(self, repo_id, *, revision=None, allow_patterns=None, **_):
+        self.patterns.append((repo_id, tuple(allow_patterns), revision))
+        snap = self.root.parent / "snapshots" / repo_id.replace("/", "--")
+        for path in self.repo(repo_id).rglob("*"):
+            rel = path.relative_to(self.repo(repo_id)).as_posix()
+            if path.is_file() and any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
+                (snap / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, snap / rel)
+        return str(snap)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    fake = FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake.hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
+    return fake

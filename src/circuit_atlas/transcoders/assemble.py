@@ -1,52 +1,22 @@
-"""Per-layer pieces produced by every reader, and their assembly into a `Transcoders`.
+"""Assembly of what a reader found (`parts.SetParts`) into a `Transcoders`.
 
-Readers differ only in file layout; once a layer is read into `LayerParts` (our in-memory
-orientation, reference §5), the cross-layer checks and the activation choice are shared.
+Readers differ only in file layout; once the layers are in memory orientation
+(`docs/formats.md` §1), the cross-layer checks and the activation choice are shared.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
-
-import torch
+from collections.abc import Sequence
 
 from circuit_atlas.errors import ShapeMismatchError, TranscoderFormatError
 from circuit_atlas.transcoders.activations import normalize_activation_name
 from circuit_atlas.transcoders.core import Transcoders
-from circuit_atlas.transcoders.decoders import DecoderStore
-from circuit_atlas.transcoders.encoders import EncoderStore
+from circuit_atlas.transcoders.parts import LayerParts, SetParts
 from circuit_atlas.transcoders.validation import check_same_features
 
-T = TypeVar("T")
-
-
-def progress(items: Sequence[T], desc: str) -> Iterable[T]:
-    """tqdm over per-layer work (reading a 26-layer CLT takes a while); silent for tiny sets
-    and when stderr is not a terminal."""
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, leave=False, disable=True if len(items) < 4 else None)
-
-
-# The reference forces k=128 for this one published set (reference §2.1).
+# circuit-tracer forces k=128 for this one published set, and so do we (`docs/formats.md` §4).
 _FORCED_K = {"facebook/crv-8b-instruct-transcoders": 128}
-
-
-@dataclass
-class LayerParts:
-    """One source layer in memory orientation; `origin` names its file for messages."""
-
-    origin: str
-    W_enc: torch.Tensor | EncoderStore  # [F, d] or a store
-    b_enc: torch.Tensor  # [F]
-    b_dec: torch.Tensor  # [d] (of target layer = this layer)
-    W_dec: torch.Tensor | DecoderStore  # [F, d] / [F, T, d] or a store
-    threshold: torch.Tensor | None = None  # [F]
-    W_skip: torch.Tensor | None = None  # [d_out, d_in]
-    k: int | None = None  # a scalar `k` tensor found in the file (circuit-tracer TopK writer)
 
 
 def _all_or_none(parts: Sequence[LayerParts], attr: str, label: str) -> bool:
@@ -62,7 +32,7 @@ def _all_or_none(parts: Sequence[LayerParts], attr: str, label: str) -> bool:
 
 def choose_activation(parts: Sequence[LayerParts], activation: str | None, k: object,
                       where: str, scan: str | None) -> tuple[str, int | None]:
-    """The reference's selection rule (§4), made strict where it would silently misbehave.
+    """The activation rule of `docs/formats.md` §4, strict where it would silently misbehave.
 
     Config `activation` wins; without it, thresholds mean JumpReLU, a `k` tensor means TopK,
     otherwise ReLU. A config that contradicts the weights is an error naming both.
@@ -102,10 +72,11 @@ def _choose_k(k: object, file_k: int | None, where: str, scan: str | None) -> in
     return k
 
 
-def assemble(kind: str, parts: Sequence[LayerParts], *, activation: str | None, k: object,
-             input_hook: str, output_hook: str, scan: str | None, model_name: str | None,
-             where: str) -> Transcoders:
-    """Cross-layer checks (equal F and d, consistent optional tensors), then build the set."""
+def assemble(found: SetParts, scan: str | None = None) -> Transcoders:
+    """Cross-layer checks (equal F and d, consistent optional tensors), then build the set.
+
+    `scan` (a hub reference's identifier) wins over the one the reader found."""
+    parts, where = found.layers, found.where
     origins = [p.origin for p in parts]
     check_same_features(origins, [int(p.W_enc.shape[0]) for p in parts])
     for part in parts:
@@ -114,9 +85,10 @@ def assemble(kind: str, parts: Sequence[LayerParts], *, activation: str | None, 
                 f"{part.origin}: d_model {part.W_enc.shape[1]} differs from {parts[0].W_enc.shape[1]} in {origins[0]}"
             )
     has_skip = _all_or_none(parts, "W_skip", "skip (W_skip)")
-    name, k_value = choose_activation(parts, activation, k, where, scan)
+    scan = scan or found.scan
+    name, k_value = choose_activation(parts, found.activation, found.k, where, scan)
     return Transcoders(
-        kind,
+        found.kind,
         W_enc=[p.W_enc for p in parts],
         b_enc=[p.b_enc for p in parts],
         b_dec=[p.b_dec for p in parts],
@@ -125,9 +97,9 @@ def assemble(kind: str, parts: Sequence[LayerParts], *, activation: str | None, 
         W_skip=[p.W_skip for p in parts] if has_skip else None,  # type: ignore[misc]
         activation=name,
         k=k_value,
-        input_hook=input_hook,
-        output_hook=output_hook,
+        input_hook=found.input_hook,
+        output_hook=found.output_hook,
         scan=scan,
-        model_name=model_name,
+        model_name=found.model_name,
         origins=origins,
     )
