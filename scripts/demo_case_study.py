@@ -26,7 +26,7 @@ from circuit_atlas.demo.figures import bar_chart_png, explorer_screenshot
 from circuit_atlas.demo.swap import region_codes, run_swap, swap_success_rate
 from circuit_atlas.features import FeatureStore
 from circuit_atlas.graph import graph_scores, node_influence
-from circuit_atlas.server.bundle import write_graph_bundle
+from circuit_atlas.graph.bundle import write_graph_bundle
 
 from _case_study import run_case_study  # scripts/_case_study.py
 

@@ -1,14 +1,17 @@
 """circuit-atlas: circuit tracing for language models.
 
 The public API is re-exported here lazily, so `import circuit_atlas` stays fast and the CLI can
-start without importing torch until a command needs it.
+start without importing torch until a command needs it. This façade sits above every layer
+(`docs/architecture.md`): it is also where `Graph.show` is wired to the explorer.
 """
 
 from __future__ import annotations
 
-from circuit_atlas._lazy import lazy_exports
+from typing import Any
 
-__version__ = "0.1.0"
+from circuit_atlas import viewer as _viewer
+from circuit_atlas._lazy import lazy_exports
+from circuit_atlas._version import __version__
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
@@ -32,9 +35,18 @@ _EXPORTS: dict[str, str] = {
     "validate_graph": "circuit_atlas.interventions",
     "Intervention": "circuit_atlas.interventions",
     "Supernode": "circuit_atlas.interventions",
-    "write_graph_bundle": "circuit_atlas.server",
+    "write_graph_bundle": "circuit_atlas.graph",
     "serve": "circuit_atlas.server",
+    "show_graph": "circuit_atlas.server.notebook",
 }
 
 __getattr__, __dir__, _public = lazy_exports(__name__, _EXPORTS, globals())
 __all__ = _public + ["__version__"]
+
+
+def _show_in_explorer(graph: Any, **options: Any) -> Any:
+    """`Graph.show`'s viewer: the explorer (`server.notebook.show_graph`), imported on first use."""
+    return __getattr__("show_graph")(graph, **options)
+
+
+_viewer.set_viewer(_show_in_explorer)

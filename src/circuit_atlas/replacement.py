@@ -23,7 +23,7 @@ from circuit_atlas.errors import ShapeMismatchError
 from circuit_atlas.models import ForwardRecord, FreezeSpec, LanguageModel, load_language_model
 from circuit_atlas.models.adapters import HOOK_MLP_OUT_RAW
 from circuit_atlas.models.freeze import prefix_record
-from circuit_atlas.models.language_model import resolve_dtype
+from circuit_atlas.io.dtypes import resolve_dtype
 
 
 @dataclass

@@ -11,7 +11,8 @@ import torch
 from circuit_atlas.cli.main import main
 from circuit_atlas.demo import bundle
 from circuit_atlas.graph import Graph
-from circuit_atlas.graph.export import SCHEMA_FILE, cantor_unpair
+from circuit_atlas.graph.export import SCHEMA_FILE
+from circuit_atlas.io.cantor import cantor_unpair
 
 
 @pytest.fixture(autouse=True)

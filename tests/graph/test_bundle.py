@@ -10,7 +10,7 @@ import pytest
 
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.graph import Graph, random_graph, read_graph_json, to_graph_json
-from circuit_atlas.server.bundle import BUNDLE_FORMAT, write_graph_bundle
+from circuit_atlas.graph.bundle import BUNDLE_FORMAT, write_graph_bundle
 from circuit_atlas.server.catalog import GraphCatalog, GraphNotFound
 
 

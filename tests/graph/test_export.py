@@ -10,7 +10,6 @@ import pytest
 from circuit_atlas.graph import (
     GraphFileError,
     cantor_pair,
-    cantor_unpair,
     prune,
     random_graph,
     read_graph_json,
@@ -63,13 +62,6 @@ def graph():
 
 def validate(data: dict, schema: dict) -> None:
     jsonschema.Draft202012Validator(schema).validate(data)
-
-
-def test_cantor_pairing() -> None:
-    assert cantor_pair(1, 3) == 13  # the documented example
-    for layer in range(0, 40, 3):
-        for feature in (0, 1, 7, 16383, 2**20 - 1):
-            assert cantor_unpair(cantor_pair(layer, feature)) == (layer, feature)
 
 
 def test_export_validates_and_matches_reference_structure(graph, schema) -> None:

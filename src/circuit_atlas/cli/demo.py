@@ -62,7 +62,7 @@ def run(args) -> int:
     from circuit_atlas.demo.bundle import TRANSCODER_REFS, demo_features_path
     from circuit_atlas.graph import graph_scores
     from circuit_atlas.graph.prune import check_threshold
-    from circuit_atlas.server.bundle import write_graph_bundle
+    from circuit_atlas.graph.bundle import write_graph_bundle
 
     check_threshold(args.node_threshold, "--node-threshold")
     check_threshold(args.edge_threshold, "--edge-threshold")

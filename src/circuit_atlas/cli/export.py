@@ -80,7 +80,7 @@ def find_graph(folder: Path) -> tuple[Path, str | None]:
     `trace` writes bundles (OUT/<slug>/graph/...), so users naturally pass the bundle or even the
     data folder; both get a message that says where the graph is instead of "graph.json missing".
     """
-    from circuit_atlas.server.bundle import NATIVE_DIR, read_bundle_info
+    from circuit_atlas.graph.bundle import NATIVE_DIR, read_bundle_info
 
     if not folder.is_dir() or (folder / "graph.json").is_file():
         return folder, None  # Graph.load names a missing or non-folder path itself
@@ -106,7 +106,7 @@ def run(args) -> int:
     from circuit_atlas.graph import Graph, write_graph_json
     from circuit_atlas.graph.export import check_slug
     from circuit_atlas.graph.prune import check_threshold
-    from circuit_atlas.server.bundle import NATIVE_DIR, read_feature_labels
+    from circuit_atlas.graph.bundle import NATIVE_DIR, read_feature_labels
 
     check_threshold(args.node_threshold, "--node-threshold")
     check_threshold(args.edge_threshold, "--edge-threshold")

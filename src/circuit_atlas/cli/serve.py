@@ -29,7 +29,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from circuit_atlas.server.runner import DEFAULT_HOST, DEFAULT_PORT
+    from circuit_atlas.server.hosts import DEFAULT_HOST, DEFAULT_PORT
 
     parser = subparsers.add_parser(
         "serve",

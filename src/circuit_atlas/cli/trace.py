@@ -106,7 +106,7 @@ def check_numbers(args) -> None:
 def check_destination(out: Path, slug: str | None) -> None:
     """Fail before attribution when the bundle could not be written: --out is a file, the slug
     is not a safe file name, or OUT/<slug> holds something that is not a graph bundle."""
-    from circuit_atlas.server.bundle import BUNDLE_FILE, check_slug, read_bundle_info
+    from circuit_atlas.graph.bundle import BUNDLE_FILE, check_slug, read_bundle_info
 
     check_output_dir(out, "--out")
     if slug is None:
@@ -128,7 +128,7 @@ def check_destination(out: Path, slug: str | None) -> None:
 def run(args) -> int:
     import circuit_atlas
     from circuit_atlas.graph import graph_scores
-    from circuit_atlas.server.bundle import write_graph_bundle
+    from circuit_atlas.graph.bundle import write_graph_bundle
 
     check_numbers(args)
     prompt = prompt_from_args(args)

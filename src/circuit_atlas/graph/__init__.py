@@ -1,15 +1,16 @@
 """Attribution graphs: the `Graph` object and its files, influence and pruning, replacement /
-completeness scores, and export to the frontend / Neuronpedia JSON format."""
+completeness scores, export to the frontend / Neuronpedia JSON format (`docs/graph-json.md`),
+and graph bundles (the folders `trace` writes and the explorer serves)."""
 
+from circuit_atlas.errors import GraphFileError
+from circuit_atlas.graph.bundle import read_bundle_info, read_feature_labels, write_graph_bundle
 from circuit_atlas.graph.export import (
-    cantor_pair,
-    cantor_unpair,
     read_graph_json,
     to_graph_json,
     update_graph_metadata,
     write_graph_json,
 )
-from circuit_atlas.graph.graph import Graph, GraphFileError
+from circuit_atlas.graph.graph import Graph
 from circuit_atlas.graph.prune import (
     PrunedGraph,
     compute_influence,
@@ -21,6 +22,7 @@ from circuit_atlas.graph.prune import (
 )
 from circuit_atlas.graph.scores import GraphScores, graph_scores
 from circuit_atlas.graph.synthetic import random_graph
+from circuit_atlas.io.cantor import cantor_pair, cantor_unpair
 
 __all__ = [
     "Graph",
@@ -37,8 +39,11 @@ __all__ = [
     "normalize_matrix",
     "prune",
     "random_graph",
+    "read_bundle_info",
+    "read_feature_labels",
     "read_graph_json",
     "to_graph_json",
     "update_graph_metadata",
+    "write_graph_bundle",
     "write_graph_json",
 ]

@@ -1,4 +1,4 @@
-"""The on-disk layout the explorer serves, and the writer `trace` uses to produce it.
+"""Graph bundles: the on-disk layout `trace` writes and the explorer serves.
 
 A data folder (``circuit-atlas serve DIR``) holds graphs in any of these places::
 
@@ -6,8 +6,8 @@ A data folder (``circuit-atlas serve DIR``) holds graphs in any of these places:
         bundle.json                 {"format": "circuit-atlas-graph-bundle", "version": 1,
                                      "slug", "node_threshold", "edge_threshold"}
         graph/                      the native Graph (Graph.save / Graph.load)
-        <slug>.json                 pruned graph JSON (graph-json.md) at the default thresholds
-        graph-metadata.json         reference-frontend index of that JSON (graph-json.md §9)
+        <slug>.json                 pruned graph JSON (docs/graph-json.md) at the default thresholds
+        graph-metadata.json         frontend index of that JSON (docs/graph-json.md §9)
         <slug>.annotations.json     labels, supernodes, pinned sets (written by the server)
         feature-labels.json         dashboard labels of the graph's features, when traced with
                                     them (re-exports at other thresholds keep them)
@@ -24,14 +24,16 @@ Annotations for a loose ``<name>.json`` go to ``<name>.annotations.json`` beside
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.server.atomic import atomic_write_json
+from circuit_atlas.graph.export import Labels, write_graph_json
+from circuit_atlas.graph.graph import Graph
+from circuit_atlas.io.atomic import atomic_write_json
+from circuit_atlas.io.checks import check_slug, check_threshold
 
 BUNDLE_FORMAT = "circuit-atlas-graph-bundle"
 BUNDLE_VERSION = 1
@@ -42,28 +44,10 @@ ANNOTATIONS_SUFFIX = ".annotations.json"
 DEFAULT_NODE_THRESHOLD = 0.8
 DEFAULT_EDGE_THRESHOLD = 0.98
 
-SLUG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # File names in a data folder that are never graphs.
 LABELS_FILE = "feature-labels.json"
 LABELS_FORMAT = "circuit-atlas-feature-labels"
 NOT_GRAPH_FILES = frozenset({BUNDLE_FILE, METADATA_FILE, LABELS_FILE, "package.json", "tsconfig.json"})
-
-
-def check_slug(slug: str) -> str:
-    """Slugs become file names and URL segments, so only a safe character set is allowed."""
-    if not isinstance(slug, str) or not SLUG_PATTERN.match(slug) or slug.endswith(".json"):
-        raise CircuitAtlasError(
-            f"slug {slug!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return slug
-
-
-def check_threshold(name: str, value: float) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise CircuitAtlasError(f"{name} must lie in [0, 1], got {value}")
-    return value
 
 
 def annotations_path_for(folder: Path, slug: str) -> Path:
@@ -83,13 +67,13 @@ def read_bundle_info(folder: Path) -> dict[str, Any] | None:
 
 
 def write_graph_bundle(
-    graph: Any,
+    graph: Graph,
     out_dir: str | Path,
     slug: str,
     node_threshold: float = DEFAULT_NODE_THRESHOLD,
     edge_threshold: float = DEFAULT_EDGE_THRESHOLD,
     *,
-    labels: Mapping[Any, str] | None = None,
+    labels: Labels | None = None,
 ) -> Path:
     """Write ``graph`` as ``out_dir/<slug>/`` (layout in this module's docstring); return it.
 
@@ -97,11 +81,9 @@ def write_graph_bundle(
     write never leaves a half-written graph under the bundle's name. An existing annotations file
     is kept, so re-tracing a prompt keeps the labels of nodes whose ids did not change.
     """
-    from circuit_atlas.graph import write_graph_json
-
     check_slug(slug)
-    node_threshold = check_threshold("node_threshold", node_threshold)
-    edge_threshold = check_threshold("edge_threshold", edge_threshold)
+    node_threshold = check_threshold(node_threshold, "node_threshold")
+    edge_threshold = check_threshold(edge_threshold, "edge_threshold")
     folder = Path(out_dir) / slug
     if folder.exists() and not folder.is_dir():
         raise CircuitAtlasError(f"cannot write graph bundle: {folder} exists and is not a folder")
@@ -143,7 +125,7 @@ def write_graph_bundle(
     return folder
 
 
-def _write_feature_labels(folder: Path, graph: Any, labels: Mapping[Any, str] | None) -> None:
+def _write_feature_labels(folder: Path, graph: Graph, labels: Labels | None) -> None:
     """Keep the `(layer, feature)` labels of the graph's features beside it (or remove a stale
     file when re-traced without labels): the pruned JSON only holds those of the nodes it kept."""
     path = folder / LABELS_FILE

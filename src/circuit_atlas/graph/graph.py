@@ -33,7 +33,8 @@ from typing import Any, Mapping
 
 import torch
 
-from circuit_atlas.errors import CircuitAtlasError, ShapeMismatchError
+from circuit_atlas.errors import CircuitAtlasError, GraphFileError, ShapeMismatchError
+from circuit_atlas.viewer import get_viewer
 
 GRAPH_FORMAT = "circuit-atlas-graph"
 GRAPH_FORMAT_VERSION = 1
@@ -41,10 +42,6 @@ TENSORS_FILE = "graph.safetensors"
 META_FILE = "graph.json"
 
 NODE_KINDS = ("feature", "error", "token", "logit")
-
-
-class GraphFileError(CircuitAtlasError):
-    """A graph directory or graph JSON file is missing, corrupt, or of an unknown format."""
 
 
 # Tensor fields: name -> (dtype, required rank). Values are coerced to these dtypes on CPU.
@@ -404,16 +401,23 @@ class Graph:
         raise KeyError(f"no node with id {node_id!r} in this graph")
 
     # ------------------------------------------------------------------ display
-    def show(self, **options: Any):
+    def show(self, **options: Any) -> Any:
         """Render this graph in the explorer inline in a Jupyter notebook.
 
         Starts (once per kernel) a local explorer server on 127.0.0.1 and returns a view that
-        Jupyter displays as an iframe; `options` go to `circuit_atlas.graph.notebook.show_graph`
-        (slug, node_threshold, edge_threshold, height, url_template for remote notebooks).
+        Jupyter displays as an iframe; `options` go to `circuit_atlas.server.notebook.show_graph`
+        (slug, node_threshold, edge_threshold, height, url_template for remote notebooks). The
+        explorer is the viewer the package installs in `circuit_atlas.viewer`; the graph layer
+        itself does not depend on the server.
         """
-        from circuit_atlas.graph.notebook import show_graph
-
-        return show_graph(self, **options)
+        viewer = get_viewer()
+        if viewer is None:
+            raise CircuitAtlasError(
+                "Graph.show needs a viewer and none is installed; call "
+                "circuit_atlas.viewer.set_viewer(circuit_atlas.show_graph) or use "
+                "circuit_atlas.show_graph(graph)"
+            )
+        return viewer(self, **options)
 
     # ------------------------------------------------------------------ matrices
     def dense_adjacency(self) -> torch.Tensor:

@@ -42,22 +42,14 @@ import torch
 
 from circuit_atlas.errors import AttributionError
 from circuit_atlas.graph.graph import Graph
+from circuit_atlas.io.checks import check_threshold
 
 NORM_EPS = 1e-10
 MAX_INFLUENCE_ITERATIONS = 1000
 _BLOCK_ELEMENTS = 1 << 22  # row-block size (elements) for chunked reductions over the rectangle
 
 
-# ---------------------------------------------------------------------- reference primitives
-def check_threshold(value: float, name: str) -> float:
-    """Thresholds are shares of the total influence, so they must lie in [0, 1]."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise AttributionError(f"{name} must be a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= number <= 1.0:  # also rejects NaN
-        raise AttributionError(f"{name} must lie in [0, 1], got {value!r}")
-    return number
+# ---------------------------------------------------------------------- the definitions
 
 
 def normalize_matrix(matrix: torch.Tensor) -> torch.Tensor:
