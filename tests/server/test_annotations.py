@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from circuit_atlas.server import atomic
+from circuit_atlas.io import atomic
 from circuit_atlas.server.annotations import AnnotationError, AnnotationStore
 from circuit_atlas.server.app import create_app
 from circuit_atlas.server.runner import BackgroundServer

@@ -10,8 +10,8 @@ import pytest
 
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.graph import random_graph
-from circuit_atlas.graph.notebook import ExplorerView, show_graph
-from circuit_atlas.server.bundle import write_graph_bundle
+from circuit_atlas.server.notebook import ExplorerView, show_graph
+from circuit_atlas.graph.bundle import write_graph_bundle
 
 
 def test_show_graph_serves_the_graph_in_an_iframe(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from circuit_atlas.server.app import LOOPBACK_HOSTS, create_app
-from circuit_atlas.server.bundle import write_graph_bundle
+from circuit_atlas.graph.bundle import write_graph_bundle
 
 SECRET = "TOP-SECRET-CONTENT"
 

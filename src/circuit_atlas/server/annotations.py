@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.server.atomic import atomic_write_json
+from circuit_atlas.io.atomic import atomic_write_json
 
 ANNOTATION_VERSION = 1
 

@@ -17,14 +17,23 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-import circuit_atlas
+from circuit_atlas._version import __version__
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.server.catalog import GraphNotFound, GraphUnreadable
-from circuit_atlas.server.explorer import Explorer, NodeNotFound, ScoresUnavailable
+from circuit_atlas.server.explorer import Explorer
 from circuit_atlas.server.features import FeatureProvider
+from circuit_atlas.server.graphs import NodeNotFound, ScoresUnavailable, ServedGraph
 from circuit_atlas.server.hosts import AllowedHostsMiddleware
 from circuit_atlas.server.limits import DEFAULT_MAX_BODY_BYTES, RequestLimitsMiddleware
-from circuit_atlas.server.steer import MAX_NEW_TOKENS, OPS, POSITIONS, SteerBusy, Steerer, SteerUnavailable
+from circuit_atlas.server.steer import (
+    MAX_NEW_TOKENS,
+    MODES,
+    OPS,
+    POSITIONS,
+    SteerBusy,
+    Steerer,
+    SteerUnavailable,
+)
 
 log = logging.getLogger("circuit_atlas.server")
 
@@ -108,7 +117,7 @@ def create_app(
     steerer = Steerer(model)
     app = FastAPI(
         title="circuit-atlas explorer",
-        version=circuit_atlas.__version__,
+        version=__version__,
         description="Browse attribution graphs, annotate them and score pinned subgraphs.",
     )
     app.state.explorer = explorer
@@ -142,7 +151,7 @@ def _add_api_routes(app: FastAPI, explorer: Explorer) -> None:
 
     @app.get("/api/health", tags=["meta"])
     def health() -> dict[str, Any]:
-        return {"ok": True, "version": circuit_atlas.__version__}
+        return {"ok": True, "version": __version__}
 
     @app.get("/api/graphs", tags=["graphs"], summary="List the graphs in the data folder")
     def list_graphs() -> dict[str, Any]:
@@ -275,7 +284,7 @@ _STEER_BODY = {
                                 },
                             },
                         },
-                        "mode": {"enum": ["free", "constrained"]},
+                        "mode": {"enum": list(MODES)},
                         "freeze_attention": {"type": "boolean"},
                         "max_new_tokens": {"type": "integer", "minimum": 0, "maximum": MAX_NEW_TOKENS},
                         "temperature": {"type": "number", "minimum": 0},
@@ -291,14 +300,12 @@ _STEER_BODY = {
 
 
 def _add_steer_routes(app: FastAPI, explorer: Explorer, steerer: Steerer) -> None:
-    def steerable_graph(graph_id: str) -> Any | None:
-        """The native graph, else the graph-JSON document (404 for unknown ids); not loaded
-        when there is no model to use it."""
+    def steerable_graph(graph_id: str) -> ServedGraph | None:
+        """The served graph (404 for unknown ids); not loaded when there is no model to use it."""
         if not steerer.available:
             explorer.catalog.get(graph_id)
             return None
-        graph = explorer.native_graph(graph_id)
-        return graph if graph is not None else explorer.json_document(graph_id)
+        return explorer.served(graph_id)
 
     @app.get("/api/steer", tags=["steer"], summary="Whether the server holds a model to steer")
     def steer_info() -> dict[str, Any]:

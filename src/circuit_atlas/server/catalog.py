@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable
 
-from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.server.bundle import (
+from circuit_atlas.errors import CircuitAtlasError, GraphFileError
+from circuit_atlas.graph import read_graph_json
+from circuit_atlas.graph.bundle import (
     ANNOTATIONS_SUFFIX,
     DEFAULT_EDGE_THRESHOLD,
     DEFAULT_NODE_THRESHOLD,
@@ -117,7 +118,7 @@ def resolve_inside(path: Path, root: Path) -> Path | None:
 def read_json_metadata(path: Path) -> dict[str, Any]:
     """The ``metadata`` object of a graph-JSON file without parsing the whole file.
 
-    Writers put ``metadata`` first (graph-json.md §1), so decoding from the key onwards in the
+    Writers put ``metadata`` first (`docs/graph-json.md` §1), so decoding from the key onwards in the
     first MiB usually suffices; otherwise the whole file is parsed.
     """
     with open(path, "rb") as handle:
@@ -137,8 +138,6 @@ def read_json_metadata(path: Path) -> dict[str, Any]:
 def load_graph_json(path: Path) -> dict[str, Any]:
     """Parse a graph-JSON file, normalised by the graph package's reader (both qParams forms,
     both error-id forms)."""
-    from circuit_atlas.graph import GraphFileError, read_graph_json
-
     try:
         size = path.stat().st_size
     except OSError as exc:

@@ -1,24 +1,23 @@
 """Optional feature details (top examples, promoted/suppressed tokens) for the feature panel.
 
 The explorer works without feature data; `serve --features DIR` plugs a provider in. The
-provider protocol is one method, so the dashboards part (`circuit_atlas.features`) can supply
-its own store later without the server knowing its internals. Two stores are read here directly
-because they are plain files other tools already write (graph-json.md §10):
+provider protocol is one method, `feature(layer, index)`, which our dashboards store
+(`circuit_atlas.features.FeatureStore`) implements itself. Two more stores are read here because
+they are plain files other tools already write (`docs/graph-json.md` §10):
 
 * a folder of per-feature JSON files, ``DIR/<layer>/<index>.json`` or ``DIR/<feature>.json``
-  (``<feature>`` = Cantor pair of layer and index, the reference frontend's naming);
-* the reference binary bundle, ``DIR/index.json.gz`` + data files of length-prefixed
-  zlib-compressed JSON records.
+  (``<feature>`` = Cantor pair of layer and index, circuit-tracer's frontend naming);
+* circuit-tracer's binary bundle, ``DIR/index.json.gz`` + data files of length-prefixed
+  zlib-compressed JSON records (§10.3).
 
-Records are returned as dicts in the graph-json §10.2 shape (``examples_quantiles``,
-``top_logits``, ``bottom_logits``, ``act_min``, ``act_max``, ...), which the web panel renders.
+Records are dicts in the §10.2 shape (``examples_quantiles``, ``top_logits``, ``bottom_logits``,
+``act_min``, ``act_max``, ...), which the web panel renders.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import math
 import struct
 import threading
 import zlib
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.features.store import open_feature_store
+from circuit_atlas.io.cantor import cantor_pair
 
 MAX_FEATURE_RECORD_BYTES = 32 * 1024 * 1024
 
@@ -35,20 +36,6 @@ class FeatureProvider(Protocol):
     """Looks up one feature's details; ``None`` when the store has nothing for it."""
 
     def feature(self, layer: int, index: int) -> dict[str, Any] | None: ...
-
-
-def cantor_pair(layer: int, index: int) -> int:
-    """The node ``feature`` value of schema_version 1 graphs (graph-json.md §6)."""
-    s = layer + index
-    return s * (s + 1) // 2 + index
-
-
-def cantor_unpair(value: int) -> tuple[int, int]:
-    """Inverse of :func:`cantor_pair`: ``(layer, index)``."""
-    w = (math.isqrt(8 * value + 1) - 1) // 2
-    t = (w * w + w) // 2
-    index = value - t
-    return w - index, index
 
 
 class JsonDirFeatureProvider:
@@ -86,7 +73,7 @@ class JsonDirFeatureProvider:
 
 
 class BinaryBundleFeatureProvider:
-    """The reference frontend's ``index.json.gz`` + ``.bin`` bundle (graph-json.md §10.3)."""
+    """circuit-tracer's ``index.json.gz`` + ``.bin`` bundle (`docs/graph-json.md` §10.3)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
@@ -132,44 +119,19 @@ class BinaryBundleFeatureProvider:
         return data if isinstance(data, dict) else None
 
 
-class _ExternalProvider:
-    """Wraps an object from ``circuit_atlas.features`` that returns cards instead of dicts."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-
-    def feature(self, layer: int, index: int) -> dict[str, Any] | None:
-        for name in ("feature", "get", "card", "lookup"):
-            method = getattr(self.store, name, None)
-            if callable(method):
-                card = method(layer, index)
-                break
-        else:
-            return None
-        if card is None or isinstance(card, dict):
-            return card
-        for name in ("to_frontend_json", "to_json_dict", "to_dict"):
-            method = getattr(card, name, None)
-            if callable(method):
-                return method()
-        return None
-
-
 def load_feature_provider(path: str | Path) -> FeatureProvider:
     """Open the feature store at ``path``, whichever of the supported layouts it uses.
 
-    Order: our dashboards store (`circuit_atlas.features.open_feature_store`; a folder that holds
-    one but cannot be read is an error, not a silent fallback), then the reference frontend's
+    Order: our dashboards store (a `FeatureStore`, which is a provider itself; a folder that
+    holds one but cannot be read is an error, not a silent fallback), then circuit-tracer's
     binary bundle, then a folder of per-feature JSON files.
     """
-    from circuit_atlas.features import open_feature_store
-
     root = Path(path).expanduser()
     if not root.is_dir():
         raise CircuitAtlasError(f"--features: {root} is not a folder")
     store = open_feature_store(root)
     if store is not None:
-        return _ExternalProvider(store)
+        return store
     if (root / "index.json.gz").is_file():
         return BinaryBundleFeatureProvider(root)
     return JsonDirFeatureProvider(root)

@@ -1,4 +1,6 @@
-"""`graph.show()` for Jupyter: the explorer inline, served from a background thread.
+"""`graph.show()` / `circuit_atlas.show_graph` for Jupyter: the explorer inline, served from a
+background thread. (`Graph.show` reaches this through the viewer slot the package façade fills,
+`circuit_atlas.viewer`, so the graph layer does not import the server.)
 
 Why a server and not a self-contained HTML blob: the explorer prunes server-side when the slider
 moves, loads neighbourhoods on demand and saves labels, which all need the API. The server binds
@@ -23,6 +25,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.graph.bundle import write_graph_bundle
+from circuit_atlas.graph.graph import Graph
+from circuit_atlas.io.checks import check_threshold
+from circuit_atlas.server.app import LOOPBACK_HOSTS, create_app
+from circuit_atlas.server.runner import BackgroundServer
 
 _servers: dict[Path, Any] = {}
 _servers_lock = threading.Lock()
@@ -53,9 +60,6 @@ class ExplorerView:
 
 def _server_for(data_dir: Path) -> Any:
     """The background server of ``data_dir``, started on first use."""
-    from circuit_atlas.server.app import LOOPBACK_HOSTS, create_app
-    from circuit_atlas.server.runner import BackgroundServer
-
     key = data_dir.resolve()
     with _servers_lock:
         server = _servers.get(key)
@@ -76,7 +80,7 @@ def _next_slug(prefix: str) -> str:
 
 
 def show_graph(
-    graph: Any,
+    graph: Graph | str | Path,
     *,
     slug: str | None = None,
     node_threshold: float = 0.8,
@@ -97,10 +101,8 @@ def show_graph(
         height, width: iframe size.
         url_template: the browser-visible base URL, with ``{port}`` (remote notebooks).
     """
-    from circuit_atlas.server.bundle import check_threshold, write_graph_bundle
-
-    node_threshold = check_threshold("node_threshold", node_threshold)
-    edge_threshold = check_threshold("edge_threshold", edge_threshold)
+    node_threshold = check_threshold(node_threshold, "node_threshold")
+    edge_threshold = check_threshold(edge_threshold, "edge_threshold")
     if isinstance(graph, (str, Path)):
         folder = Path(graph).expanduser()
         if not folder.is_dir():

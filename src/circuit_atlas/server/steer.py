@@ -19,10 +19,12 @@ Positions: ``node`` is each node's own position; ``all`` every position, generat
 included; ``from_node`` the node's position and everything after it, generated tokens included
 (an open-ended range).
 
-Graphs that exist only as a graph-JSON file (no native bundle) are steered through
-`json_graph.adapt`, which recovers their token ids and feature coordinates and refuses files that
-belong to another model; when the file cannot prove it was traced with the loaded transcoders,
-the status and every response carry a ``warning``.
+The steerer sees every graph through one interface (`graphs.ServedGraph`): `steerable(model)`
+checks it against the held model and returns its token ids and feature coordinates
+(`graphs.Steerable`), or refuses with the reason. Graphs that exist only as a graph-JSON file are
+checked by `json_graph.adapt`, which recovers their token ids and refuses files that belong to
+another model; when the file cannot prove it was traced with the loaded transcoders, the status
+and every response carry a ``warning``.
 
 The model is used by one request at a time (one lock); requests run in a worker thread, so the
 rest of the API answers while a model call is in progress. At most ``max_pending`` requests wait
@@ -32,15 +34,17 @@ for the lock; more are refused with 503 instead of piling up.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args
+
+import torch
 
 from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.server.json_graph import JsonGraph, JsonGraphRefused, adapt
+from circuit_atlas.interventions import Intervention, generate, intervene
+from circuit_atlas.interventions.intervene import Mode
+from circuit_atlas.server.graphs import NotSteerable, ServedGraph, Steerable
 
 MAX_NEW_TOKENS = 64
 MAX_TOP_K = 50
@@ -49,11 +53,13 @@ MAX_NODES_PER_ROW = 1024
 MAX_ABS_VALUE = 1e6
 MAX_TEMPERATURE = 100.0
 MAX_CHANGED_FEATURES = 20
-MAX_CACHED_JSON = 4
+MAX_CACHED_CHECKS = 4
 BUSY_WAIT_S = 2.0  # how long a status request waits for the model lock to check a JSON graph
-POSITIONS = ("node", "all", "from_node")
-OPS = ("ablate", "scale", "set")
-MODES = ("free", "constrained")
+Op = Literal["ablate", "scale", "set"]
+Positions = Literal["node", "all", "from_node"]
+POSITIONS: tuple[str, ...] = get_args(Positions)
+OPS: tuple[str, ...] = get_args(Op)
+MODES: tuple[str, ...] = get_args(Mode)
 REQUEST_KEYS = frozenset(
     {"interventions", "mode", "freeze_attention", "max_new_tokens", "temperature", "top_p",
      "seed", "top_k"}
@@ -84,16 +90,16 @@ class SteerRow:
     """One row of the Steer panel: an operation on one node or on a supernode's members."""
 
     nodes: tuple[str, ...]
-    op: str
+    op: Op
     value: float | None
-    positions: str
+    positions: Positions
     name: str | None
 
 
 @dataclass(frozen=True)
 class SteerRequest:
     rows: tuple[SteerRow, ...]
-    mode: str
+    mode: Mode
     freeze_attention: bool
     max_new_tokens: int
     temperature: float
@@ -198,15 +204,13 @@ def _top_p(value: Any) -> float:
 
 
 # ---------------------------------------------------------------------- nodes -> interventions
-def row_interventions(graph: Any, row: SteerRow, where: str) -> list:
+def row_interventions(graph: Steerable, row: SteerRow, where: str) -> list[Intervention]:
     """The `Intervention`s of one row: each member node's (layer, position, feature).
 
     Members that share a layer and feature collapse into one intervention when their position
     ranges would overlap (``all``, ``from_node``), since the interventions API refuses two
     interventions on the same feature and position.
     """
-    from circuit_atlas.interventions import Intervention
-
     coords = [node_coords(graph, node_id, where) for node_id in row.nodes]
     kwargs: dict[str, Any] = {"ablate": True}
     if row.op == "set":
@@ -226,67 +230,19 @@ def row_interventions(graph: Any, row: SteerRow, where: str) -> list:
     return out
 
 
-def node_coords(graph: Any, node_id: str, where: str) -> tuple[int, int, int]:
+def node_coords(graph: Steerable, node_id: str, where: str) -> tuple[int, int, int]:
     """(layer, position, feature) of a feature node; other nodes cannot be intervened on."""
-    if isinstance(graph, JsonGraph):
-        kind = graph.kind(node_id)
-        if kind is None:
-            raise SteerRequestError(f"{where}: the graph has no node {node_id!r}")
-        if kind != "feature":
-            raise SteerRequestError(
-                f"{where}: node {node_id!r} is a {kind} node; only feature nodes can be steered"
-            )
-        return graph.features[node_id]
-    try:
-        index = graph.node_index(node_id)
-    except KeyError:
-        raise SteerRequestError(f"{where}: the graph has no node {node_id!r}") from None
-    kind = graph.node_kind(index)
+    kind = graph.node_kind(node_id)
+    if kind is None:
+        raise SteerRequestError(f"{where}: the graph has no node {node_id!r}")
     if kind != "feature":
         raise SteerRequestError(
             f"{where}: node {node_id!r} is a {kind} node; only feature nodes can be steered"
         )
-    layer, pos, feat = (int(v) for v in graph.feature_coords[index])
-    return layer, pos, feat
+    return graph.feature_coords(node_id)
 
 
 # ---------------------------------------------------------------------- model identity
-def _same_ref(a: Any, b: Any) -> bool:
-    """Names match when equal, or when both are local paths to the same folder."""
-    if a == b:
-        return True
-    if not (isinstance(a, str) and isinstance(b, str)):
-        return False
-    if a.startswith(("//", "\\\\")):
-        return False  # a network path named by a file: never touch it
-    try:
-        pb = Path(b).expanduser()
-        if not pb.exists():  # the server's own reference first: stat a's path only if b is local
-            return False
-        pa = Path(a).expanduser()
-        return pa.exists() and os.path.samefile(pa, pb)
-    except (OSError, ValueError):
-        return False
-
-
-def mismatch(graph: Any, model: Any) -> str | None:
-    """Why ``graph`` cannot be steered with ``model``, or None when it was traced with it."""
-    lm, tc = model.lm, model.transcoders
-    if not _same_ref(graph.model_name, lm.name):
-        return (
-            f"the graph was traced with model {graph.model_name!r} but the server holds "
-            f"{lm.name!r}"
-        )
-    if not _same_ref(graph.transcoder_scan, tc.scan):
-        return (
-            f"the graph was traced with transcoders {graph.transcoder_scan!r} but the server "
-            f"holds {tc.scan!r}"
-        )
-    if graph.n_layers != model.n_layers:
-        return f"the graph has {graph.n_layers} layers but the model has {model.n_layers}"
-    return None
-
-
 def model_info(model: Any) -> dict[str, Any]:
     scan = model.transcoders.scan
     return {
@@ -317,9 +273,9 @@ class Steerer:
     def __init__(self, model: Any | None, max_pending: int = 4) -> None:
         self.model = model
         self.max_pending = max_pending
-        # graph id -> (document, its JsonGraph or refusal); the document is held so that the
-        # identity check below can never match a recycled object.
-        self._json: dict[str, tuple[dict, JsonGraph | JsonGraphRefused]] = {}
+        # graph id -> (served graph, its Steerable or refusal); the served object is held so
+        # that the identity check below can never match a recycled object.
+        self._checked: dict[str, tuple[ServedGraph, Steerable | NotSteerable]] = {}
         self._lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -339,98 +295,93 @@ class Steerer:
             "reason": None if self.available else f"the server holds no model; {START_HINT}",
         }
 
-    def graph_status(self, graph: Any | None, graph_id: str) -> dict[str, Any]:
+    def graph_status(self, graph: ServedGraph | None, graph_id: str) -> dict[str, Any]:
         """Whether this graph can be steered, and why not (shown next to a disabled panel).
 
-        ``graph``: the native `Graph`, a graph-JSON document (dict) for a JSON-only graph, or
-        None when neither is at hand. ``warning`` is set when steering is allowed but the file
-        cannot show it was traced with the loaded transcoders.
+        ``graph``: the served graph, or None when there is no model to check it with.
+        ``warning`` is set when steering is allowed but the files cannot show the graph was
+        traced with the loaded transcoders.
         """
         resolved, reason = self.resolve(graph, graph_id)
-        warning = resolved.warning if isinstance(resolved, JsonGraph) else None
         return {
             **self.info(),
             "available": reason is None,
             "reason": reason,
-            "warning": warning,
-            "source": _source(graph),
-            "tokens_from": resolved.tokens_from if isinstance(resolved, JsonGraph) else None,
+            "warning": None if resolved is None else resolved.warning,
+            "source": None if graph is None else graph.source,
+            "tokens_from": None if resolved is None else resolved.tokens_from,
         }
 
-    def refusal(self, graph: Any | None, graph_id: str) -> str | None:
+    def refusal(self, graph: ServedGraph | None, graph_id: str) -> str | None:
         return self.resolve(graph, graph_id)[1]
 
-    def resolve(self, graph: Any | None, graph_id: str, *,
-                wait: bool = False) -> tuple[Any | None, str | None]:
-        """(what to steer: the native graph or a `JsonGraph`; None, or why it cannot be steered).
+    def resolve(self, graph: ServedGraph | None, graph_id: str, *,
+                wait: bool = False) -> tuple[Steerable | None, str | None]:
+        """(what to steer; None, or why this graph cannot be steered).
 
-        Checking a JSON graph the first time tokenises under the model lock; a status request
-        (`wait=False`) does not queue behind a running steer for it but says the model is busy."""
+        Checking a graph that needs the tokenizer (a JSON file) runs under the model lock the
+        first time; a status request (`wait=False`) does not queue behind a running steer for it
+        but says the model is busy."""
         if self.model is None:
             return None, f"steering needs a model, and the server holds none; {START_HINT}"
         if graph is None:
-            return None, (
-                f"graph {graph_id!r} exists only as a JSON file; steering needs the native graph "
-                "(its token ids and feature coordinates), as written by `circuit-atlas trace`"
-            )
-        if isinstance(graph, dict):
-            adapted = self._adapt_json(graph, graph_id, wait=wait)
-            if isinstance(adapted, JsonGraphRefused):
-                return None, (
-                    f"graph {graph_id!r} (a JSON file) cannot be steered: {adapted}; {START_HINT}"
-                )
-            return adapted, None
-        why = mismatch(graph, self.model)
-        if why is not None:
-            return None, f"graph {graph_id!r} cannot be steered: {why}; {START_HINT}"
-        return graph, None
+            return None, f"graph {graph_id!r} cannot be checked without a model; {START_HINT}"
+        checked = self._check(graph, wait=wait)
+        if isinstance(checked, NotSteerable):
+            return None, f"{graph.label} cannot be steered: {checked}; {START_HINT}"
+        return checked, None
 
-    def _adapt_json(self, doc: dict, graph_id: str, *, wait: bool) -> JsonGraph | JsonGraphRefused:
-        """`json_graph.adapt`, cached per graph id while the explorer hands out the same document
-        (it rebuilds the document when the file changes)."""
+    def _check(self, graph: ServedGraph, *, wait: bool) -> Steerable | NotSteerable:
+        """`graph.steerable(model)`, cached per graph id while the explorer hands out the same
+        served object (it builds a new one when the files change)."""
         with self._cache_lock:
-            cached = self._json.pop(graph_id, None)
-            if cached is not None and cached[0] is doc:
-                self._json[graph_id] = cached  # most recent last
+            cached = self._checked.pop(graph.graph_id, None)
+            if cached is not None and cached[0] is graph:
+                self._checked[graph.graph_id] = cached  # most recent last
                 return cached[1]
-        # Under the model lock: tokenising while a steering run decodes tokens on another thread
-        # can trip the fast tokenizer's "Already borrowed" guard.
-        if not self._lock.acquire(timeout=-1 if wait else BUSY_WAIT_S):
-            return JsonGraphRefused("the model is busy with another steering run; this graph is "
+        if not graph.checks_with_tokenizer:
+            checked = self._steerable(graph)
+        else:
+            # Under the model lock: tokenising while a steering run decodes tokens on another
+            # thread can trip the fast tokenizer's "Already borrowed" guard.
+            if not self._lock.acquire(timeout=-1 if wait else BUSY_WAIT_S):
+                return NotSteerable("the model is busy with another steering run; this graph is "
                                     "checked when it is free (try again in a moment)")  # not cached
+            try:
+                checked = self._steerable(graph)
+            finally:
+                self._lock.release()
+        with self._cache_lock:
+            self._checked[graph.graph_id] = (graph, checked)
+            while len(self._checked) > MAX_CACHED_CHECKS:  # JSON documents can be large
+                self._checked.pop(next(iter(self._checked)))
+        return checked
+
+    def _steerable(self, graph: ServedGraph) -> Steerable | NotSteerable:
         try:
-            adapted: JsonGraph | JsonGraphRefused = adapt(doc, self.model)
-        except JsonGraphRefused as exc:
-            adapted = exc
+            return graph.steerable(self.model)
+        except NotSteerable as exc:
+            return exc
         except (ValueError, TypeError, KeyError, OverflowError, RuntimeError) as exc:
             # a malformed file must be a refusal with a reason, never a server error
-            adapted = JsonGraphRefused(f"the file is not a readable graph-JSON document ({exc})")
-        finally:
-            self._lock.release()
-        with self._cache_lock:
-            self._json[graph_id] = (doc, adapted)
-            while len(self._json) > MAX_CACHED_JSON:  # documents can be large: keep only a few
-                self._json.pop(next(iter(self._json)))
-        return adapted
+            return NotSteerable(f"the file is not a readable graph-JSON document ({exc})")
 
-    def steer(self, graph: Any | None, graph_id: str, body: Any) -> dict[str, Any]:
-        """Validate ``body`` against ``graph`` and run it (blocking; call from a worker thread).
-
-        ``graph`` is the native `Graph` or, for a JSON-only graph, its graph-JSON document."""
+    def steer(self, graph: ServedGraph | None, graph_id: str, body: Any) -> dict[str, Any]:
+        """Validate ``body`` against ``graph`` and run it (blocking; call from a worker thread)."""
         request = parse_request(body)
         with _Slot(self):  # counted before anything waits on the model lock
-            graph, reason = self.resolve(graph, graph_id, wait=True)
+            target, reason = self.resolve(graph, graph_id, wait=True)
             if reason is not None:
                 raise SteerUnavailable(reason)
             interventions = []
             for i, row in enumerate(request.rows):
-                interventions.extend(row_interventions(graph, row, f"interventions[{i}]"))
+                interventions.extend(row_interventions(target, row, f"interventions[{i}]"))
             start = time.perf_counter()
             with self._lock:
                 waited = time.perf_counter() - start
-                result = self.compute(graph.input_ids, interventions, request)
+                result = self.compute(target.input_ids, interventions, request)
         result["graph_id"] = graph_id
-        result["warning"] = graph.warning if isinstance(graph, JsonGraph) else None
+        result["warning"] = target.warning
         result["rows"] = [
             {"nodes": list(r.nodes), "op": r.op, "value": r.value, "positions": r.positions,
              "name": r.name}
@@ -439,12 +390,9 @@ class Steerer:
         result["timing"] = {"queued_s": waited, "run_s": time.perf_counter() - start - waited}
         return finite(result)
 
-    def compute(self, input_ids: Any, interventions: list, request: SteerRequest) -> dict[str, Any]:
+    def compute(self, input_ids: torch.Tensor, interventions: list[Intervention],
+                request: SteerRequest) -> dict[str, Any]:
         """`intervene` on the prompt and `generate` from it; the model lock is held."""
-        import torch
-
-        from circuit_atlas.interventions import generate, intervene
-
         with torch.no_grad():
             result = intervene(
                 self.model, input_ids, interventions, mode=request.mode,
@@ -460,13 +408,6 @@ class Steerer:
             "intervention": result.to_dict(max_changes=MAX_CHANGED_FEATURES),
             "generation": None if generation is None else generation.to_dict(),
         }
-
-
-def _source(graph: Any | None) -> str | None:
-    """Which form of the graph the steerer works from: its native bundle or its JSON file."""
-    if graph is None:
-        return None
-    return "json" if isinstance(graph, dict) else "native"
 
 
 class _Slot:
