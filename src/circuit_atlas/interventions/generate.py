@@ -1,25 +1,27 @@
 """`generate(model, prompt, interventions, ...)`: default and steered continuations side by side.
 
-Generation runs the model's own KV cache one token at a time (reference §12.6). The prompt pass
-applies every intervention at the prompt positions it selects; each incremental pass applies the
-interventions whose positions cover the new position (open-ended slices `slice(k, None)` and
-`position=None`, or slices whose stop lies past the prompt), with deltas taken from that
-position's freshly computed activations (free mode; attention and MLPs live). Both continuations
-draw from their own generator seeded with `seed`, so the same seed gives the same output and the
-two differ only where the steering changed the distribution.
+Generation runs the model's own KV cache one token at a time (`docs/algorithm.md` §12.6). The
+prompt pass applies every intervention at the prompt positions it selects; each incremental pass
+applies the interventions whose positions cover the new position (open-ended slices
+`slice(k, None)` and `position=None`, or slices whose stop lies past the prompt), with deltas
+taken from that position's freshly computed activations (free mode; attention and MLPs live).
+Both continuations draw from their own generator seeded with `seed`, so the same seed gives the
+same output and the two differ only where the steering changed the distribution.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 
 from circuit_atlas.errors import InterventionError
+from circuit_atlas.interventions.intervene import Interventions
 from circuit_atlas.interventions.plan import ClampPlan
-from circuit_atlas.interventions.spec import CheckedIntervention, Intervention, Supernode, check_interventions
+from circuit_atlas.interventions.spec import CheckedIntervention, Intervention, check_interventions
+from circuit_atlas.models.prompts import Prompt
+from circuit_atlas.replacement import ReplacementModel
 
 
 @dataclass
@@ -63,9 +65,9 @@ class GenerationResult:
 
 
 def generate(
-    model,
-    prompt,
-    interventions: Iterable[Intervention | Supernode] | Intervention | Supernode = (),
+    model: ReplacementModel,
+    prompt: Prompt,
+    interventions: Interventions = (),
     max_new_tokens: int = 20,
     *,
     temperature: float = 0.0,
