@@ -12,7 +12,7 @@ import pytest
 
 from circuit_atlas.graph import random_graph, to_graph_json
 from circuit_atlas.server.app import create_app
-from circuit_atlas.server.bundle import write_graph_bundle
+from circuit_atlas.graph.bundle import write_graph_bundle
 from circuit_atlas.server.features import JsonDirFeatureProvider
 from circuit_atlas.server.runner import BackgroundServer
 
