@@ -104,8 +104,7 @@ def find_graph(folder: Path) -> tuple[Path, str | None]:
 
 def run(args) -> int:
     from circuit_atlas.graph import Graph, write_graph_json
-    from circuit_atlas.graph.export import check_slug
-    from circuit_atlas.graph.prune import check_threshold
+    from circuit_atlas.io.checks import check_slug, check_threshold
     from circuit_atlas.graph.bundle import NATIVE_DIR, read_feature_labels
 
     check_threshold(args.node_threshold, "--node-threshold")

@@ -146,7 +146,7 @@ def _model_ref(ref: str) -> str:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    import circuit_atlas
+    from circuit_atlas.replacement import load
     from circuit_atlas.features.build import BuildSettings, build_feature_store
     from circuit_atlas.features.sources import open_feature_corpus
 
@@ -160,7 +160,7 @@ def run_build(args: argparse.Namespace) -> int:
         context_before=args.context_before, context_after=args.context_after,
         n_logits=args.n_logits, max_tokens=args.max_tokens, seed=args.seed,
     )
-    model = circuit_atlas.load(_model_ref(args.model), args.transcoders, device=device, dtype=args.dtype,
+    model = load(_model_ref(args.model), args.transcoders, device=device, dtype=args.dtype,
                                lazy_encoder=args.lazy_encoder)
     report = build_feature_store(model, corpus, args.out, settings, batch_size=args.batch_size,
                                  commit_interval=args.commit_interval, progress=not args.no_progress)

@@ -90,7 +90,7 @@ def default_slug(prompt_text: str) -> str:
 
 def check_numbers(args) -> None:
     """Settings attribution would only reject after the model is loaded."""
-    from circuit_atlas.graph.prune import check_threshold
+    from circuit_atlas.io.checks import check_threshold
 
     check_threshold(args.node_threshold, "--node-threshold")
     check_threshold(args.edge_threshold, "--edge-threshold")
@@ -106,7 +106,8 @@ def check_numbers(args) -> None:
 def check_destination(out: Path, slug: str | None) -> None:
     """Fail before attribution when the bundle could not be written: --out is a file, the slug
     is not a safe file name, or OUT/<slug> holds something that is not a graph bundle."""
-    from circuit_atlas.graph.bundle import BUNDLE_FILE, check_slug, read_bundle_info
+    from circuit_atlas.graph.bundle import BUNDLE_FILE, read_bundle_info
+    from circuit_atlas.io.checks import check_slug
 
     check_output_dir(out, "--out")
     if slug is None:
@@ -126,7 +127,8 @@ def check_destination(out: Path, slug: str | None) -> None:
 
 
 def run(args) -> int:
-    import circuit_atlas
+    from circuit_atlas.attribution import attribute
+    from circuit_atlas.replacement import load
     from circuit_atlas.graph import graph_scores
     from circuit_atlas.graph.bundle import write_graph_bundle
 
@@ -137,9 +139,9 @@ def run(args) -> int:
     check_destination(args.out, args.slug or (None if args.token_ids else default_slug(args.prompt)))
     labels = feature_labels(args.features)
     device = resolve_device(args.device)
-    model = circuit_atlas.load(args.model, args.transcoders, device=device, dtype=args.dtype,
+    model = load(args.model, args.transcoders, device=device, dtype=args.dtype,
                                lazy_encoder=args.lazy_encoder)
-    graph = circuit_atlas.attribute(
+    graph = attribute(
         model,
         prompt,
         targets=targets,

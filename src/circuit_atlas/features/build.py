@@ -50,7 +50,7 @@ from circuit_atlas.features.histogram import default_edges
 from circuit_atlas.features.keys import MAX_CONTEXT_LEN
 from circuit_atlas.features.logits import logit_effects
 from circuit_atlas.features.pending import PendingExamples
-from circuit_atlas.features.sources import open_feature_corpus
+from circuit_atlas.features.sources import HubDatasetCorpus, open_feature_corpus
 from circuit_atlas.features.windows import Batch, Cursor, Window, Windower, counted_tokens, make_batch, truncate
 from circuit_atlas.models.token_text import token_display_strings
 from circuit_atlas.io.corpus import Corpus, CorpusError
@@ -519,8 +519,6 @@ class _ProgressBar:
 
 def _count_documents(corpus: Corpus) -> int | None:
     """Documents in a local corpus (None for streamed hub datasets: no total, no ETA)."""
-    from circuit_atlas.features.sources import HubDatasetCorpus
-
     if isinstance(corpus, HubDatasetCorpus):
         return None
     return sum(1 for _ in corpus.documents(0))

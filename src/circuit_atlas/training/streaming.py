@@ -23,14 +23,13 @@ from typing import Any
 import torch
 
 from circuit_atlas.io.corpus import Corpus
+from circuit_atlas.models.prompts import special_prefix_id
 from circuit_atlas.training.errors import TrainingConfigError, TrainingDataError
 from circuit_atlas.training.source import SourceState
 
 
 def special_prefix(tokenizer) -> int | None:
-    """The id prepended to each document (reference rule: first truthy id of bos, pad, eos)."""
-    from circuit_atlas.models.prompts import special_prefix_id
-
+    """The id prepended to each document (the prompt rule: first truthy id of bos, pad, eos)."""
     return special_prefix_id(tokenizer)
 
 
