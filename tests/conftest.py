@@ -88,3 +88,11 @@ def case(request):
 def graph():
     """A small random graph (3 layers, 5 positions, 40 features, 3 logits)."""
     return random_graph(n_layers=3, n_pos=5, n_sel=40, n_logits=3, seed=7)
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    """The bundled demo model with its CLT, loaded once (its users only read it: interventions
+    never change weights)."""
+    torch.set_num_threads(1)
+    return circuit_atlas.load("demo", "demo")

@@ -72,7 +72,7 @@ def demo_features_path(kind: str = DEFAULT_TRANSCODER_KIND) -> Path:
     path = ASSETS_DIR / "features" / kind
     if not (path / "features.sqlite").is_file():
         raise ModelLoadError(f"the bundled demo feature store is missing: {path / 'features.sqlite'}"
-                             " (rebuild it with `python scripts/build_demo_assets.py`)")
+                             " (rebuild it with `python -m circuit_atlas.demo.build_assets`)")
     return path
 
 

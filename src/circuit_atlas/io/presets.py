@@ -42,11 +42,11 @@ class BundledFolder:
 
 def _demo_transcoders(kind: str) -> BundledFolder:
     return BundledFolder(BUNDLED_ASSETS / "transcoders" / kind, f"demo {kind.upper()} transcoders",
-                         "circuit_atlas_transcoders.json", "python scripts/build_demo_assets.py")
+                         "circuit_atlas_transcoders.json", "python -m circuit_atlas.demo.build_assets")
 
 
 DEMO_MODEL = BundledFolder(BUNDLED_ASSETS / "model", "demo model", "config.json",
-                           f"python scripts/train_demo.py --out {BUNDLED_ASSETS}")
+                           f"python -m circuit_atlas.demo.train --out {BUNDLED_ASSETS}")
 DEMO_TRANSCODERS = {kind: _demo_transcoders(kind) for kind in ("clt", "plt")}
 
 MODEL_PRESETS: dict[str, BundledFolder] = {DEMO: DEMO_MODEL}

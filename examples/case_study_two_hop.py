@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Measure the two-hop case study on the bundled demo and take its figures.
 
-    python scripts/demo_case_study.py [--work DIR] [--docs docs/case-studies] [--no-screenshots]
+    python examples/case_study_two_hop.py [--work DIR] [--docs docs/case-studies] [--no-screenshots]
 
 Writes `<docs>/two-hop-results.json` (every figure docs/case-studies.md quotes: graph sizes and
 scores, the top features at the last positions with their labels, the swap success rate and its
@@ -17,18 +17,18 @@ import sys
 import time
 from pathlib import Path
 
-
 import circuit_atlas
 from circuit_atlas.cli.demo import copy_features, top_features_text
 from circuit_atlas.cli.trace import default_slug
 from circuit_atlas.demo import bundle
-from circuit_atlas.demo.figures import bar_chart_png, explorer_screenshot
-from circuit_atlas.demo.swap import region_codes, run_swap, swap_success_rate
 from circuit_atlas.features import FeatureStore
 from circuit_atlas.graph import graph_scores, node_influence
 from circuit_atlas.graph.bundle import write_graph_bundle
 
-from _case_study import run_case_study  # scripts/_case_study.py
+from case_studies.cli import run_case_study
+from case_studies.figures import bar_chart_png, explorer_screenshot
+from case_studies.swap import region_codes, run_swap, swap_success_rate
+
 
 def measure(work: Path) -> dict:
     model = circuit_atlas.load("demo", "demo")

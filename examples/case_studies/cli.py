@@ -1,6 +1,6 @@
-"""The command line every demo case-study script shares (imported by the scripts beside it).
+"""The command line every case-study script shares (`examples/case_study_<name>.py`).
 
-    python scripts/<study>.py [--work DIR] [--docs docs/case-studies] [--no-screenshots]
+    python examples/case_study_<name>.py [--work DIR] [--docs docs/case-studies] [--no-screenshots]
 
 Each script supplies `measure(work) -> results`, `figures(work, docs, results) -> [png paths]`
 and `summary(results) -> str`; this runs them and writes `<docs>/<results_name>`.

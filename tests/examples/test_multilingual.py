@@ -25,11 +25,12 @@ import pytest
 
 import circuit_atlas
 from circuit_atlas.demo import bundle, lexicon
-from circuit_atlas.demo import multilingual as ml
-from circuit_atlas.demo.codes import FeatureCode, measure_code
 from circuit_atlas.demo.toyworld import generate_corpus
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.graph import node_influence
+
+from case_studies import multilingual as ml
+from case_studies.codes import FeatureCode, measure_code
 
 REVERSED_EN = {"english": 0, "french": 1, "spanish": 1}
 

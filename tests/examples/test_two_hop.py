@@ -5,9 +5,10 @@
    intermediate region: at least 80 % of its top examples mention that region, one of its cities
    or its capital before the focal token. This check reads the feature store directly; it does
    not use the labelling code.
-2. Suppressing the region's features and injecting another region's (`demo.swap`: region codes
-   measured on training cities only) turns the answer into the other region's capital on at least
-   80 % of the held-out questions; suppressing alone changes the answer but not into that capital.
+2. Suppressing the region's features and injecting another region's (`case_studies.swap`:
+   region codes measured on training cities only) turns the answer into the other region's
+   capital on at least 80 % of the held-out questions; suppressing alone changes the answer but
+   not into that capital.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import pytest
 import circuit_atlas
 from circuit_atlas.cli.demo import copy_features
 from circuit_atlas.demo import bundle
-from circuit_atlas.demo.swap import region_codes, run_swap, swap_success_rate
 from circuit_atlas.features import FeatureStore
 from circuit_atlas.graph import node_influence
+
+from case_studies.swap import region_codes, run_swap, swap_success_rate
 
 TOP_N = 10
 

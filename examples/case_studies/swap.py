@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from circuit_atlas.demo.codes import (DEFAULT_SHARE, FeatureCode, answer_word, dense_activations,
+from .codes import (DEFAULT_SHARE, FeatureCode, answer_word, dense_activations,
                                       first_token_id, measure_code, share_true)
-from circuit_atlas.demo.codes import swap_interventions as code_swap_interventions
+from .codes import swap_interventions as code_swap_interventions
 from circuit_atlas.demo.toyworld import TWO_HOP_FRAME, TwoHopItem, World
 from circuit_atlas.interventions import Intervention, intervene
 

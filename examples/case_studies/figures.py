@@ -11,6 +11,9 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
+from circuit_atlas.server.app import create_app
+from circuit_atlas.server.runner import BackgroundServer
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -24,10 +27,7 @@ def explorer_screenshot(graphs: Path, path: Path, *, slug: str, node_id: str | N
                         features=None, model=None, size: tuple[int, int] = (1500, 900)) -> Path:
     """Serve `graphs` (a data folder of graph bundles), open graph `slug` with `node_id`
     selected, and save the page as `path`. `features` (a FeatureStore) fills the feature panel."""
-    from playwright.sync_api import sync_playwright
-
-    from circuit_atlas.server.app import create_app
-    from circuit_atlas.server.runner import BackgroundServer
+    from playwright.sync_api import sync_playwright  # a dev dependency: imported when used
 
     path.parent.mkdir(parents=True, exist_ok=True)
     query = f"?graph={slug}" + (f"&clickedId={node_id}" if node_id else "")

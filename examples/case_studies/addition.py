@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from circuit_atlas.demo.codes import (DEFAULT_SHARE, FeatureCode, dense_activations, measure_code,
+from .codes import (DEFAULT_SHARE, FeatureCode, dense_activations, measure_code,
                                       share_true, swap_interventions)
 from circuit_atlas.demo.toyworld import ADDITION_FRAME, World
 from circuit_atlas.interventions import intervene

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Measure the multilingual case study on the bundled demo and take its figures.
 
-    python scripts/case_study_multilingual.py [--work DIR] [--docs docs/case-studies] [--no-screenshots]
+    python examples/case_study_multilingual.py [--work DIR] [--docs docs/case-studies] [--no-screenshots]
 
 Writes `<docs>/multilingual-results.json` (every figure docs/case-studies/multilingual.md quotes:
 the graph of the held-out question "le contraire de petit est", the model's answers to the
@@ -20,18 +20,18 @@ import sys
 import time
 from pathlib import Path
 
-
 import circuit_atlas
 from circuit_atlas.cli.demo import copy_features, top_features_text
 from circuit_atlas.cli.trace import default_slug
 from circuit_atlas.demo import bundle
-from circuit_atlas.demo import multilingual as ml
-from circuit_atlas.demo.figures import bar_chart_png, explorer_screenshot
 from circuit_atlas.features import FeatureStore
 from circuit_atlas.graph import graph_scores, node_influence
 from circuit_atlas.graph.bundle import write_graph_bundle
 
-from _case_study import run_case_study  # scripts/_case_study.py
+from case_studies import multilingual as ml
+from case_studies.cli import run_case_study
+from case_studies.figures import bar_chart_png, explorer_screenshot
+
 
 DEFAULT_WORD = ml.Word(1, 1, "french")  # petit: "le contraire de petit est" -> grand (held out)
 SHORT = {"english": "en", "french": "fr", "spanish": "es"}

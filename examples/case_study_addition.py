@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Measure the addition case study on the bundled demo and take its figures.
 
-    python scripts/case_study_addition.py [--work DIR] [--docs docs/case-studies] [--no-screenshots]
+    python examples/case_study_addition.py [--work DIR] [--docs docs/case-studies] [--no-screenshots]
 
 Writes `<docs>/addition-results.json` (every figure docs/case-studies/addition.md quotes: the graph
 of one held-out sum with its top features and labels, where the graphs of all held-out sums put
@@ -26,17 +26,18 @@ import circuit_atlas
 from circuit_atlas.cli.demo import copy_features, top_features_text
 from circuit_atlas.cli.trace import default_slug
 from circuit_atlas.demo import bundle
-from circuit_atlas.demo.addition import (ONES_SHIFT, PROMPTS_PER_COMBO, carry_items, carry_target,
-                                         combo, combo_codes, firing_table, ones_digit_items,
-                                         ones_target, run_swap, swap_success_rate, training_pairs)
-from circuit_atlas.demo.codes import dense_activations, measure_code, swap_interventions
-from circuit_atlas.demo.figures import bar_chart_png, explorer_screenshot
 from circuit_atlas.features import FeatureStore
 from circuit_atlas.graph import graph_scores, node_influence
-from circuit_atlas.interventions import intervene
 from circuit_atlas.graph.bundle import write_graph_bundle
+from circuit_atlas.interventions import intervene
 
-from _case_study import run_case_study  # scripts/_case_study.py
+from case_studies.addition import (ONES_SHIFT, PROMPTS_PER_COMBO, carry_items, carry_target,
+                                   combo, combo_codes, firing_table, ones_digit_items,
+                                   ones_target, run_swap, swap_success_rate, training_pairs)
+from case_studies.cli import run_case_study
+from case_studies.codes import dense_activations, measure_code, swap_interventions
+from case_studies.figures import bar_chart_png, explorer_screenshot
+
 
 CONDITIONS = (("swap", {}), ("suppress_only", {"inject": False}), ("inject_only", {"suppress": False}))
 FIRING_PAIRS_PER_COMBO = 20

@@ -18,10 +18,10 @@ import pytest
 
 import circuit_atlas
 from circuit_atlas.demo import bundle
-from circuit_atlas.demo.addition import (AdditionItem, carry_items, carry_target, combo_codes,
-                                         ones_digit_items, run_swap, swap_success_rate,
-                                         training_pairs)
 from circuit_atlas.graph import node_influence
+
+from case_studies.addition import (AdditionItem, carry_items, carry_target, combo_codes,
+                                   ones_digit_items, run_swap, swap_success_rate, training_pairs)
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from circuit_atlas.demo import lexicon
-from circuit_atlas.demo.codes import (FeatureCode, answer_word, dense_activations, first_token_id,
+from .codes import (FeatureCode, answer_word, dense_activations, first_token_id,
                                       measure_code, share_true, swap_interventions)
 from circuit_atlas.demo.toyworld import TRANSLATION_FRAME, World
 from circuit_atlas.errors import CircuitAtlasError
