@@ -17,7 +17,7 @@ def tok():
 def test_words_are_single_tokens_and_bos_is_first(tok):
     prompt = "the capital of the region containing dallas is"
     ids = tok(prompt)["input_ids"]
-    assert ids[0] == tok.bos_token_id != 0  # the reference BOS rule skips a falsy id
+    assert ids[0] == tok.bos_token_id != 0  # the prompt rule (docs/algorithm.md §2.1) skips a falsy id
     assert tok.convert_ids_to_tokens(ids[1:]) == ["▁" + w for w in prompt.split()]
     assert tok(prompt, add_special_tokens=False)["input_ids"] == ids[1:]
 

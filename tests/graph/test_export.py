@@ -1,4 +1,4 @@
-"""Graph JSON export (graph-json.md §2–§9), the JSON schema, and the reader."""
+"""Graph JSON export (docs/graph-json.md §2–§9), the JSON schema, and the reader."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from circuit_atlas.graph import (
 )
 from circuit_atlas.graph.export import SCHEMA_FILE
 
-# graph-json.md §12, the reference writer's output on a synthetic graph (abridged there)
+# circuit-tracer's writer's output on a synthetic 2-layer, 3-token graph (abridged)
 REFERENCE_EXAMPLE = json.loads(r"""
 {
   "metadata": {"slug": "demo", "scan": "org/repo", "transcoder_list": [],
@@ -67,7 +67,7 @@ def validate(data: dict, schema: dict) -> None:
 def test_export_validates_and_matches_reference_structure(graph, schema) -> None:
     data = to_graph_json(graph, "demo")
     validate(data, schema)
-    validate(REFERENCE_EXAMPLE, schema)  # the schema accepts the reference writer's output
+    validate(REFERENCE_EXAMPLE, schema)  # the schema accepts circuit-tracer's output
     assert list(data) == list(REFERENCE_EXAMPLE)
     ref_meta_keys = list(REFERENCE_EXAMPLE["metadata"])
     assert list(data["metadata"])[: len(ref_meta_keys)] == ref_meta_keys

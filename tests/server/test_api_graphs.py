@@ -43,7 +43,7 @@ def test_default_thresholds_come_from_the_bundle(client, graph) -> None:
 def test_json_only_view_filters_by_influence(client, data_dir) -> None:
     doc = json.loads((data_dir / "loose" / "jsonly.json").read_text())
     threshold = 0.5
-    # Independent filter: the reference frontend's rule, then drop unlinked features/errors.
+    # Independent filter: circuit-tracer's frontend's rule, then drop unlinked features/errors.
     always = {"embedding", "logit"}
     kept = {
         n["node_id"]

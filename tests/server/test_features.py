@@ -63,7 +63,7 @@ def test_json_dir_provider_reads_both_layouts(tmp_path: Path) -> None:
 
 
 def _write_bundle(root: Path, layers: dict[int, list[dict]]) -> None:
-    """The reference frontend's bundle, written independently from the graph-json.md §10.3 text."""
+    """circuit-tracer's feature bundle, written independently from the docs/graph-json.md §10.3 text."""
     index = {}
     for layer, cards in layers.items():
         blob, offsets = b"", []

@@ -33,7 +33,7 @@ class Raw:
 
 @pytest.fixture
 def make_ct_plt(tmp_path: Path):
-    """circuit-tracer PLT dir (§5): layer_i.safetensors + config.yaml."""
+    """circuit-tracer PLT dir (docs/formats.md §5.3): layer_i.safetensors + config.yaml."""
 
     def make(L: int = 3, d: int = 6, F: int = 10, *, threshold: bool = False, skip: bool = False,
              config_extra: dict | None = None, seed: int = 0, dtype=torch.float32, name: str = "plt") -> tuple[Path, Raw]:
@@ -62,7 +62,7 @@ def make_ct_plt(tmp_path: Path):
 
 @pytest.fixture
 def make_ct_clt(tmp_path: Path):
-    """circuit-tracer CLT dir (§8): W_enc_i / W_dec_i files + config.yaml."""
+    """circuit-tracer CLT dir (docs/formats.md §5.4): W_enc_i / W_dec_i files + config.yaml."""
 
     def make(L: int = 3, d: int = 6, F: int = 10, *, threshold: bool = False, seed: int = 1,
              name: str = "clt") -> tuple[Path, Raw]:
@@ -90,7 +90,7 @@ def make_ct_clt(tmp_path: Path):
 
 @pytest.fixture
 def make_gemmascope_npz(tmp_path: Path):
-    """GemmaScope v1 set (§6): params.npz per layer, W_enc stored [d, F], listed in config."""
+    """GemmaScope v1 set (docs/formats.md §6.1): params.npz per layer, W_enc stored [d, F], listed in config."""
 
     def make(L: int = 2, d: int = 5, F: int = 9, seed: int = 2) -> tuple[Path, Raw]:
         rng = np.random.default_rng(seed)
@@ -117,7 +117,7 @@ def make_gemmascope_npz(tmp_path: Path):
 
 @pytest.fixture
 def make_gemmascope2(tmp_path: Path):
-    """GemmaScope-2 PLT (§7) or CLT (§9) set: lower-case keys, w_enc [d, F], affine skip [d_in, d_out]."""
+    """GemmaScope-2 PLT (docs/formats.md §6.2) or CLT (§6.3) set: lower-case keys, w_enc [d, F], affine skip [d_in, d_out]."""
 
     def make(kind: str = "plt", L: int = 3, d: int = 5, F: int = 8, *, skip: bool = True, seed: int = 3,
              n_listed: int | None = None) -> tuple[Path, Raw]:

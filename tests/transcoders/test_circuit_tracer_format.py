@@ -1,4 +1,4 @@
-"""circuit-tracer directories (§5, §8, §11): hand-written files read, our files written compatibly."""
+"""circuit-tracer directories (docs/formats.md §5): hand-written files read, our files written compatibly."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ def test_plt_files_match_reference_formula(make_ct_plt):
     tc = load_transcoders(str(root))
     assert (tc.kind, tc.n_layers, tc.d_model, tc.n_features) == ("plt", 3, 6, 10)
     assert (tc.input_hook, tc.output_hook, tc.activation_name) == ("hook_resid_mid", "mlp.hook_out", "jumprelu")
-    assert tc.model_name == "toy/model" and tc.scan == str(root.resolve())  # local dir: scan = path (§11)
+    assert tc.model_name == "toy/model" and tc.scan == str(root.resolve())  # local dir: scan = path (docs/formats.md §2)
     x = torch.randn(4, 6)
     for layer, t in enumerate(raw.layers):
         h = x @ t["W_enc"].T + t["b_enc"]
         a = h * (h > t["activation_function.threshold"])
         assert torch.allclose(tc.encode(layer, x), a, atol=1e-5)
-        y = a @ t["W_dec"] + t["b_dec"] + x @ t["W_skip"].T  # §5 computation
+        y = a @ t["W_dec"] + t["b_dec"] + x @ t["W_skip"].T  # docs/formats.md §5.3
         assert torch.allclose(tc.reconstruct(layer, {layer: a}, x), y, atol=1e-5)
 
 
@@ -91,7 +91,7 @@ def test_save_circuit_tracer_round_trip_and_key_layout(tmp_path, kind, activatio
             expected = {"W_enc", "W_dec", "b_enc", "b_dec", "W_skip"}
             if activation == "jumprelu":
                 expected.add("activation_function.threshold")
-            assert set(f.keys()) == expected  # no 'k' key: circuit-tracer's reader rejects it (§14.1)
+            assert set(f.keys()) == expected  # no 'k' key: circuit-tracer's reader rejects it (§5.3)
             assert f.get_tensor("W_dec").shape == (24, 8)
         if activation == "topk":
             assert config["activation"] == "topk" and config["k"] == 3

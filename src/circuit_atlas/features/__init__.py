@@ -5,7 +5,7 @@ records, per feature: top activating contexts, examples across activation quanti
 density, a histogram and the output tokens its decoder promotes / suppresses. The store is one
 SQLite file, resumable after interruption (`storage.py`, `build.py`).
 `FeatureStore(out).card(layer, feature)` reads a `FeatureCard`; `to_frontend_json` gives the
-graph-json §10.2 object the explorer's feature panel draws; `set_label` labels features.
+`docs/graph-json.md` §10.2 object the explorer's feature panel draws; `set_label` labels features.
 
 Public API (imported lazily so `import circuit_atlas.features` stays cheap):
 `build_feature_store`, `BuildSettings`, `BuildReport`, `FeatureStore`, `FeatureCard`, `Example`,

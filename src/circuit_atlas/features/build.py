@@ -475,7 +475,7 @@ class _Builder:
 
 def _may_be_negative(tc, layer: int) -> bool:
     """ReLU never gives negative activations, nor JumpReLU with non-negative thresholds; TopK
-    (no ReLU in the reference) and negative thresholds can."""
+    (no ReLU in circuit-tracer's JumpReLU) and negative thresholds can."""
     if tc.activation_name == "relu":
         return False
     threshold = tc.threshold(layer)

@@ -253,7 +253,7 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ frontend JSON
     def to_frontend_json(self, layer: int, feature: int) -> dict[str, Any]:
-        """The graph-json.md §10.2 object (plus `label`, `layer`, `n_tokens`, `mean_activation`)."""
+        """The `docs/graph-json.md` §10.2 object (plus `label`, `layer`, `n_tokens`, `mean_activation`)."""
         card = self.card(layer, feature)
         groups, seen = [], set()
 

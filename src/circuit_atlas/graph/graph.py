@@ -4,7 +4,7 @@ The attribution engine builds a `Graph`; pruning, scores, export and the web ser
 It is immutable (a frozen dataclass whose tensors nobody should modify in place), so a graph can
 be shared between threads of the server without copies.
 
-Node order (the reference library's dense order, `attribution-algorithm.md` §3.2)::
+Node order (circuit-tracer's dense order too, `docs/algorithm.md` §4)::
 
     [ selected features (n_sel) | errors L·P (layer-major) | tokens P | logits n_logits ]
 
@@ -323,7 +323,7 @@ class Graph:
 
     @cached_property
     def logit_weights(self) -> torch.Tensor:
-        """float32 [N]: logit probabilities on logit nodes, 0 elsewhere (reference §9)."""
+        """float32 [N]: logit probabilities on logit nodes, 0 elsewhere (`docs/algorithm.md` §10)."""
         w = torch.zeros(self.n_nodes, dtype=torch.float32)
         w[self.n_sources :] = self.logit_probabilities
         return w
@@ -346,7 +346,7 @@ class Graph:
         return "logit"
 
     def node_id(self, node: int) -> str:
-        """The graph-JSON `node_id` (graph-json.md §5.2), errors in the `{l}_-1_{p}` form."""
+        """The graph-JSON `node_id` (`docs/graph-json.md` §5.2), errors in the `{l}_-1_{p}` form."""
         kind = self.node_kind(node)
         if kind == "feature":
             layer, pos, feat = (int(v) for v in self.feature_coords[node])
@@ -421,7 +421,7 @@ class Graph:
 
     # ------------------------------------------------------------------ matrices
     def dense_adjacency(self) -> torch.Tensor:
-        """float32 [N, N] in the reference order [features | errors | tokens | logits].
+        """float32 [N, N] in the dense order [features | errors | tokens | logits].
 
         Error and token rows and logit columns are zero. Costs 4·N² bytes.
         """

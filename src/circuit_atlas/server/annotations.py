@@ -25,7 +25,7 @@ ANNOTATION_VERSION = 1
 # Sections of the document and what each maps keys to.
 #   node_labels:    node_id -> label (one node)
 #   feature_labels: str(node "feature" value) -> label (every position of a feature, as the
-#                   reference frontend's "clerps" do)
+#                   circuit-tracer frontend's "clerps" do)
 #   supernodes:     supernode id -> {"name": str, "members": [node_id, ...]}
 #   pinned_sets:    name -> [node_id, ...]
 SECTIONS: tuple[str, ...] = ("node_labels", "feature_labels", "supernodes", "pinned_sets")

@@ -1,6 +1,6 @@
 """Stream (MLP input, MLP output) pairs of every layer from a language model over a corpus.
 
-Documents are tokenised (with the reference library's special-token prefix per document) and
+Documents are tokenised (with the prompt rule's special-token prefix per document, `docs/algorithm.md` §2.1) and
 packed into windows of `context_length` tokens, each starting with the prefix token like a
 tracer prompt; each batch of windows is run through the model once, recording the input and
 output hook of every layer. Position 0 (the BOS attention sink) and prefix tokens are dropped:
