@@ -73,6 +73,29 @@ class StatsRows:
     histograms: np.ndarray
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """One batch being accumulated: activations `[B, P, F]`, token ids `[B, P]`, window lengths."""
+
+    acts: torch.Tensor
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Entering:
+    """Examples entering a list, one per element: which window and position of the batch, which
+    feature, its activation, occurrence id and sampling key."""
+
+    kind: int
+    window: torch.Tensor
+    position: torch.Tensor
+    feature: torch.Tensor
+    value: torch.Tensor
+    oid: torch.Tensor
+    key: torch.Tensor
+
+
 class LayerAccumulator:
     """Statistics of the `n_features` features of `layer` (tensors live on `device`)."""
 
@@ -112,8 +135,9 @@ class LayerAccumulator:
         values = flat[rows, cols]
         self._add_counts(cols, values)
         added, removed = [], []
-        top = self._update_top(acts, tokens, oids, lengths)
-        sample = self._update_samples(acts, tokens, oids.reshape(-1), lengths, rows, cols, values)
+        batch = _Batch(acts, tokens, lengths)
+        top = self._update_top(batch, oids)
+        sample = self._update_samples(batch, oids.reshape(-1), rows, cols, values)
         for new, gone in (top, sample):
             added.append(new)
             removed.append(gone)
@@ -128,8 +152,8 @@ class LayerAccumulator:
         self.histograms.view(-1).index_add_(0, cols * self.n_bins + bins, ones)
         self.dirty[cols] = True
 
-    def _update_top(self, acts, tokens, oids, lengths) -> tuple[ExampleRows, RemovedRows]:
-        best, where = acts.max(dim=1)  # [B, F]; the first position on ties
+    def _update_top(self, batch: _Batch, oids: torch.Tensor) -> tuple[ExampleRows, RemovedRows]:
+        best, where = batch.acts.max(dim=1)  # [B, F]; the first position on ties
         # only windows above a feature's current k-th value can enter (equal values lose: older)
         floor = torch.clamp(self.top_val[:, -1], min=0.0)
         touched = (best > floor[None]).any(0).nonzero().squeeze(1)
@@ -149,13 +173,13 @@ class LayerAccumulator:
         window = order[row, slot] - k
         feature = touched[row]
         position = cand_pos[row, window]
-        keys = torch.zeros_like(feature)
-        rows = self._rows(KIND_TOP, acts, tokens, lengths, window, position, feature,
-                          new_val[row, slot], new_oid[row, slot], keys)
-        return rows, removed
+        entering = _Entering(KIND_TOP, window, position, feature, new_val[row, slot],
+                             new_oid[row, slot], torch.zeros_like(feature))
+        return self._rows(batch, entering), removed
 
-    def _update_samples(self, acts, tokens, flat_oids, lengths, rows, cols, values):
-        R, P = self.n_samples, acts.shape[1]
+    def _update_samples(self, batch: _Batch, flat_oids: torch.Tensor, rows: torch.Tensor,
+                        cols: torch.Tensor, values: torch.Tensor) -> tuple[ExampleRows, RemovedRows]:
+        R, P = self.n_samples, batch.acts.shape[1]
         occurrence = occurrence_hashes(self.seed, flat_oids)
         keys = combine((self.feature_halves[0][cols], self.feature_halves[1][cols]),
                        (occurrence[0][rows], occurrence[1][rows]))
@@ -191,10 +215,9 @@ class LayerAccumulator:
         row, slot = ((order >= R) & (kept_key != EMPTY_KEY)).nonzero(as_tuple=True)
         column = order[row, slot] - R
         flat_index = cand_flat[row, column]
-        rows_out = self._rows(KIND_SAMPLE, acts, tokens, lengths, flat_index // P, flat_index % P,
-                              touched[row], cand_value[row, column], kept_oid[row, slot],
-                              kept_key[row, slot])
-        return rows_out, removed
+        entering = _Entering(KIND_SAMPLE, flat_index // P, flat_index % P, touched[row],
+                             cand_value[row, column], kept_oid[row, slot], kept_key[row, slot])
+        return self._rows(batch, entering), removed
 
     @staticmethod
     def _pushed_out(kind: int, touched, from_old, old_valid, old_oid) -> RemovedRows:
@@ -205,24 +228,25 @@ class LayerAccumulator:
         row, slot = gone.nonzero(as_tuple=True)
         return RemovedRows(kind, touched[row].cpu().numpy(), old_oid[row, slot].cpu().numpy())
 
-    def _rows(self, kind, acts, tokens, lengths, window, position, feature, value, oid, key):
+    def _rows(self, batch: _Batch, entering: _Entering) -> ExampleRows:
         """Example rows with contexts `[position - before, position + after]` clipped to the window."""
+        acts, window, position, feature = batch.acts, entering.window, entering.position, entering.feature
         width = self.before + self.after + 1
         offsets = torch.arange(width, device=acts.device) - self.before
         index = position[:, None] + offsets[None]
-        length = lengths.to(acts.device)[window]
+        length = batch.lengths.to(acts.device)[window]
         inside = (index >= 0) & (index < length[:, None])
         clamped = index.clamp(0, acts.shape[1] - 1)
-        ctx_tokens = tokens.to(acts.device)[window[:, None], clamped]
+        ctx_tokens = batch.tokens.to(acts.device)[window[:, None], clamped]
         ctx_acts = acts[window[:, None], clamped, feature[:, None]] * inside
         starts = (self.before - position).clamp(min=0)
         stops = starts + inside.sum(1)
         return ExampleRows(
-            kind=kind,
+            kind=entering.kind,
             features=feature.cpu().numpy(),
-            oids=oid.cpu().numpy(),
-            activations=value.float().cpu().numpy(),
-            keys=key.cpu().numpy(),
+            oids=entering.oid.cpu().numpy(),
+            activations=entering.value.float().cpu().numpy(),
+            keys=entering.key.cpu().numpy(),
             tokens=ctx_tokens.to(torch.int32).cpu().numpy(),
             acts=ctx_acts.float().cpu().numpy(),
             starts=starts.cpu().numpy(),

@@ -8,9 +8,11 @@ and freezing bugs would go unnoticed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -58,11 +60,25 @@ def tiny_tokenizer():
     )
 
 
-def _config(family: str, n_layers: int, d_model: int, n_heads: int, n_kv_heads: int,
-            d_mlp: int, vocab: int, max_positions: int):
+@dataclass(frozen=True)
+class TinySize:
+    """The dimensions of a tiny model."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_mlp: int
+    vocab: int
+    max_positions: int
+
+
+def _config(family: str, size: TinySize):
     """A small config that still exercises each family's peculiarities."""
     import transformers as T
 
+    n_layers, d_model, n_heads, n_kv_heads = size.n_layers, size.d_model, size.n_heads, size.n_kv_heads
+    d_mlp, vocab, max_positions = size.d_mlp, size.vocab, size.max_positions
     head_dim = d_model // n_heads
     common = dict(
         vocab_size=vocab,
@@ -102,7 +118,7 @@ def _config(family: str, n_layers: int, d_model: int, n_heads: int, n_kv_heads: 
     if family == "gemma3_multimodal":
         # text tower as for "gemma3"; a one-layer vision tower that is never run. Image special
         # tokens get ids past the tokenizer's vocabulary, so text prompts never contain them.
-        text = _config("gemma3", n_layers, d_model, n_heads, n_kv_heads, d_mlp, vocab + 3, max_positions)
+        text = _config("gemma3", dataclasses.replace(size, vocab=vocab + 3))
         vision = T.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                       num_attention_heads=2, image_size=28, patch_size=14)
         return T.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
@@ -170,8 +186,8 @@ def tiny_language_model(
     from transformers import AutoModelForCausalLM
 
     tokenizer = tiny_tokenizer()
-    config = _config(family, n_layers, d_model, n_heads, n_kv_heads, d_mlp or 4 * d_model,
-                     len(tokenizer), max_positions)
+    config = _config(family, TinySize(n_layers, d_model, n_heads, n_kv_heads, d_mlp or 4 * d_model,
+                                      len(tokenizer), max_positions))
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     hf_model = AutoModelForCausalLM.from_config(config)
