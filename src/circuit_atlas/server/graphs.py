@@ -49,9 +49,11 @@ class Steerable(Protocol):
 
     def node_kind(self, node_id: str) -> str | None:
         """`feature` / `error` / `token` / `logit` / another type name; None for unknown ids."""
+        ...
 
     def feature_coords(self, node_id: str) -> tuple[int, int, int]:
         """(layer, position, feature) of a feature node (`node_kind(node_id) == "feature"`)."""
+        ...
 
 
 class ServedGraph(Protocol):
@@ -71,18 +73,23 @@ class ServedGraph(Protocol):
     def view(self, node_threshold: float, edge_threshold: float) -> tuple[dict[str, Any], float | None]:
         """The pruned graph JSON at the thresholds, and the edge threshold actually applied
         (None when only influence values can filter, as for JSON files)."""
+        ...
 
     def full_neighbourhood(self, node_id: str, annotations: Annotations,
                            limit: int | None) -> dict[str, Any] | None:
         """A node's every edge in the unpruned graph (the whole file for JSON), strongest first;
         None when the node is unknown."""
+        ...
 
     def subgraph(self, node_ids: Sequence[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
         """(nodes, links among them, ids not found), independent of any threshold."""
+        ...
 
     def scores(self, node_ids: Sequence[str] | None) -> dict[str, Any]:
         """Replacement and completeness of the graph or of a subgraph; `ScoresUnavailable` when
         the files cannot give them."""
+        ...
 
     def steerable(self, model: Any) -> Steerable:
         """This graph checked against `model` (a `ReplacementModel`), or `NotSteerable`."""
+        ...
