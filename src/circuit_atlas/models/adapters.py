@@ -47,6 +47,12 @@ class FamilyAdapter:
     layer_mlp: str
     layer_post_mlp_norm: str | None = None
     position_embedding: str | None = None  # learned absolute positions added before layer 0 (GPT-2)
+    # Attention explanations decompose the residual stream per head: the norm before attention,
+    # the output projection (its input is the heads' outputs, concatenated head-major) and, for
+    # families with one, the norm between attention and the residual add (Gemma-2/3).
+    layer_pre_attention_norm: str = "input_layernorm"
+    layer_attention_output: str = "self_attn.o_proj"
+    layer_post_attention_norm: str | None = None
     norm_kind: str = "rms"  # "rms" | "rms_one_plus" (Gemma's x·(1+w)) | "layernorm"
     softcap_attr: str | None = None  # config attribute holding the final-logit soft-cap
 
@@ -156,6 +162,7 @@ def _gemma_like(family: str, architectures: tuple[str, ...], base: str = "model"
         layer_pre_mlp_norm="pre_feedforward_layernorm",
         layer_mlp="mlp",
         layer_post_mlp_norm="post_feedforward_layernorm",
+        layer_post_attention_norm="post_attention_layernorm",
         norm_kind="rms_one_plus",
         softcap_attr=softcap_attr,
     )
@@ -174,6 +181,8 @@ ADAPTERS: dict[str, FamilyAdapter] = {
         layer_pre_mlp_norm="ln_2",
         layer_mlp="mlp",
         position_embedding="transformer.wpe",
+        layer_pre_attention_norm="ln_1",
+        layer_attention_output="attn.c_proj",
         norm_kind="layernorm",
     ),
     "llama": _llama_like("llama", ("LlamaForCausalLM",)),
