@@ -41,3 +41,8 @@ class MemoryBudgetError(CircuitAtlasError):
 
 class InterventionError(CircuitAtlasError):
     """An intervention names a layer, position or feature that does not exist, or a bad value."""
+
+
+class AttentionError(AttributionError):
+    """An attention explanation names a layer, head, position or node that does not exist, a key
+    after its query (or outside a sliding window), or a graph traced with another model."""
