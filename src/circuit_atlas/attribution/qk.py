@@ -278,10 +278,8 @@ class QKExplainer:
         queries = torch.cat([projection.query[:, head], projection.query_constant[head][None]]).double()
         keys = torch.cat([projection.key[:, head], projection.key_constant[head][None]]).double()
         values = projection.scaling * queries @ keys.T
-        query_terms = query_terms + [Term("bias_q", "query_bias", "query bias (biases and norm "
-                                          "offsets through the frozen norms)")]
-        key_terms = key_terms + [Term("bias_k", "key_bias", "key bias (biases and norm offsets "
-                                      "through the frozen norms)")]
+        query_terms = query_terms + [Term("bias_q", "query_bias", "constant part of the query (biases)")]
+        key_terms = key_terms + [Term("bias_k", "key_bias", "constant part of the key (biases)")]
         call = self._calls[layer]
         q, k = call.query[0, head].double(), call.key[0, head].double()
         row_scores = call.scaling * (k @ q[query_position])  # every key's score for this query

@@ -1,6 +1,8 @@
 """Attribution graphs: the `Graph` object and its files, influence and pruning, replacement /
-completeness scores, and export to the frontend / Neuronpedia JSON format."""
+completeness scores, export to the frontend / Neuronpedia JSON format, and precomputed attention
+explanations stored beside a graph."""
 
+from circuit_atlas.graph.attention import GraphAttention, explain_graph_attention
 from circuit_atlas.graph.export import (
     cantor_pair,
     cantor_unpair,
@@ -24,6 +26,7 @@ from circuit_atlas.graph.synthetic import random_graph
 
 __all__ = [
     "Graph",
+    "GraphAttention",
     "GraphFileError",
     "GraphScores",
     "PrunedGraph",
@@ -31,6 +34,7 @@ __all__ = [
     "cantor_unpair",
     "compute_influence",
     "cumulative_scores",
+    "explain_graph_attention",
     "find_threshold",
     "graph_scores",
     "node_influence",
