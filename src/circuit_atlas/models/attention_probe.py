@@ -31,7 +31,7 @@ from circuit_atlas.models.freeze import LIVE, REPLAY, ForwardRecord, FreezeSpec
 
 PROBE_CHUNK = 2048  # residual vectors per probe pass at most
 PROBE_BUDGET = 256 << 20  # bytes of activations one probe pass may hold, roughly
-SHORT_PROMPT = 64  # prompts up to this length are probed whole (no slicing of the record)
+SHORT_PROMPT = 2  # prompts up to this length are probed whole (no slicing of the record)
 
 
 @dataclass
@@ -107,10 +107,11 @@ def _chunk_size(length: int, d_model: int) -> int:
 def _probe_record(record: ForwardRecord, positions: list[int]) -> tuple[ForwardRecord, list[int]]:
     """(the record a probe replays, where the key and query positions sit in the probe's tokens).
 
-    A probe over just the two positions replays the norm denominators there. Per-head q/k norm
-    scales are laid out `[B, P, H, 1]` by some families and `[B, H, P, 1]` by others; the position
-    axis is the one of size P. When that is ambiguous (as many heads as positions) or the prompt
-    is short, the probe runs over the whole prompt instead, replaying the record as it is.
+    A probe over just the two positions replays the norm denominators there: the cost of the
+    probed layer then does not grow with the prompt. Per-head q/k norm scales are laid out
+    `[B, P, H, 1]` by some families and `[B, H, P, 1]` by others; the position axis is the one of
+    size P. When that is ambiguous (as many heads as positions), the probe runs over the whole
+    prompt instead, replaying the record as it is.
     """
     n_positions = int(record.tokens.shape[-1])
     if n_positions <= SHORT_PROMPT:
