@@ -220,6 +220,7 @@ def test_bad_positions_heads_and_layers_are_named():
     cases = [
         (dict(layer=3, head=0, query_position=4, key_position=2), r"layer 3 is out of range 0\.\.2"),
         (dict(layer=-1, head=0, query_position=4, key_position=2), r"layer -1 is out of range"),
+        (dict(layer=1.5, head=0, query_position=4, key_position=2), r"layer must be an integer, got 1\.5"),
         (dict(layer=0, head=4, query_position=4, key_position=2), r"head 4 is out of range 0\.\.3"),
         (dict(layer=0, head=0, query_position=9, key_position=2), r"query_position 9 is out of range 0\.\.8"),
         (dict(layer=0, head=0, query_position=4, key_position=-2), r"key_position -2 is out of range"),

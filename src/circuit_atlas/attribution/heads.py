@@ -246,8 +246,10 @@ class HeadAttributor:
         full = self._pass(attention=True)
         gradients = self._head_gradients(full, readout)
         effects = self._source_effects(full, deltas, source_position)
-        n_heads = next(iter(full[1].values())).pattern.shape[1]
-        contributions = torch.zeros(n_layers, n_heads, n_positions, dtype=torch.float64)
+        first_call = next(iter(full[1].values()))
+        n_heads = first_call.pattern.shape[1]
+        contributions = torch.zeros(n_layers, n_heads, n_positions, dtype=torch.float64,
+                                    device=first_call.pattern.device)
         residual = 0.0
         if same:
             off = self._pass(attention=False)
@@ -277,7 +279,7 @@ class HeadAttributor:
         return EdgeHeads(
             source=graph.node_id(s), target=graph.node_id(t), edge=edge, hop=hop,
             source_position=source_position, target_position=target_position,
-            contributions=contributions.float(), residual=residual,
+            contributions=contributions.float().cpu(), residual=residual,
         )
 
     # --- sources and targets ------------------------------------------------------------------

@@ -25,6 +25,7 @@ with every other key's score unchanged.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
@@ -238,13 +239,23 @@ class QKExplainer:
     def n_heads(self) -> int:
         return int(self._calls[0].query.shape[1])
 
-    def check(self, layer: int, head: int, query_position: int, key_position: int) -> None:
+    def check(self, layer: int, head: int, query_position: int, key_position: int) -> tuple[int, ...]:
+        """The four indices as ints, after checking ranges, causality and sliding windows."""
         n_layers, n_positions = self.model.n_layers, int(self.tokens.shape[0])
+        checked = []
         for name, value, size in (("layer", layer, n_layers), ("head", head, self.n_heads),
                                   ("query_position", query_position, n_positions),
                                   ("key_position", key_position, n_positions)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < size:
-                raise AttentionError(f"{name} {value!r} is out of range 0..{size - 1}")
+            try:
+                index = operator.index(value) if not isinstance(value, bool) else None
+            except TypeError:
+                index = None
+            if index is None:
+                raise AttentionError(f"{name} must be an integer, got {value!r}")
+            if not 0 <= index < size:
+                raise AttentionError(f"{name} {index} is out of range 0..{size - 1}")
+            checked.append(index)
+        layer, head, query_position, key_position = checked
         if key_position > query_position:
             raise AttentionError(
                 f"key_position {key_position} is after query_position {query_position}: attention "
@@ -256,6 +267,7 @@ class QKExplainer:
                 f"layer {layer} cannot attend from position {query_position} to key_position "
                 f"{key_position}: it lies outside the layer's sliding window (keys "
                 f"{seen[0]}..{seen[-1]} are visible)")
+        return layer, head, query_position, key_position
 
     def _visible(self, layer: int, query_position: int) -> torch.Tensor:
         mask = self._calls[layer].mask
@@ -269,7 +281,8 @@ class QKExplainer:
 
     # --- explanation -------------------------------------------------------------------------
     def explain(self, layer: int, head: int, query_position: int, key_position: int) -> QKAttribution:
-        self.check(layer, head, query_position, key_position)
+        """The QK attribution of head `head` of `layer` from `query_position` to `key_position`."""
+        layer, head, query_position, key_position = self.check(layer, head, query_position, key_position)
         query_terms, query_vectors = residual_terms(self.model, self.run, self._calls, layer, query_position)
         key_terms, key_vectors = residual_terms(self.model, self.run, self._calls, layer, key_position)
         projection = project_queries_keys(
