@@ -63,7 +63,10 @@ def test_pairs_sum_to_the_score_transformers_computes(family):
         softcap = real.calls[layer]["softcap"]
         if softcap:  # Gemma-2: the softmax sees the capped score
             assert close(result.logit, softcap * torch.tanh(torch.tensor(expected / softcap)).item())
-        assert len(result.terms) == len(result.query_terms) * len(result.key_terms)
+        table = result.terms
+        assert len(table) == len(result.query_terms) * len(result.key_terms)
+        assert sum(value for _, _, value in table) == pytest.approx(float(result.values.sum()), abs=1e-5)
+        assert table.to_records()[0]["query_term"] == result.query_terms[0].id
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "qwen3", "gpt2"])

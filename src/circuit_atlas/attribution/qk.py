@@ -98,8 +98,8 @@ class PairTable:
         return len(self.query_term)
 
     def __iter__(self):
-        return (Pair(q, k, float(v), float("nan")) for q, k, v in
-                zip(self.query_term, self.key_term, self.value.tolist()))
+        """Rows `(query_term, key_term, value)`."""
+        return zip(self.query_term, self.key_term, self.value.tolist())
 
     def to_records(self) -> list[dict[str, Any]]:
         return [{"query_term": q, "key_term": k, "value": float(v)} for q, k, v in
