@@ -26,15 +26,15 @@ what it shows:
 
 examples:
   circuit-atlas trace --model demo --transcoders demo --prompt "the capital of the region \\
-      containing dallas is" --out graphs
-  circuit-atlas attention graphs/the-capital-of-the-region --precompute
+      containing dallas is" --out graphs --slug dallas
+  circuit-atlas attention graphs/dallas --precompute
       explain the strongest cross-position edges once, store them beside the graph
       (attention.json + attention.safetensors) and in its graph JSON
-  circuit-atlas attention graphs/the-capital-of-the-region
+  circuit-atlas attention graphs/dallas
       list the stored edges and their heads
-  circuit-atlas attention graphs/the-capital-of-the-region --source E_127_7 --target 0_479_8
+  circuit-atlas attention graphs/dallas --source E_127_7 --target 0_479_8
       the heads carrying that edge
-  circuit-atlas attention graphs/the-capital-of-the-region --source E_127_7 --target 0_479_8 \\
+  circuit-atlas attention graphs/dallas --source E_127_7 --target 0_479_8 \\
       --head 0.0
       why head 0 of layer 0 attends from the target's position to the source's
 
