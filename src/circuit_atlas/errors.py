@@ -46,3 +46,8 @@ class InterventionError(CircuitAtlasError):
 class GraphFileError(CircuitAtlasError):
     """A graph directory or graph JSON file is missing, corrupt, or of an unknown format, or a
     graph name (slug) cannot be a file name."""
+
+
+class AttentionError(AttributionError):
+    """An attention explanation names a layer, head, position or node that does not exist, a key
+    after its query (or outside a sliding window), or a graph traced with another model."""

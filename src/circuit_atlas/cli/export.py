@@ -102,6 +102,16 @@ def find_graph(folder: Path) -> tuple[Path, str | None]:
     )
 
 
+def stored_attention(native_dir: Path):
+    """The attention explanations stored beside a graph (bundle folder or the graph's own), if
+    any: re-exports keep the graph JSON's optional "attention" object."""
+    from circuit_atlas.graph import GraphAttention
+    from circuit_atlas.graph.bundle import NATIVE_DIR
+
+    folder = native_dir.parent if native_dir.name == NATIVE_DIR else native_dir
+    return GraphAttention.load(folder) if GraphAttention.exists(folder) else None
+
+
 def run(args) -> int:
     from circuit_atlas.graph import Graph, write_graph_json
     from circuit_atlas.io.checks import check_slug, check_threshold
@@ -122,6 +132,7 @@ def run(args) -> int:
     path = write_graph_json(
         graph, out_dir, slug, args.node_threshold, args.edge_threshold, labels=labels or None,
         scan=args.scan, update_metadata=not args.no_index, indent=args.indent,
+        attention=stored_attention(native_dir),
     )
     print(f"wrote {path}")
     return 0

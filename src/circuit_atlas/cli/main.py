@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "trace",
     "serve",
     "export",
+    "attention",
     "steer",
     "features",
     "train",

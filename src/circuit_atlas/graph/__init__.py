@@ -1,8 +1,10 @@
 """Attribution graphs: the `Graph` object and its files, influence and pruning, replacement /
 completeness scores, export to the frontend / Neuronpedia JSON format (`docs/graph-json.md`),
-and graph bundles (the folders `trace` writes and the explorer serves)."""
+precomputed attention explanations stored beside a graph, and graph bundles (the folders `trace`
+writes and the explorer serves)."""
 
 from circuit_atlas.errors import GraphFileError
+from circuit_atlas.graph.attention import GraphAttention
 from circuit_atlas.graph.bundle import read_bundle_info, read_feature_labels, write_graph_bundle
 from circuit_atlas.graph.export import (
     read_graph_json,
@@ -26,6 +28,7 @@ from circuit_atlas.io.cantor import cantor_pair, cantor_unpair
 
 __all__ = [
     "Graph",
+    "GraphAttention",
     "GraphFileError",
     "GraphScores",
     "PrunedGraph",

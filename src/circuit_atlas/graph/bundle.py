@@ -11,6 +11,9 @@ A data folder (``circuit-atlas serve DIR``) holds graphs in any of these places:
         <slug>.annotations.json     labels, supernodes, pinned sets (written by the server)
         feature-labels.json         dashboard labels of the graph's features, when traced with
                                     them (re-exports at other thresholds keep them)
+        attention.json, attention.safetensors
+                                    precomputed attention explanations, when made (GraphAttention;
+                                    also in <slug>.json's optional "attention" object)
     DIR/<name>.json                 loose graph-JSON files, e.g. a circuit-tracer output folder
     DIR/<sub>/<name>.json           ... also one folder down
     DIR itself may be a bundle      (``serve graphs/dallas`` right after ``trace --out graphs/dallas``
@@ -74,8 +77,11 @@ def write_graph_bundle(
     edge_threshold: float = DEFAULT_EDGE_THRESHOLD,
     *,
     labels: Labels | None = None,
+    attention: Any | None = None,
 ) -> Path:
     """Write ``graph`` as ``out_dir/<slug>/`` (layout in this module's docstring); return it.
+
+    ``attention`` (a ``GraphAttention``) is saved beside the graph and summarised in its JSON.
 
     The native graph is written to a temporary sibling folder first and swapped in, so a failed
     write never leaves a half-written graph under the bundle's name. An existing annotations file
@@ -110,7 +116,9 @@ def write_graph_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
-    write_graph_json(graph, folder, slug, node_threshold, edge_threshold, labels)
+    if attention is not None:
+        attention.save(folder)
+    write_graph_json(graph, folder, slug, node_threshold, edge_threshold, labels, attention=attention)
     _write_feature_labels(folder, graph, labels)
     atomic_write_json(
         folder / BUNDLE_FILE,

@@ -54,6 +54,7 @@ def to_graph_json(
     *,
     scan: str | None = None,
     pruned: PrunedGraph | None = None,
+    attention: Any | None = None,
 ) -> dict[str, Any]:
     """The pruned graph as a graph-JSON dict (`metadata`, `qParams`, `nodes`, `links`).
 
@@ -64,6 +65,8 @@ def to_graph_json(
             a node-id key wins. Logit nodes always get `Output "<token>" (p=…)`.
         scan: overrides `graph.transcoder_scan`; when both are missing the model name is used.
         pruned: reuse an existing `prune(graph, …)` result (its thresholds are then used).
+        attention: precomputed attention explanations (`graph.attention.GraphAttention`); its
+            edges between written nodes go into the optional top-level `attention` object.
     """
     check_slug(slug)
     if pruned is None:
@@ -71,12 +74,16 @@ def to_graph_json(
     elif pruned.graph is not graph:
         raise GraphFileError("to_graph_json: `pruned` was computed for another graph")
     links, touched = _links(graph, pruned)
-    return {
+    nodes = _nodes(graph, pruned, touched, labels or {})
+    data = {
         "metadata": _metadata(graph, slug, pruned, scan),
         "qParams": copy.deepcopy(DEFAULT_QPARAMS),
-        "nodes": _nodes(graph, pruned, touched, labels or {}),
+        "nodes": nodes,
         "links": links,
     }
+    if attention is not None:
+        data["attention"] = attention.to_json(nodes=[node["node_id"] for node in nodes])
+    return data
 
 
 def _scan_fields(graph: Graph, scan: str | None) -> tuple[str, list[str]]:
@@ -194,10 +201,12 @@ def write_graph_json(
     scan: str | None = None,
     update_metadata: bool = True,
     indent: int | None = None,
+    attention: Any | None = None,
 ) -> Path:
     """Write `<out_dir>/<slug>.json` and (by default) add it to `<out_dir>/graph-metadata.json`.
-    Returns the graph file's path."""
-    data = to_graph_json(graph, slug, node_threshold, edge_threshold, labels, scan=scan)
+    Returns the graph file's path. `attention`: see `to_graph_json`."""
+    data = to_graph_json(graph, slug, node_threshold, edge_threshold, labels, scan=scan,
+                         attention=attention)
     directory = _ensure_directory(Path(out_dir))
     path = directory / f"{slug}.json"
     _write_json_atomic(path, data, indent=indent)

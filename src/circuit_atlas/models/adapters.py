@@ -88,6 +88,12 @@ class FamilyAdapter:
     layer_post_mlp_norm: str | None = None
     norms: Mapping[str, str] = field(default_factory=dict)
     position_embedding: str | None = None  # learned absolute positions added before layer 0 (GPT-2)
+    # Attention explanations decompose the residual stream per head: the norm before attention,
+    # the output projection (its input is the heads' outputs, concatenated head-major) and, for
+    # families with one, the norm between attention and the residual add (Gemma-2/3).
+    layer_pre_attention_norm: str = "input_layernorm"
+    layer_attention_output: str = "self_attn.o_proj"
+    layer_post_attention_norm: str | None = None
     softcap_attr: str | None = None  # config attribute holding the final-logit soft-cap
     chat_prefix: ChatPrefix | None = None
 
@@ -214,6 +220,7 @@ def _gemma_like(family: str, architectures: tuple[str, ...], norm_class: str, ba
         layer_mlp="mlp",
         layer_post_mlp_norm="post_feedforward_layernorm",
         norms={norm_class: "rms_one_plus"},
+        layer_post_attention_norm="post_attention_layernorm",
         softcap_attr=softcap_attr,
         chat_prefix=chat_prefix,
     )
@@ -233,6 +240,8 @@ ADAPTERS: dict[str, FamilyAdapter] = {
         layer_mlp="mlp",
         position_embedding="transformer.wpe",
         norms={"LayerNorm": "layernorm"},
+        layer_pre_attention_norm="ln_1",
+        layer_attention_output="attn.c_proj",
     ),
     "llama": _llama_like("llama", ("LlamaForCausalLM",), "LlamaRMSNorm"),
     "mistral": _llama_like("mistral", ("MistralForCausalLM",), "MistralRMSNorm"),
