@@ -145,10 +145,12 @@ def test_unknown_graph_and_node_are_404(client) -> None:
     assert client.post("/api/graphs/nope/scores", json={}).status_code == 404
 
 
-def test_bad_thresholds_are_422(client) -> None:
-    for value in ("1.5", "-0.1", "abc"):
-        assert client.get("/api/graphs/demo", params={"node_threshold": value}).status_code == 422
-    assert client.get("/api/graphs/demo/nodes/x", params={"scope": "all"}).status_code == 422
+def test_bad_parameters_are_400_naming_them(client) -> None:
+    for value in ("1.5", "-0.1", "abc", "nan"):
+        response = client.get("/api/graphs/demo", params={"node_threshold": value})
+        assert response.status_code == 400 and "node_threshold" in response.json()["detail"]
+    response = client.get("/api/graphs/demo/nodes/x", params={"scope": "all"})
+    assert response.status_code == 400 and "scope" in response.json()["detail"]
 
 
 def test_openapi_schema_is_published(client) -> None:
