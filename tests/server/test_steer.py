@@ -308,3 +308,36 @@ def test_model_calls_are_serialised_and_the_server_stays_responsive(data_dir, mo
     assert [r.status_code for r in results] == [200, 200]
     assert results[0].json()["intervention"] == results[1].json()["intervention"]
     assert peak[0] == 1
+
+
+@pytest.mark.parametrize("settings", [{"temperature": 1e-300}, {"temperature": 5e-324},
+                                      {"temperature": 1.0, "top_p": 1e-300},
+                                      {"temperature": 5e-324, "top_p": 5e-324}])
+def test_tiny_temperature_and_top_p_mean_greedy(client, graph, settings) -> None:
+    """Tiny positive temperatures are the greedy limit and a tiny top_p keeps the most likely
+    token: both used to overflow into "probability tensor contains inf or nan" (a 500)."""
+    row = {"nodes": [_features(graph)[0][0]], "op": "scale", "value": 2.0}
+    greedy = _steer(client, "texas", {"interventions": [row], "max_new_tokens": 6})
+    tiny = _steer(client, "texas", {"interventions": [row], "max_new_tokens": 6, **settings})
+    assert greedy.status_code == 200 and tiny.status_code == 200, tiny.text
+    for side in ("default", "steered"):
+        assert tiny.json()["generation"][side]["token_ids"] == greedy.json()["generation"][side]["token_ids"]
+
+
+@pytest.mark.parametrize(
+    "raw, needle",
+    [
+        (b'{"interventions": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b'{"interventions": [{"nodes": ["a"], "op": "set", "value": 1' + b"0" * 5000 + b"}]}",
+         "not valid JSON"),
+        (b'{"interventions": [{"nodes": ["a"], "op": "set", "value": 1' + b"0" * 400 + b"}]}",
+         "interventions[0].value: Input should be a valid number"),
+        (b'{"interventions": [{"nodes": ["a\\ud800"], "op": "ablate"}]}', "interventions[0].nodes[0]"),
+    ],
+)
+def test_hostile_bodies_are_400_not_500(client, raw, needle) -> None:
+    response = client.post("/api/graphs/texas/steer", content=raw,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert needle in response.json()["detail"]
+    assert client.get("/api/health").status_code == 200  # and the server still answers
