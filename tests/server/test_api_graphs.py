@@ -167,6 +167,36 @@ def test_openapi_schema_is_published(client) -> None:
     assert "put" in schema["paths"]["/api/graphs/{graph_id}/annotations"]
 
 
+def test_openapi_declares_bodies_answers_and_limits(client) -> None:
+    """The contract a client (and the schemathesis run) can check: every operation names its
+    response body and its 4xx answers; request bodies carry their limits and value types."""
+    schema = client.get("/openapi.json").json()
+    defs = schema["components"]["schemas"]
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            answers = operation["responses"]
+            assert "$ref" in str(answers["200"]["content"]["application/json"]["schema"]), (method, path)
+            assert "400" in answers, (method, path)
+            for code, answer in answers.items():
+                if code.startswith("4"):
+                    assert answer["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/ErrorBody"}, (method, path, code)
+    put = schema["paths"]["/api/graphs/{graph_id}/annotations"]["put"]
+    assert {"404", "413", "415", "422", "503"} <= set(put["responses"])
+    labels = defs["AnnotationPatch"]["properties"]["node_labels"]["anyOf"][0]
+    assert labels["additionalProperties"] == {"anyOf": [{"type": "string", "maxLength": 2000},
+                                                        {"type": "null"}]}
+    assert defs["AnnotationPatch"]["additionalProperties"] is False
+    assert defs["SupernodePatch"]["properties"]["members"]["minItems"] == 1
+    assert defs["Annotations"]["properties"]["node_labels"]["additionalProperties"] == {"type": "string"}
+    steer = defs["SteerBody"]["properties"]
+    assert steer["interventions"]["minItems"] == 1 and steer["interventions"]["maxItems"] == 256
+    assert steer["top_p"]["exclusiveMinimum"] == 0 and steer["top_p"]["maximum"] == 1
+    assert defs["ValueRow"]["properties"]["value"]["maximum"] == 1e6
+    assert "value" in defs["ValueRow"]["required"] and "value" not in defs["AblateRow"]["properties"]
+    assert defs["AblateRow"]["properties"]["nodes"]["minItems"] == 1
+
+
 def test_index_and_static_files(client) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "static/js/main.js" in page.text

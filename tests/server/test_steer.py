@@ -150,14 +150,15 @@ BAD_BODIES = {
     "not a list": ({"interventions": {"a": 1}}, "interventions: Input should be a valid list"),
     "empty": ({"interventions": []}, "interventions: List should have at least 1 item"),
     "no nodes": ({"interventions": [_row(nodes=[])]}, "interventions[0].nodes: List should have at least 1"),
-    "op": ({"interventions": [_row(op="double")]}, "interventions[0].op: Input should be 'ablate'"),
+    "op": ({"interventions": [_row(op="double")]}, "interventions[0]: Input tag 'double' found using 'op' does not match"),
     "positions": ({"interventions": [_row(positions="some")]}, "interventions[0].positions: Input should be"),
-    "set without value": ({"interventions": [_row(value=None)]}, "interventions[0]: op 'set' needs a value"),
-    "ablate with value": ({"interventions": [_row(op="ablate", value=2)]}, "ablate takes no value"),
+    "set without value": ({"interventions": [_row(value=None)]}, "interventions[0].value: Input should be a valid number"),
+    "set, value missing": ({"interventions": [{"nodes": ["NODE"], "op": "set"}]}, "interventions[0].value: required for op 'set'"),
+    "ablate with value": ({"interventions": [_row(op="ablate", value=2)]}, "interventions[0].value: not a field of op 'ablate'"),
     "string value": ({"interventions": [_row(value="2")]}, "interventions[0].value: Input should be a valid number"),
     "huge value": ({"interventions": [_row(value=1e9)]}, "interventions[0].value: Input should be less than"),
     "huge integer": ({"interventions": [_row(value=10**400)]}, "interventions[0].value: Input should be a valid number"),
-    "row key": ({"interventions": [_row(layer=3)]}, "interventions[0].layer: unknown field"),
+    "row key": ({"interventions": [_row(layer=3)]}, "interventions[0].layer: not a field of op 'set'"),
     "body key": ({"interventions": [_row()], "max_tokens": 3}, "max_tokens: unknown field"),
     "long name": ({"interventions": [_row(name="n" * 201)]}, "interventions[0].name: String should have at most"),
     "surrogate name": ({"interventions": [_row(name="x\ud800")]}, "interventions[0].name: Input should be a valid string, unable to parse"),
@@ -218,7 +219,7 @@ def test_invalid_json_and_unknown_graph(client) -> None:
     response = client.post("/api/graphs/texas/steer", content=b"{oops",
                            headers={"content-type": "application/json"})
     assert response.status_code == 400 and "not valid JSON" in response.json()["detail"]
-    assert _steer(client, "nope", {"interventions": [_row(op="ablate", value=None)]}).status_code == 404
+    assert _steer(client, "nope", {"interventions": [{"nodes": ["a"], "op": "ablate"}]}).status_code == 404
     assert client.get("/api/graphs/nope/steer").status_code == 404
 
 

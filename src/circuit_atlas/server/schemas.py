@@ -12,7 +12,7 @@ declared ones, so a client written against this contract keeps working when a fi
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -240,24 +240,30 @@ class Feature(ResponseBody):
 
 
 # ---------------------------------------------------------------------- steering
-class SteerRow(RequestBody):
-    """One row of the Steer panel: an operation on one node or on a supernode's members."""
+class _Row(RequestBody):
+    nodes: Annotated[list[NodeId], Field(min_length=1, max_length=MAX_NODES_PER_ROW,
+                                         description="one feature node, or a supernode's members")]
+    positions: Positions = Field("node", description=(
+        "node: each node's own position; all: every position, generated ones included; "
+        "from_node: the node's position and every later one, generated ones included"))
+    name: Name | None = Field(None, description="shown in the results")
 
-    nodes: Annotated[list[NodeId], Field(min_length=1, max_length=MAX_NODES_PER_ROW)]
-    op: Op
-    value: Annotated[float, Field(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)] | None = Field(
-        None, description="the factor (scale) or the activation (set); absent for ablate")
-    positions: Positions = "node"
-    name: Name | None = None
 
-    @model_validator(mode="after")
-    def _value_matches_op(self) -> "SteerRow":
-        if self.op == "ablate" and self.value is not None:
-            raise ValueError(f"ablate takes no value (got value={self.value!r})")
-        if self.op != "ablate" and self.value is None:
-            what = "the factor to multiply by" if self.op == "scale" else "the activation to set"
-            raise ValueError(f"op {self.op!r} needs a value ({what})")
-        return self
+class AblateRow(_Row):
+    """Set the features to 0."""
+
+    op: Literal["ablate"]
+
+
+class ValueRow(_Row):
+    """Multiply the features' activations by `value` (scale), or set them to `value` (set)."""
+
+    op: Literal["scale", "set"]
+    value: Annotated[float, Field(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
+
+
+# One row of the Steer panel; `op` says which fields it has (ablate takes no value).
+SteerRow = Annotated[AblateRow | ValueRow, Field(discriminator="op")]
 
 
 class SteerBody(RequestBody):
@@ -332,23 +338,37 @@ def describe_errors(errors: list[dict[str, Any]], *, skip: tuple[str, ...] = ("b
     ``interventions[0].value: Input should be less than or equal to 1000000``."""
     lines = []
     for error in errors[:5]:
-        parts = list(error.get("loc", ()))
-        where = _field_path([p for i, p in enumerate(parts) if not (i == 0 and p in skip)])
+        parts = [p for i, p in enumerate(error.get("loc", ())) if not (i == 0 and p in skip)]
+        tag = _union_tag(parts)
+        where = _field_path(parts)
         message = error.get("msg", "invalid value")
-        if error.get("type") == "json_invalid":
+        kind = error.get("type")
+        if kind == "json_invalid":
             reason = (error.get("ctx") or {}).get("error", "")
             where, message = "", f"the request body is not valid JSON: {reason}".rstrip(": ")
-        elif not where and error.get("type") in ("model_attributes_type", "dict_type", "model_type"):
+        elif not where and kind in ("model_attributes_type", "dict_type", "model_type"):
             message = "the request body must be a JSON object"
-        elif error.get("type") == "extra_forbidden":
-            message = "unknown field (typo?)"
-        elif error.get("type") == "missing":
-            message = "required field missing"
+        elif kind == "extra_forbidden":
+            message = f"not a field of op {tag!r}" if tag else "unknown field (typo?)"
+        elif kind == "missing":
+            message = f"required for op {tag!r}" if tag else "required field missing"
         elif message.startswith("Value error, "):
             message = message[len("Value error, "):]
         lines.append(f"{where}: {message}" if where else message)
     more = len(errors) - len(lines)
     return "; ".join(lines) + (f"; and {more} more" if more > 0 else "")
+
+
+_UNION_TAGS = frozenset(get_args(Op))
+
+
+def _union_tag(parts: list[Any]) -> str | None:
+    """Remove pydantic's tagged-union step (``interventions.0.set.value``) from `parts` and
+    return the tag: the field path reads as the client wrote it."""
+    for i in range(1, len(parts)):
+        if isinstance(parts[i - 1], int) and parts[i] in _UNION_TAGS:
+            return parts.pop(i)
+    return None
 
 
 def _field_path(parts: list[Any]) -> str:

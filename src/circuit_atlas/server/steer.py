@@ -111,8 +111,8 @@ def parse_request(body: Any) -> SteerRequest:
             body = SteerBody.model_validate(body)
         except ValidationError as exc:
             raise SteerRequestError(describe_errors(exc.errors(), skip=())) from None
-    rows = tuple(SteerRow(tuple(dict.fromkeys(row.nodes)), row.op, row.value, row.positions,
-                          row.name) for row in body.interventions)
+    rows = tuple(SteerRow(tuple(dict.fromkeys(row.nodes)), row.op, getattr(row, "value", None),
+                          row.positions, row.name) for row in body.interventions)
     return SteerRequest(rows=rows, mode=body.mode, freeze_attention=body.freeze_attention,
                         max_new_tokens=body.max_new_tokens, temperature=body.temperature,
                         top_p=body.top_p, seed=body.seed, top_k=body.top_k)
