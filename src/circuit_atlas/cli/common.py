@@ -78,6 +78,16 @@ def resolve_device(text: str | None) -> str:
     return text
 
 
+def resolve_rank_device(device: str) -> str:
+    """Under torchrun, bare "cuda" becomes this rank's GPU (the one the process group chose), so
+    ranks on one machine never share a card; any other device is kept."""
+    import torch
+
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.current_device()}"
+    return device
+
+
 def _first_existing(path: Path) -> Path:
     """`path` or its nearest existing ancestor (the folder a mkdir -p would start from)."""
     current = path
