@@ -36,11 +36,15 @@ def add_lazy_encoder_argument(parser: argparse.ArgumentParser | argparse._Argume
     )
 
 
-def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
-    """--prompt TEXT | --token-ids 1,2,3 (one of them required)."""
+def add_prompt_arguments(parser: argparse.ArgumentParser, *, batch: bool = False) -> None:
+    """--prompt TEXT | --token-ids 1,2,3 (one of them required); with `batch`, also
+    --prompts FILE (a JSON Lines file, `cli/prompt_file.py`)."""
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (BOS is prepended when the tokenizer has one)")
     prompt.add_argument("--token-ids", help="comma-separated token ids, used exactly as given")
+    if batch:
+        prompt.add_argument("--prompts", type=Path, metavar="FILE",
+                            help="a JSON Lines file of prompts, one graph each (see below)")
 
 
 def parse_token_ids(text: str) -> list[int]:

@@ -126,7 +126,7 @@ def _register_build(commands) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling keys (default: 0)")
     p.add_argument("--block-documents", type=int, default=None,
                    help="documents per block: batches never span blocks, and ranks under torchrun "
-                        "share out blocks (default: 256)")
+                        "share out blocks (default: 64)")
     p.add_argument("--commit-interval", type=float, default=60.0,
                    help="minimum seconds between commits (work since the last commit is redone "
                         "after a crash; 0 commits after every batch; default: 60)")

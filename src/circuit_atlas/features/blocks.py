@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from circuit_atlas.features.windows import Cursor, Window, Windower, counted_tokens, truncate
 from circuit_atlas.training.corpus import Corpus
 
-DEFAULT_BLOCK_DOCUMENTS = 256
+DEFAULT_BLOCK_DOCUMENTS = 64
 LOOKAHEAD_ROUNDS = 4
 
 
