@@ -19,6 +19,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "trace",
     "serve",
     "export",
+    "compare",
+    "aggregate",
     "steer",
     "features",
     "train",

@@ -1,6 +1,8 @@
 """Attribution graphs: the `Graph` object and its files, influence and pruning, replacement /
 completeness scores, and export to the frontend / Neuronpedia JSON format."""
 
+from circuit_atlas.graph.aggregate import GraphAggregate, aggregate_graphs
+from circuit_atlas.graph.compare import GraphComparison, compare_graphs
 from circuit_atlas.graph.export import (
     cantor_pair,
     cantor_unpair,
@@ -25,10 +27,14 @@ from circuit_atlas.graph.synthetic import random_graph
 __all__ = [
     "Graph",
     "GraphFileError",
+    "GraphAggregate",
+    "GraphComparison",
     "GraphScores",
     "PrunedGraph",
+    "aggregate_graphs",
     "cantor_pair",
     "cantor_unpair",
+    "compare_graphs",
     "compute_influence",
     "cumulative_scores",
     "find_threshold",
