@@ -68,3 +68,14 @@ def test_aggregate_refuses_an_empty_folder_and_bad_frequency(tmp_path, capsys):
     out = _bundles(tmp_path, 1)
     assert main(["aggregate", str(out), "--min-frequency", "0"]) == 1
     assert "--min-frequency" in capsys.readouterr().err
+
+
+def test_supernodes_without_a_store_uses_the_graph_alone(tmp_path, capsys):
+    out = _bundles(tmp_path, 1)
+    assert main(["supernodes", str(out / "g0"), "--node-threshold", "1.0", "--min-similarity", "0.3",
+                 "--json", str(tmp_path / "s.json")]) == 0
+    assert "evidence: graph" in capsys.readouterr().out
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["evidence_used"] == ["graph"] and data["candidates"]
+    assert main(["supernodes", str(out / "g0"), "--min-similarity", "2"]) == 1
+    assert "--min-similarity" in capsys.readouterr().err

@@ -62,3 +62,19 @@ def test_each_regions_recurring_answer_feature_is_labelled_with_that_region(grap
         hits += bool(top) and top[0].label.startswith(region)
         assert result.graph.n_positions == group[0].n_positions
     assert hits >= 12, f"{hits} of {len(by_region)} regions"
+
+
+def test_supernodes_command_groups_the_texas_code_of_the_dallas_graph(graphs, tmp_path, capsys):
+    import json
+
+    from circuit_atlas.cli.main import main
+    from circuit_atlas.server.bundle import write_graph_bundle
+
+    folder = write_graph_bundle(graphs["dallas"], tmp_path, "dallas")
+    args = ["supernodes", str(folder), "--features", str(bundle.demo_features_path("clt")),
+            "--transcoders", "demo", "--node-threshold", "0.95", "--json", str(tmp_path / "s.json")]
+    assert main(args) == 0
+    assert "evidence: coactivation, decoder, graph" in capsys.readouterr().out
+    data = json.loads((tmp_path / "s.json").read_text())
+    texas = next(g for g in data["groups"] if "0_479_8" in g["members"])
+    assert texas["name"] == "texas" and texas["members"][0] == "0_479_8"

@@ -48,7 +48,7 @@ def run_batch(args: argparse.Namespace, *, check_numbers, check_destination, fea
     if rank == 0:
         print(f"{len(requests)} prompts: {len(requests) - len(todo)} already traced, {len(todo)} to trace"
               + (f" on {world} ranks" if world > 1 else ""))
-    failures = []
+    failures, model = [], None
     if todo:
         import circuit_atlas
 
@@ -68,7 +68,7 @@ def run_batch(args: argparse.Namespace, *, check_numbers, check_destination, fea
         from circuit_atlas.cli.serve import serve_folder
 
         serve_folder(args.out, host="127.0.0.1", port=args.port, open_browser=not args.no_browser,
-                     features_dir=args.features, model=None)
+                     features_dir=args.features, model=model)
     return 0
 
 

@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "export",
     "compare",
     "aggregate",
+    "supernodes",
     "steer",
     "features",
     "train",

@@ -33,6 +33,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.features import merge, storage
 from circuit_atlas.features.blocks import block_of
 from circuit_atlas.features.builder import RoundStart, StoreBuilder
@@ -122,7 +123,7 @@ def _agree(ranks, step):
     rank is left waiting for the others. Returns this rank's result."""
     try:
         result, error = step(), None
-    except FeatureStoreError as exc:
+    except CircuitAtlasError as exc:
         result, error = None, str(exc)
     errors = [(rank, e) for rank, e in enumerate(ranks.gather_objects(error)) if e is not None]
     if errors:
@@ -238,11 +239,8 @@ def _round_start(conn: sqlite3.Connection, meta: dict, settings: BuildSettings,
     """The round every rank starts from, and whether anything was done before."""
     progress = meta["progress"]
     counts = meta.get("block_tokens", [])
-    mine = block_of(progress["doc"], settings.block_documents) // ranks.world_size
+    mine = _agree(ranks, lambda: _own_round(meta, settings, ranks))  # checked before collectives
     first = ranks.reduce_int(mine, "min")
-    if len(counts) < mine:
-        raise FeatureStoreError(f"shard {ranks.rank} lists {len(counts)} block counts but is at "
-                                f"round {mine}; remove the shards folder to start again")
     tokens_before = ranks.reduce_int(sum(counts[:first]), "sum")
     all_complete = ranks.reduce_int(int(bool(meta.get("complete"))), "min")
     if meta.get("complete") and not all_complete:
@@ -252,6 +250,16 @@ def _round_start(conn: sqlite3.Connection, meta: dict, settings: BuildSettings,
         conn.execute("COMMIT")
     resumed = progress["windows"] > 0 or bool(meta.get("logits_layers"))
     return RoundStart(first, tokens_before, {k: counts[k] for k in range(first, mine)}), resumed
+
+
+def _own_round(meta: dict, settings: BuildSettings, ranks) -> int:
+    """The round of this shard's cursor (it has stored the block counts of every earlier one)."""
+    mine = block_of(meta["progress"]["doc"], settings.block_documents) // ranks.world_size
+    stored = len(meta.get("block_tokens", []))
+    if stored < mine:
+        raise FeatureStoreError(f"shard {ranks.rank} lists {stored} block counts but is at round "
+                                f"{mine}; remove the shards folder to start the build again")
+    return mine
 
 
 def _merge(out: Path, settings: BuildSettings, transcoders, world_size: int, reason: str) -> None:
