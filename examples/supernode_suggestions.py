@@ -63,16 +63,18 @@ def language_classes(model) -> dict[tuple[int, int], str]:
     """(layer, feature) -> "specific" | "shared", from firing rates per language (module doc)."""
     from circuit_atlas.demo import multilingual as ml
 
-    words = ml.all_words()
+    positions = (ml.WORD_POSITION, -1)
+    counts: dict[int, dict[tuple[int, int], Counter]] = {p: defaultdict(Counter) for p in positions}
+    totals: Counter = Counter()
+    for word in ml.all_words():
+        totals[word.language] += 1
+        acts = model.run(model.tokenize(word.question)).activations.to_dense()
+        for position in positions:
+            for layer, feature in (acts[:, position] > 0).nonzero().tolist():
+                counts[position][(layer, feature)][word.language] += 1
     classes: dict[tuple[int, int], set[str]] = defaultdict(set)
-    for position in (ml.WORD_POSITION, -1):
-        counts: dict[tuple[int, int], Counter] = defaultdict(Counter)
-        totals: Counter = Counter()
-        for word in words:
-            totals[word.language] += 1
-            for site in ml.active_sites(model, word.question, position=position):
-                counts[site][word.language] += 1
-        for site, per_language in counts.items():
+    for per_site in counts.values():
+        for site, per_language in per_site.items():
             rates = [per_language[lang] / totals[lang] for lang in ml.LANGUAGES]
             high = max(rates)
             if high < 0.2:
