@@ -116,7 +116,7 @@ def test_every_operation_keeps_its_contract(served, mode) -> None:
     mutating = [mode == GenerationMode.NEGATIVE]
     schema = _schema_with_real_ids(served, mutating)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 12  # every operation of the API is exercised
+    assert len(operations) >= 12  # every operation of the API, whatever is added later
     statuses: dict[str, set[int]] = {}
     for operation in operations:
         if mutating[0] and not _has_inputs(operation):
