@@ -1,15 +1,14 @@
 """Steering from the explorer: turn a web request about graph nodes into interventions, run them
 on the model the server holds, and answer with top tokens and generated text before/after.
 
-Why a separate module: the HTTP layer stays thin, and everything a client can get wrong (unknown
-or non-feature nodes, NaN values, too many tokens, a graph traced with another model) is checked
-here, before the model is touched, with a message that names the offending field.
-
-Request body (``POST /api/graphs/{id}/steer``)::
+Why a separate module: the HTTP layer stays thin, and everything a client can get wrong beyond
+the body's shape (unknown or non-feature nodes, too many tokens for the model, a graph traced with
+another model) is checked here, before the model is touched, with a message that names the
+offending field. The body's shape and value ranges are `schemas.SteerBody`::
 
     {"interventions": [{"nodes": ["3_1204_5", ...],   # one node, or a supernode's members
                         "op": "ablate" | "scale" | "set",
-                        "value": 2.0,                    # factor (scale) or activation (set)
+                        "value": 2.0,                    # scale/set only: factor or activation
                         "positions": "node" | "all" | "from_node",
                         "name": "Texas"}],               # optional, for display
      "mode": "free" | "constrained", "freeze_attention": false,
