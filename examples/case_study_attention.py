@@ -120,6 +120,8 @@ def heads_section(edges: list[at.ReaderEdge], labels: dict) -> dict:
         "mean_share": {f"L0.H{h}": _r(sum(e.share(h) for e in edges) / len(edges))
                        for h in range(n_heads)},
         "all_in_layer_0": all(row.layer == at.LAYER for e in edges for row in e.heads.rows),
+        "label_names_the_region": sum(e.item.region in labels.get((at.LAYER, e.feature_index), "")
+                                      for e in edges),
         "per_question": [{"city": e.item.city, "region": e.item.region, "feature": e.feature,
                           "label": labels.get((at.LAYER, e.feature_index), ""),
                           "edge": _r(e.heads.edge), "top_head": e.top_head,
@@ -127,9 +129,30 @@ def heads_section(edges: list[at.ReaderEdge], labels: dict) -> dict:
     }
 
 
+def constrained_check(model, questions: list[at.Question]) -> dict:
+    """Largest difference between the top head's score at the city after a key edit and the
+    score predicted without running the edit: 0 when the key sees nothing (no q/k biases), the
+    key sweep's value for the frame word or the other city otherwise."""
+    worst = {}
+    for sees in ("nothing", "frame", "other_city"):
+        condition = at.Condition(sees, ("top",), sees)
+        gaps = []
+        for q in questions:
+            sweep = at.key_sweep(model, q.run, q.edge.top_head)
+            token = {"nothing": None, "frame": int(q.tokens[at.NEIGHBOUR]),
+                     "other_city": first_token_id(model, q.other_city)}[sees]
+            predicted = 0.0 if token is None else float(sweep[token])
+            edited = q.edit(model, condition).edited.city_scores[q.edge.top_head]
+            gaps.append(abs(edited - predicted))
+        worst[sees] = max(gaps)
+    return worst
+
+
 def edits_section(model, questions: list[at.Question]) -> dict:
     result = {"clean_correct": sum(q.clean.answer == q.item.answer for q in questions),
-              "questions": len(questions), "seeds": len(SEEDS), "conditions": {}}
+              "questions": len(questions), "seeds": len(SEEDS),
+              "max_score_gap_to_prediction": constrained_check(model, questions),
+              "conditions": {}}
     per_question = {q.item.city: {"clean": q.clean.answer, "answer": q.item.answer,
                                   "top_head": q.edge.top_head,
                                   "clean_weight": _r(q.clean.weight(q.edge.top_head)),
@@ -176,7 +199,7 @@ SHORT = {
     "control: random vector (city embedding's norm) added": "control: random vector",
     "control: frame-word edit on the non-carrying heads": "control: other heads",
     "frame-word edit on both carrying heads": "' containing', both heads",
-    "the city's key-side term at ' containing'": "city term at ' containing'",
+    "key at ' containing' sees the city": "' containing' key = city",
     "control: random vector added at ' containing'": "control: random there",
 }
 

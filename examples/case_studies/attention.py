@@ -402,9 +402,8 @@ class Question:
 def other_cities(world: World, items: Sequence[TwoHopItem]) -> dict[str, str]:
     """For each question, a held-out city of its swap region (another region's city that the
     model never saw in a composed question either)."""
-    held = set(world.held_out_cities)
     return {item.city: next(c for c in world.held_out_cities
-                            if world.city_region[c] == item.swap_region and c in held)
+                            if world.city_region[c] == item.swap_region)
             for item in items}
 
 
@@ -417,7 +416,7 @@ def conditions() -> list[Condition]:
         Condition("control: random vector (city embedding's norm) added", ("top",), "random"),
         Condition("control: frame-word edit on the non-carrying heads", ("rest",), "frame"),
         Condition("frame-word edit on both carrying heads", ("top", "second"), "frame"),
-        Condition("the city's key-side term at ' containing'", ("top",), "city", NEIGHBOUR),
+        Condition("key at ' containing' sees the city", ("top",), "city", NEIGHBOUR),
         Condition("control: random vector added at ' containing'", ("top",), "random", NEIGHBOUR),
     ]
 

@@ -191,7 +191,7 @@ def test_removing_the_key_term_only_weakens_attention(model, questions):
 
 
 def test_the_city_term_draws_the_head_to_another_position(model, questions):
-    moved = _rates(model, questions, "the city's key-side term at ' containing'")
+    moved = _rates(model, questions, "key at ' containing' sees the city")
     assert moved["mean_weight_at_position_before"] <= 0.05
     assert moved["mean_weight_at_position_after"] >= 0.2, moved
     control = _rates(model, questions, "control: random vector added at ' containing'")
