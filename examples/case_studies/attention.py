@@ -321,7 +321,7 @@ def random_like(vector: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 HEAD_ROLES = ("top", "second", "rest")  # per question, from the edge's head table
-VECTORS = ("city", "frame", "other_city", "random")
+SEES = ("nothing", "city", "frame", "other_city", "random")
 
 
 @dataclass(frozen=True)
@@ -336,6 +336,13 @@ class Condition:
     heads: tuple[int | str, ...]
     sees: str
     position: int = CITY
+
+    def __post_init__(self) -> None:
+        if self.sees not in SEES:
+            raise ValueError(f"sees must be one of {SEES}, got {self.sees!r}")
+        for head in self.heads:
+            if not isinstance(head, int) and head not in HEAD_ROLES:
+                raise ValueError(f"a head is an index or one of {HEAD_ROLES}, got {head!r}")
 
     @property
     def random(self) -> bool:

@@ -80,6 +80,10 @@ def test_condition_heads_resolve_from_the_edge(dallas_edge):
     assert both.resolve_heads(dallas_edge) == [0, 3]
     assert sorted(rest.resolve_heads(dallas_edge)) == [1, 2]
     assert at.Condition("x", (2,), "random").resolve_heads(dallas_edge) == [2]
+    with pytest.raises(ValueError, match="sees must be one of"):
+        at.Condition("bad", ("top",), "everything")
+    with pytest.raises(ValueError, match="a head is an index"):
+        at.Condition("bad", ("third",), "frame")
 
 
 # ---------------------------------------------------------------------------------------------
