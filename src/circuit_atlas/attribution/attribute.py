@@ -4,7 +4,8 @@ Phases: (1) a clean run gives active features, errors and the logits; (2) logit 
 resolved; (3) a memory plan is checked before anything large is allocated; (4) rows are computed
 by batched backward passes through the frozen model — logit rows first, then feature rows chosen
 by influence; (5) the rows are assembled into a `Graph` whose columns keep only the features that
-got rows. `docs/attribution.md` gives the definitions and both engines' memory.
+got rows. `docs/algorithm.md` gives the definitions followed here, `docs/long-prompts.md` both
+engines' memory.
 
 Two engines compute the same graph: "compact" (default: memory linear in the prompt, see
 `compact.py`) and "dense" (the earlier engine, `dense.py`: every row over every active feature).
@@ -21,12 +22,13 @@ from circuit_atlas.attribution.compact import trace_compact
 from circuit_atlas.attribution.context import Engine, Settings, Strategy, Trace, TraceResult
 from circuit_atlas.attribution.dense import trace_dense
 from circuit_atlas.attribution.memory import plan_clean_run
-from circuit_atlas.attribution.targets import TargetSpec, build_logit_targets, unembedding_matrix
+from circuit_atlas.attribution.targets import TargetSpec, build_logit_targets
 from circuit_atlas.errors import AttributionError
+from circuit_atlas.graph import Graph
+from circuit_atlas.models.language_model import unembedding_matrix
 from circuit_atlas.models.token_text import token_display_strings
 
 if TYPE_CHECKING:
-    from circuit_atlas.graph import Graph
     from circuit_atlas.replacement import ReplacementModel
 
 STRATEGIES: tuple[Strategy, ...] = ("auto", "vmap", "expand")
@@ -122,8 +124,6 @@ def _is_batching_failure(exc: RuntimeError) -> bool:
 
 def _assemble_graph(trace: Trace, tokens: torch.Tensor, result: TraceResult) -> "Graph":
     """The `Graph` record of one attribution run."""
-    from circuit_atlas.graph import Graph
-
     model, settings = trace.model, trace.settings
     input_ids = tokens.detach().cpu().long()
     tokenizer = model.tokenizer

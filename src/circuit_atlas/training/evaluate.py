@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from circuit_atlas.training.errors import TrainingDataError
 from circuit_atlas.training.metrics import MetricSums
 
 
@@ -102,7 +103,6 @@ def evaluate_transcoders(lm, transcoders, batches: Iterable[torch.Tensor], *,
         _accumulate(ce["zero"], _zero_ablated_logits(lm, tc, tokens, z), tokens)
         n_tokens += tokens.numel()
     if n_tokens == 0:
-        from circuit_atlas.training.errors import TrainingDataError
         raise TrainingDataError("no evaluation text: the held-out corpus gave no token windows")
     layers = []
     for layer, s in enumerate(sums):

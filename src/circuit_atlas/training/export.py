@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from circuit_atlas.training.architecture import TranscoderStack
+from circuit_atlas.transcoders import Transcoders
 
 NATIVE_DIR = "transcoders"
 CIRCUIT_TRACER_DIR = "circuit_tracer"
@@ -20,8 +21,6 @@ def to_transcoders(stack: TranscoderStack, *, input_hook: str, output_hook: str,
                    model_name: str | None = None, scan: str | None = None):
     """A `Transcoders` object computing exactly the stack's inference activations on raw
     (unnormalised) model activations."""
-    from circuit_atlas.transcoders import Transcoders
-
     w = stack.export_weights()
     L = stack.n_layers
     return Transcoders(

@@ -21,16 +21,18 @@ from typing import Any
 
 import torch
 
-from circuit_atlas.training import distributed as dist
+from circuit_atlas.io import distributed as dist
 from circuit_atlas.training.cache import (CACHE_CONFIG, CachedActivationSource,
                                           build_activation_cache, read_cache_config)
 from circuit_atlas.training.config import ArchitectureConfig, OptimConfig
-from circuit_atlas.training.corpus import Corpus, open_corpus
+from circuit_atlas.io.corpus import Corpus, open_corpus
+from circuit_atlas.models import load_language_model
 from circuit_atlas.training.errors import TrainingConfigError, TrainingDataError
 from circuit_atlas.training.evaluate import EvalReport, evaluate_transcoders
 from circuit_atlas.training.export import export_transcoders, to_transcoders
 from circuit_atlas.training.streaming import ModelActivationSource, TokenWindows
 from circuit_atlas.training.trainer import Trainer
+from circuit_atlas.transcoders import load_transcoders
 
 DEFAULT_INPUT_HOOK = "hook_resid_mid"
 DEFAULT_OUTPUT_HOOK = "hook_mlp_out"
@@ -89,8 +91,6 @@ def check_job(job: TrainJob) -> None:
 
 
 def run_training_job(job: TrainJob) -> JobResult:
-    from circuit_atlas.models import load_language_model
-
     check_job(job)
     dist.init_from_environment()
     device = _rank_device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -196,9 +196,6 @@ def run_eval_job(model: str, transcoders: str, corpus: str, *, text_field: str =
                  device: str | None = None, dtype: str | None = None,
                  progress: bool = True, lazy_encoder: bool = False) -> EvalReport:
     """Evaluate any transcoder set (hub id or directory) on a corpus."""
-    from circuit_atlas.models import load_language_model
-    from circuit_atlas.transcoders import load_transcoders
-
     for name, value in (("--context-length", context_length), ("--windows", windows),
                         ("--batch-size", batch_size)):
         if value <= 0:

@@ -1,6 +1,6 @@
 """Stream (MLP input, MLP output) pairs of every layer from a language model over a corpus.
 
-Documents are tokenised (with the reference library's special-token prefix per document) and
+Documents are tokenised (with the prompt rule's special-token prefix per document, `docs/algorithm.md` §2.1) and
 packed into windows of `context_length` tokens, each starting with the prefix token like a
 tracer prompt; each batch of windows is run through the model once, recording the input and
 output hook of every layer. Position 0 (the BOS attention sink) and prefix tokens are dropped:
@@ -22,15 +22,14 @@ from typing import Any
 
 import torch
 
-from circuit_atlas.training.corpus import Corpus
+from circuit_atlas.io.corpus import Corpus
+from circuit_atlas.models.prompts import special_prefix_id
 from circuit_atlas.training.errors import TrainingConfigError, TrainingDataError
 from circuit_atlas.training.source import SourceState
 
 
 def special_prefix(tokenizer) -> int | None:
-    """The id prepended to each document (reference rule: first truthy id of bos, pad, eos)."""
-    from circuit_atlas.models.prompts import special_prefix_id
-
+    """The id prepended to each document (the prompt rule: first truthy id of bos, pad, eos)."""
     return special_prefix_id(tokenizer)
 
 
