@@ -95,6 +95,21 @@ def test_long_prompt_with_prefix_passes_tiny_attention_tiles_and_sliding_windows
     assert_same_graph(compact, dense)
 
 
+def test_long_gemma3_prompt_with_per_head_norms_over_prefixes():
+    """Gemma-3 (q/k norms whose scales put positions second, sliding window) at 72 tokens: the
+    prefix passes replay those scales cut along positions, and the graph is the dense one."""
+    from circuit_atlas.models.tiny import tiny_language_model
+    from circuit_atlas.transcoders.random import random_transcoders
+
+    lm = tiny_language_model("gemma3", seed=3, n_layers=2, d_model=32, max_positions=128)
+    tc = random_transcoders("plt", n_layers=2, d_model=32, n_features=24, seed=5,
+                            input_hook="ln2.hook_normalized", output_hook="hook_mlp_out")
+    model = circuit_atlas.load(lm, tc)
+    tokens = prompt_ids(model, length=72, seed=4)
+    compact, dense = _both(model, tokens, max_feature_nodes=120, batch_size=16, update_interval=2)
+    assert_same_graph(compact, dense)
+
+
 def test_expanded_batches_agree_with_vmap_batches():
     model = build_model("gemma2-clt")
     tokens = prompt_ids(model, length=12, seed=6)

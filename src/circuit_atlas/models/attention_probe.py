@@ -27,7 +27,7 @@ from circuit_atlas.errors import ShapeMismatchError
 from circuit_atlas.models import adapters as A
 from circuit_atlas.models.attention import AttentionCall, observe_attention, use_attention
 from circuit_atlas.models.forward import _Pass
-from circuit_atlas.models.freeze import LIVE, REPLAY, ForwardRecord, FreezeSpec
+from circuit_atlas.models.freeze import LIVE, REPLAY, ForwardRecord, FreezeSpec, norm_position_axis
 
 PROBE_CHUNK = 2048  # residual vectors per probe pass at most
 PROBE_BUDGET = 256 << 20  # bytes of activations one probe pass may hold, roughly
@@ -109,25 +109,25 @@ def _probe_record(record: ForwardRecord, positions: list[int]) -> tuple[ForwardR
 
     A probe over just the two positions replays the norm denominators there: the cost of the
     probed layer then does not grow with the prompt. Per-head q/k norm scales are laid out
-    `[B, P, H, 1]` by some families and `[B, H, P, 1]` by others; the position axis is the one of
-    size P. When that is ambiguous (as many heads as positions), the probe runs over the whole
-    prompt instead, replaying the record as it is.
+    `[B, P, H, 1]` by some families and `[B, H, P, 1]` by others; the record says which axis holds
+    the positions (`norm_position_axis`). When it cannot tell (a record built by hand with as
+    many heads as positions), the probe runs over the whole prompt instead, replaying the record
+    as it is.
     """
     n_positions = int(record.tokens.shape[-1])
     if n_positions <= SHORT_PROMPT:
         return record, positions
-    axes = {}
-    for path, scale in record.norm_scales.items():
-        candidates = [a for a in range(1, scale.dim() - 1) if scale.shape[a] == n_positions]
-        if len(candidates) != 1:
-            return record, positions
-        axes[path] = candidates[0]
+    try:
+        axes = {path: norm_position_axis(record, path) for path in record.norm_scales}
+    except ShapeMismatchError:
+        return record, positions
     index = torch.tensor(positions, device=record.tokens.device)
     local = ForwardRecord(
         tokens=record.tokens[:, index], embeddings=record.embeddings[:, index], inputs=[], outputs=[],
         final_hidden=record.final_hidden[:, index], logits=None,
         norm_scales={path: scale.index_select(axes[path], index.to(scale.device))
                      for path, scale in record.norm_scales.items()},
+        norm_position_axes=axes,
     )
     return local, [0, 1]
 

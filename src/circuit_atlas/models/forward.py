@@ -63,6 +63,8 @@ class _Pass:
         self.states: dict[int, AttentionState] = {}
         self.residuals: dict[int, torch.Tensor] = {}
         self.scales: dict[str, torch.Tensor] = {}
+        self.scale_axes: dict[str, int] = {}
+        self.n_positions = 0
         self.normalized: dict[str, torch.Tensor] = {}
 
     # --- attention (PatternSink) ---------------------------------------------------------------
@@ -142,6 +144,7 @@ class _Pass:
             self.normalized[path] = result.normalized
             if self.record_internals:
                 self.scales[path] = inv
+                self.scale_axes[path] = _position_axis(x, self.n_positions)
             return result.output
 
         return hook
@@ -278,7 +281,7 @@ class _Pass:
 
     # --- running --------------------------------------------------------------------------------
     def run(self, tokens: torch.Tensor, compute_logits: bool) -> ForwardRecord:
-        self.batch = tokens.shape[0]
+        self.batch, self.n_positions = tokens.shape[0], tokens.shape[1]
         if self.mlp_values is not None:
             self._check_mlp_values(tokens)
         with ExitStack() as stack:
@@ -300,10 +303,22 @@ class _Pass:
             logits=logits,
             attention_patterns=self.patterns,
             norm_scales=self.scales,
+            norm_position_axes=self.scale_axes,
             hooks={name: [vals[l] for l in range(n_layers)] for name, vals in self.hooks.items()},
             attention_states=self.states,
             residuals=[self.residuals[l] for l in range(n_layers + 1)] if self.record_residuals else [],
         )
+
+
+def _position_axis(x: torch.Tensor, n_positions: int) -> int:
+    """Which axis of a norm's input `x` holds the positions: the one of size `n_positions`
+    between batch and features. Per-head q/k norms see `[B,P,H,hd]` or, transposed, `[B,H,P,hd]`;
+    when there are as many heads as positions the larger stride decides, since the heads were
+    split off the projection's last axis and so sit inside a position's block of memory."""
+    candidates = [axis for axis in range(1, x.dim() - 1) if x.shape[axis] == n_positions]
+    if not candidates:
+        return 1
+    return max(candidates, key=x.stride)
 
 
 class _Removal:

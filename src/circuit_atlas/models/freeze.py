@@ -30,7 +30,9 @@ class ForwardRecord:
     respect to it are gradients at the output hook. `attention_patterns[l]` is `[B,H,P,P]`
     (softmax output, after any attention soft-cap and mask). `norm_scales[path]` is the float32
     inverse denominator `1/sqrt(var+eps)` of the norm module at that dotted path, `[B,P,1]` (or
-    `[B,P,H,1]` for per-head q/k norms). `hooks[name][l]` holds extra hook values asked for with
+    `[B,P,H,1]` or `[B,H,P,1]` for per-head q/k norms, as the family lays them out:
+    `norm_position_axes[path]` says which axis holds the positions, see `norm_position_axis`).
+    `hooks[name][l]` holds extra hook values asked for with
     `record_hooks`. A pass asked for `attention_states` records `attention_states[l]` (an
     `AttentionState`: `O(P)` per layer, from which the pattern is recomputed block by block)
     instead of patterns; replaying such a record freezes attention just the same.
@@ -50,13 +52,34 @@ class ForwardRecord:
     hooks: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     attention_states: dict[int, AttentionState] = field(default_factory=dict)
     residuals: list[torch.Tensor] = field(default_factory=list)
+    norm_position_axes: dict[str, int] = field(default_factory=dict)
+
+
+def norm_position_axis(record: ForwardRecord, path: str) -> int:
+    """The axis of `record.norm_scales[path]` that holds the positions.
+
+    A pass records it (per-head q/k norms see `[B,P,H,d]` in Qwen3 but `[B,H,P,d]` in Gemma-3);
+    for a record built by hand it is the one axis between batch and the trailing 1 whose size is
+    the prompt length, and a record where that is ambiguous (as many heads as positions) is refused.
+    """
+    if path in record.norm_position_axes:
+        return record.norm_position_axes[path]
+    scale = record.norm_scales[path]
+    n_positions = record.tokens.shape[-1]
+    candidates = [axis for axis in range(1, scale.dim() - 1) if scale.shape[axis] == n_positions]
+    if len(candidates) != 1:
+        raise ShapeMismatchError(
+            f"cannot tell which axis of the norm scale of {path!r} {tuple(scale.shape)} holds the "
+            f"{n_positions} positions; record it in `norm_position_axes`"
+        )
+    return candidates[0]
 
 
 def prefix_record(record: ForwardRecord, length: int) -> ForwardRecord:
     """The record of the first `length` positions of a pass, without re-running anything.
 
     Attention is causal and norms act per position, so the first `length` rows of every pattern
-    and scale are exactly those a pass over the prefix would compute; a frozen pass over a
+    and scale (cut along its position axis, which per-head norm scales may have second) are exactly those a pass over the prefix would compute; a frozen pass over a
     prefix can therefore replay them. Attribution uses this to run targets at early positions
     through a shorter sequence.
     """
@@ -74,7 +97,8 @@ def prefix_record(record: ForwardRecord, length: int) -> ForwardRecord:
         final_hidden=cut(record.final_hidden),
         logits=None if record.logits is None else cut(record.logits),
         attention_patterns={k: v[..., :length, :length] for k, v in record.attention_patterns.items()},
-        norm_scales={k: cut(v) for k, v in record.norm_scales.items()},
+        norm_scales={k: v.narrow(norm_position_axis(record, k), 0, length) for k, v in record.norm_scales.items()},
+        norm_position_axes=dict(record.norm_position_axes),
         hooks={k: [cut(t) for t in v] for k, v in record.hooks.items()},
         attention_states={k: v.prefix(length) for k, v in record.attention_states.items()},
         residuals=[cut(t) for t in record.residuals],
