@@ -68,8 +68,10 @@ def attribute(
     engine: "compact" (memory linear in the prompt length) or "dense" (the earlier engine: all
         columns of every row in memory); both give the same graph.
     """
-    settings = Settings(max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval,
-                        strategy, engine, memory_limit, progress)
+    settings = Settings(max_n_logits=max_n_logits, desired_logit_prob=desired_logit_prob,
+                        max_feature_nodes=max_feature_nodes, batch_size=batch_size,
+                        update_interval=update_interval, strategy=strategy, engine=engine,
+                        memory_limit=memory_limit, progress=progress)
     _check_settings(settings)
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)

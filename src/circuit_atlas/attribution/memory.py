@@ -259,7 +259,9 @@ def plan_compact_memory(
     gather = 3 * min(block, n_decoder_slots * d * item)  # rows, gradients and products of one block
     cache = min(decoder_cache_limit, n_decoder_slots * d * item)
     tiles = TILE_COPIES * min(BLOCK_ELEMENTS, attention.n_heads * P * P) * 4  # one frozen-attention tile
-    backward = part * per_target + gather + tiles
+    # A layer's backward (its attention tiles) and the contraction of its gradient with the
+    # gathered decoder block follow each other: the larger of the two is alive at a time.
+    backward = part * per_target + max(gather, tiles)
     # Fill-in passes run between batches: they get the backward's memory, never more.
     fill = min(fill_limit, backward, FILL_COPY_FACTOR * P * d * item * 64) if drops else 0
     clean = CLEAN_RUN_PER_LAYER * L * P * d * item + states + n_active * ACTIVE_BYTES
