@@ -151,8 +151,10 @@ def run(args) -> int:
         batch_size=args.batch_size,
     )
     slug = args.slug or default_slug(graph.prompt if args.token_ids else args.prompt)
-    folder = write_graph_bundle(graph, args.out, slug, args.node_threshold, args.edge_threshold, labels=labels)
-    print(summarise(graph, graph_scores(graph), folder, slug))
+    scores = graph_scores(graph)
+    folder = write_graph_bundle(graph, args.out, slug, args.node_threshold, args.edge_threshold,
+                                labels=labels, scores=scores)
+    print(summarise(graph, scores, folder, slug))
     if args.serve:
         from circuit_atlas.cli.serve import serve_folder
 

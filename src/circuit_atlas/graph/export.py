@@ -207,6 +207,14 @@ def write_graph_json(
     Returns the graph file's path. `attention`: see `to_graph_json`."""
     data = to_graph_json(graph, slug, node_threshold, edge_threshold, labels, scan=scan,
                          attention=attention)
+    return save_graph_json(data, out_dir, update_metadata=update_metadata, indent=indent)
+
+
+def save_graph_json(data: Mapping[str, Any], out_dir: str | os.PathLike[str], *,
+                    update_metadata: bool = True, indent: int | None = None) -> Path:
+    """Write a `to_graph_json` document as `<out_dir>/<slug>.json` (and, by default, index it in
+    `graph-metadata.json`); returns the file's path."""
+    slug = check_slug(data["metadata"]["slug"])
     directory = _ensure_directory(Path(out_dir))
     path = directory / f"{slug}.json"
     _write_json_atomic(path, data, indent=indent)

@@ -29,6 +29,7 @@ from circuit_atlas.graph.bundle import (
     annotations_path_for,
     read_bundle_info,
 )
+from circuit_atlas.server.listing import listing_fields
 
 MAX_GRAPH_JSON_BYTES = 1024 * 1024 * 1024
 _METADATA_PREFIX_BYTES = 1 << 20
@@ -287,6 +288,7 @@ class GraphCatalog:
                 "edge_threshold": entry.edge_threshold,
                 "folder": os.path.relpath(entry.folder, self.root),
                 "error": error,
+                **listing_fields(entry.folder, entry.native_dir, entry.json_path, metadata),
             }
             self._meta_cache[key] = cached
         return cached
