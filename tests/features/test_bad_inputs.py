@@ -56,6 +56,9 @@ def test_empty_corpus_is_refused_before_a_store_exists(model, tmp_path):
 
 
 def test_unreadable_file_stops_cleanly_and_the_rerun_completes(model, helpers, tmp_path, dump, monkeypatch):
+    """Blocks of 4 documents: the block holding document 7 fails while it is read, after the
+    first block was processed and committed."""
+    settings = BuildSettings(context_len=10, top_k=4, n_samples=6, block_documents=4)
     texts = helpers.word_texts(12, seed=4)
     corpus = _corpus(tmp_path / "c", texts)
     bad = corpus / "07.txt"
@@ -68,17 +71,17 @@ def test_unreadable_file_stops_cleanly_and_the_rerun_completes(model, helpers, t
 
     monkeypatch.setattr(pathlib.Path, "read_text", read_text)
     with pytest.raises(FeatureBuildError, match=r"(?s)07\.txt: cannot read \(Permission denied\).*rerun"):
-        build_feature_store(model, corpus, tmp_path / "out", SETTINGS, batch_size=2,
+        build_feature_store(model, corpus, tmp_path / "out", settings, batch_size=2,
                             commit_interval=0, progress=False)
     assert _integrity_ok(tmp_path / "out")
     with FeatureStore(tmp_path / "out") as partial:
-        assert not partial.complete and 0 < partial.meta["progress"]["doc"] <= 7
+        assert not partial.complete and 0 < partial.meta["progress"]["doc"] < 4
 
     monkeypatch.setattr(pathlib.Path, "read_text", real_read_text)
-    report = build_feature_store(model, corpus, tmp_path / "out", SETTINGS, batch_size=2,
+    report = build_feature_store(model, corpus, tmp_path / "out", settings, batch_size=2,
                                  commit_interval=0, progress=False)
     assert report.resumed and report.complete and report.documents == 12
-    build_feature_store(model, corpus, tmp_path / "straight", SETTINGS, batch_size=2, progress=False)
+    build_feature_store(model, corpus, tmp_path / "straight", settings, batch_size=2, progress=False)
     assert dump(tmp_path / "out") == dump(tmp_path / "straight")
 
 

@@ -132,7 +132,7 @@ def run_train(args) -> int:
     check_job(job)
     check_paths(args)
     result = run_training_job(job)
-    from circuit_atlas.training import distributed as dist
+    from circuit_atlas.io import distributed as dist
 
     if dist.is_main():
         if result.evaluation is not None:

@@ -6,6 +6,8 @@ writes and the explorer serves)."""
 from circuit_atlas.errors import GraphFileError
 from circuit_atlas.graph.attention import GraphAttention
 from circuit_atlas.graph.bundle import read_bundle_info, read_feature_labels, write_graph_bundle
+from circuit_atlas.graph.aggregate import GraphAggregate, aggregate_graphs
+from circuit_atlas.graph.compare import GraphComparison, compare_graphs
 from circuit_atlas.graph.export import (
     read_graph_json,
     to_graph_json,
@@ -30,10 +32,14 @@ __all__ = [
     "Graph",
     "GraphAttention",
     "GraphFileError",
+    "GraphAggregate",
+    "GraphComparison",
     "GraphScores",
     "PrunedGraph",
+    "aggregate_graphs",
     "cantor_pair",
     "cantor_unpair",
+    "compare_graphs",
     "compute_influence",
     "cumulative_scores",
     "find_threshold",

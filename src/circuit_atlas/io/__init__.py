@@ -5,6 +5,7 @@
 - `dtypes`: dtype names (`"bf16"`, `"torch.float16"`, ...) to torch dtypes;
 - `corpus`: text corpora (folder of .txt, .txt, JSONL, in-memory) read document by document;
 - `cantor`: the Cantor pairing graph files use for feature ids;
+- `distributed`: `torch.distributed` helpers that are no-ops in a single process (ranks, reductions);
 - `presets`: short reference names (`demo`, `gemma`, `llama`) and the bundled demo assets.
 
 Nothing here imports another part of the package except `circuit_atlas.errors`, so every layer

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from circuit_atlas.training import distributed as dist
+from circuit_atlas.io import distributed as dist
 from circuit_atlas.training.cache import (CACHE_CONFIG, CachedActivationSource,
                                           build_activation_cache, read_cache_config)
 from circuit_atlas.training.config import ArchitectureConfig, OptimConfig

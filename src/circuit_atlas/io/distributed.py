@@ -1,4 +1,5 @@
-"""Thin helpers over `torch.distributed` so the trainer reads the same with one process or many.
+"""Thin helpers over `torch.distributed` so training, dashboard builds and batch tracing read the same
+with one process or many.
 
 Every helper is a no-op without an initialised process group, so single-process training needs
 no launcher. Reductions are how ranks agree on everything that is not a gradient (metrics,
