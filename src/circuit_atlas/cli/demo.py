@@ -89,7 +89,7 @@ def run(args) -> int:
     from circuit_atlas.cli.serve import serve_folder
 
     serve_folder(args.out, host="127.0.0.1", port=args.port, open_browser=not args.no_browser,
-                 features_dir=features_dir, model=model)
+                 features_dir=features_dir, model=model, graph=slug)
     return 0
 
 

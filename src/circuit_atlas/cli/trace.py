@@ -172,7 +172,7 @@ def run(args) -> int:
 
         serve_folder(
             args.out, host="127.0.0.1", port=args.port, open_browser=not args.no_browser,
-            features_dir=args.features, model=model,
+            features_dir=args.features, model=model, graph=slug,
         )
     return 0
 
