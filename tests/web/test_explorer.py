@@ -109,10 +109,11 @@ def test_labels_appear_wherever_a_node_is_named(page, site, shot) -> None:
     page.wait_for_selector(".graph-tooltip:not([hidden])")
     assert text in page.inner_text(".graph-tooltip")
     page.evaluate("id => window.__atlas.selectNode(id)", target)
-    page.wait_for_selector(f"[data-testid=edges-incoming] li[data-node-id='{source}']")
-    row = page.locator(f"[data-testid=edges-incoming] li[data-node-id='{source}'] .edge-label")
-    if not row.count():
+    page.wait_for_selector(f"[data-testid=node-id]:text-is('{target}')")
+    page.wait_for_selector("[data-testid=edges-incoming] li")
+    if page.locator("[data-testid=more-incoming]").count():
         page.click("[data-testid=more-incoming]")
+    page.wait_for_selector(f"[data-testid=edges-incoming] li[data-node-id='{source}']")
     assert page.inner_text(f"[data-testid=edges-incoming] li[data-node-id='{source}'] .edge-label") == text
     page.evaluate("id => window.__atlas.setPinned([id])", source)
     box_title = page.locator(f"[data-item-id='{source}'] > title")
@@ -122,6 +123,10 @@ def test_labels_appear_wherever_a_node_is_named(page, site, shot) -> None:
     page.wait_for_function("id => window.__atlas.state.matches.includes(id)", arg=source)
     # The user's label wins everywhere.
     page.evaluate("id => window.__atlas.selectNode(id)", source)
+    page.wait_for_selector(f"[data-testid=node-id]:text-is('{source}')")
+    page.wait_for_function(
+        "text => document.querySelector('[data-testid=label-input]').value === text", arg=text
+    )
     page.fill("[data-testid=label-input]", "my own name")
     page.click("[data-testid=label-save]")
     page.wait_for_function(

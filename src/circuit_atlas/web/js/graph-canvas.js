@@ -108,7 +108,8 @@ export class GraphCanvas {
     this.view = new ViewTransform();
     this.expanded = new Set(); // first positions of collapsed runs the user opened
     this.edgeAlpha = 1;
-    this.screen = new Map(); // node id -> {x, y} on screen (canvas pixels), drawn nodes only
+    this.sx = new Float64Array(0); // screen position of node i (canvas pixels); NaN: not drawn
+    this.sy = new Float64Array(0);
     this.hovered = null;
     this.decor = { pinned: new Set(), clicked: null, matches: new Set(), grouped: new Set() };
     this.measure = {
@@ -234,7 +235,7 @@ export class GraphCanvas {
    * `visible`: inside the plot at the current zoom (and so clickable).
    */
   screenPosition(id) {
-    const p = this.screen.get(id);
+    const p = this._at(id);
     if (!p) return null;
     // The overlay, never CSS-moved, is what receives the clicks.
     const over = this.overlay.getBoundingClientRect();
@@ -243,7 +244,8 @@ export class GraphCanvas {
 
   /** Every drawn node: [{id, x, y, visible}] in client coordinates. */
   screenPositions() {
-    return [...this.screen.keys()].map((id) => ({ id, ...this.screenPosition(id) }));
+    const over = this.overlay.getBoundingClientRect();
+    return [...this.screen].map(([id, p]) => ({ id, x: over.left + p.x, y: over.top + p.y, visible: this._inPlot(p.x, p.y) }));
   }
 
   /** Every drawn node's glyph as a box in client coordinates: [{id, kind, x0, y0, x1, y1}]. */
@@ -314,7 +316,7 @@ export class GraphCanvas {
 
   /** Pan so a node is visible (when it is not already). */
   reveal(id) {
-    const p = this.screen.get(id);
+    const p = this._at(id);
     const world = this.layout && this.layout.positions.get(id);
     if (!p || !world || this._inPlot(p.x, p.y, 20)) return;
     const c = this._plotCentre();
@@ -381,31 +383,61 @@ export class GraphCanvas {
     this._drawOverlay();
   }
 
-  /** Map the layout through the view: screen positions, the hit grid and the label placement. */
+  /** A node's screen position (canvas pixels), or undefined when it is not drawn. */
+  _at(id) {
+    const i = this.index ? this.index.get(id) : undefined;
+    if (i === undefined || this.sx[i] !== this.sx[i]) return undefined;
+    return { x: this.sx[i], y: this.sy[i] };
+  }
+
+  /** Every node id with its screen position (for the public view API). */
+  get screen() {
+    const out = new Map();
+    this.nodes.forEach((node, i) => {
+      if (this.sx[i] === this.sx[i]) out.set(node.node_id, { x: this.sx[i], y: this.sy[i] });
+    });
+    return out;
+  }
+
+  /** Map the layout through the view: screen positions, the hit grid and the label placement.
+   * Runs on every pan / zoom frame, so it fills typed arrays and a numeric grid, no objects. */
   _project() {
     const { positions } = this.layout;
-    this.screen = new Map();
     const n = this.nodes.length;
-    this.sx = new Float64Array(n).fill(NaN);
-    this.sy = new Float64Array(n).fill(NaN);
-    const { kx, ky, tx, ty } = { kx: this.view.kx, ky: this.view.ky, tx: this.view.tx, ty: this.view.ty };
-    this.nodes.forEach((node, i) => {
-      const id = node.node_id;
-      const p = positions.get(id);
-      if (!p) return;
-      const s = { x: p.x * kx + tx, y: p.y * ky + ty };
-      this.screen.set(id, s);
-      this.sx[i] = s.x;
-      this.sy[i] = s.y;
-    });
-    this.grid = new Map();
-    for (const [id, { x, y }] of this.screen) {
-      if (!this._inPlot(x, y)) continue; // hidden under the axes or outside: not clickable
-      const key = `${Math.floor(x / GRID)}:${Math.floor(y / GRID)}`;
-      if (!this.grid.has(key)) this.grid.set(key, []);
-      this.grid.get(key).push(id);
+    if (this.sx.length !== n) {
+      this.sx = new Float64Array(n);
+      this.sy = new Float64Array(n);
+      this._world = null;
     }
+    if (!this._world || this._worldLayout !== this.layout) {
+      // World positions as arrays, once per layout.
+      this._world = { x: new Float64Array(n).fill(NaN), y: new Float64Array(n).fill(NaN) };
+      this.nodes.forEach((node, i) => {
+        const p = positions.get(node.node_id);
+        if (p) {
+          this._world.x[i] = p.x;
+          this._world.y[i] = p.y;
+        }
+      });
+      this._worldLayout = this.layout;
+    }
+    const { kx, ky, tx, ty } = this.view;
+    const wx = this._world.x;
+    const wy = this._world.y;
     const plot = this._plot();
+    this.grid = new Map();
+    for (let i = 0; i < n; i += 1) {
+      const x = wx[i] * kx + tx;
+      const y = wy[i] * ky + ty;
+      this.sx[i] = x;
+      this.sy[i] = y;
+      // Only what is inside the plot is clickable (not what hides under the axes).
+      if (!(x >= plot.x0 && x <= plot.x1 && y >= plot.y0 && y <= plot.y1)) continue;
+      const key = Math.floor(x / GRID) * 4096 + Math.floor(y / GRID);
+      const cell = this.grid.get(key);
+      if (cell) cell.push(i);
+      else this.grid.set(key, [i]);
+    }
     this.labels = {
       tokens: placeTokenLabels(this.layout, this.view, plot, this.measure.token, this.measure.number),
       logits: placeLogitLabels(this.layout, this.view, plot, this.measure.logit),
@@ -454,23 +486,22 @@ export class GraphCanvas {
   // -- hit-testing and input -------------------------------------------------------------------
 
   _hit(x, y) {
-    let best = null;
+    let best = -1;
     let bestDist = HIT_RADIUS * HIT_RADIUS;
     const gx = Math.floor(x / GRID);
     const gy = Math.floor(y / GRID);
     for (let dx = -1; dx <= 1; dx += 1) {
       for (let dy = -1; dy <= 1; dy += 1) {
-        for (const id of this.grid.get(`${gx + dx}:${gy + dy}`) || []) {
-          const p = this.screen.get(id);
-          const d = (p.x - x) ** 2 + (p.y - y) ** 2;
+        for (const i of this.grid.get((gx + dx) * 4096 + gy + dy) || []) {
+          const d = (this.sx[i] - x) ** 2 + (this.sy[i] - y) ** 2;
           if (d < bestDist) {
             bestDist = d;
-            best = id;
+            best = i;
           }
         }
       }
     }
-    return best;
+    return best >= 0 ? this.nodes[best].node_id : null;
   }
 
   /** The token label under a point in the bottom strip (its text, or its column), or null. */
@@ -767,12 +798,13 @@ export class GraphCanvas {
       this.base.style.transform = "";
       this._drawNodes(ctx); // at once; painted again over the edges when they are done
     }
-    const job = { target, ctx, direct, bucket: 0, next: 0, chunk: 400, start, frame: null };
+    const job = { target, ctx, direct, bucket: 0, next: 0, chunk: 400, start, frame: null, nodes: false };
     this._job = job;
     this._paintSlice(job, start);
   }
 
-  /** Paint edges until the slice's time is up; the last slice adds the nodes and publishes. */
+  /** Paint edges until the slice's time is up; then, in a slice of their own when the edges
+   * used most of this one, the nodes on top; then publish. */
   _paintSlice(job, sliceStart) {
     if (this._job !== job) return;
     const { ctx } = job;
@@ -797,13 +829,17 @@ export class GraphCanvas {
       }
       if (performance.now() - sliceStart > SLICE_MS && job.bucket < buckets.length) break;
     }
+    if (job.bucket >= buckets.length && !job.nodes && performance.now() - sliceStart < SLICE_MS / 2) {
+      ctx.globalAlpha = 1;
+      this._drawNodes(ctx);
+      ctx.getImageData(0, 0, 1, 1);
+      job.nodes = true;
+    }
     this._recordSlice(job, sliceStart);
-    if (job.bucket < buckets.length) {
+    if (!job.nodes) {
       job.frame = requestAnimationFrame(() => this._paintSlice(job, performance.now()));
       return;
     }
-    ctx.globalAlpha = 1;
-    this._drawNodes(ctx);
     ctx.restore();
     if (!job.direct) {
       const bctx = this.base.getContext("2d");
@@ -939,7 +975,7 @@ export class GraphCanvas {
     const byColour = new Map();
     for (const id of ids) {
       const ring = this._ringFor(id);
-      const p = this.screen.get(id);
+      const p = this._at(id);
       if (!ring || !p || !this._inPlot(p.x, p.y, -8)) continue;
       if (!byColour.has(ring)) byColour.set(ring, []);
       byColour.get(ring).push(p);
@@ -958,26 +994,30 @@ export class GraphCanvas {
 
   // -- the overlay -----------------------------------------------------------------------------
 
-  /** The focused node's edges, strongest first (cached per node). */
+  /** The focused node's edges, strongest first, packed for painting: the strongest
+   * FOCUS_WIDE_EDGES drawn wide, the rest as hairlines (cached per node). */
   _focusLinks(id) {
-    let links = this._focusCache.get(id);
-    if (!links) {
+    let focus = this._focusCache.get(id);
+    if (!focus) {
       const { incoming, outgoing } = this.adjacency;
-      links = [...(incoming.get(id) || []), ...(outgoing.get(id) || [])];
+      const links = [...(incoming.get(id) || []), ...(outgoing.get(id) || [])];
       links.sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight));
+      focus = {
+        links,
+        wide: this._packLinks(links.slice(0, FOCUS_WIDE_EDGES)),
+        thin: this._packLinks(links.slice(FOCUS_WIDE_EDGES)),
+      };
       if (this._focusCache.size > 200) this._focusCache.clear();
-      this._focusCache.set(id, links);
+      this._focusCache.set(id, focus);
     }
-    return links;
+    return focus;
   }
 
   _drawFocus(ctx, focus) {
     const plot = this._plot();
     ctx.fillStyle = "rgba(255, 255, 255, 0.72)";
     ctx.fillRect(plot.x0, plot.y0, plot.x1 - plot.x0, plot.y1 - plot.y0);
-    const links = this._focusLinks(focus);
-    const wide = this._packLinks(links.slice(0, FOCUS_WIDE_EDGES));
-    const thin = this._packLinks(links.slice(FOCUS_WIDE_EDGES));
+    const { links, wide, thin } = this._focusLinks(focus);
     for (const bucket of thin) {
       this._edgeStyle(ctx, bucket, true);
       ctx.lineWidth = Math.min(ctx.lineWidth, 1);
@@ -1001,7 +1041,7 @@ export class GraphCanvas {
     this._drawRings(ctx, [...shown].filter((id) => id !== focus));
     ctx.strokeStyle = "#d62839";
     ctx.lineWidth = 2.5;
-    const p = this.screen.get(focus);
+    const p = this._at(focus);
     if (p) {
       ctx.beginPath();
       ctx.arc(p.x, p.y, 8, 0, Math.PI * 2);
@@ -1103,7 +1143,7 @@ export class GraphCanvas {
     if (clicked) decorated.add(clicked);
     ctx.save();
     this._clipToPlot(ctx);
-    if (!focus || !this.screen.has(focus)) {
+    if (!focus || !this._at(focus)) {
       this._drawRings(ctx, decorated);
     } else {
       const shown = this._drawFocus(ctx, focus);
