@@ -377,15 +377,19 @@ def test_layout_and_label_math(page, site) -> None:
             const nLogits = 1 + Math.floor(rand() * 10);
             for (let i = 0; i < nLogits; i++) nodes.push({ node_id: `L${i}`, feature_type: 'logit', layer: String(nLayers + 1), ctx_idx: nPos - 1, token_prob: rand(), clerp: `Output "tok${'x'.repeat(Math.floor(rand() * 30))}" (p=0.1)` });
             const tokens = Array.from({ length: nPos }, (_, i) => 'w'.repeat(1 + Math.floor(rand() * 25)));
+            const links = [];
+            for (let i = 0; i < nodes.length; i++) {
+              if (rand() < 0.5) links.push({ source: nodes[Math.floor(rand() * nodes.length)].node_id, target: nodes[i].node_id, weight: rand() - 0.3 });
+            }
             const width = 500 + rand() * 1000, height = 300 + rand() * 500;
-            const L = computeLayout(nodes, tokens, width, height, { token: measure, logit: measure });
+            const L = computeLayout(nodes, links, tokens, width, height, { token: measure, logit: measure });
             const boxes = nodes.map((n) => {
               const p = L.positions.get(n.node_id);
               const kind = L.compact.has(n.node_id) ? 'tick' : n.feature_type === 'embedding' ? 'embedding' : n.feature_type === 'logit' ? 'logit' : n.feature_type.includes('error') ? 'error' : 'feature';
               const [hw, hh] = NODE_BOX[kind];
               return { id: n.node_id, x0: p.x - hw, x1: p.x + hw, y0: p.y - hh, y1: p.y + hh };
             });
-            const groups = positionGroups(nodes, nPos);
+            const groups = positionGroups(nodes, links, nPos);
             layouts.push({ boxes, width: L.width, paneWidth: width, plot: L.plot, n: nodes.length, placed: L.positions.size,
                            covered: groups.reduce((a, g) => a + g.last - g.first + 1, 0), nPos,
                            ordered: L.columns.every((col, i) => i === 0 || col.x0 >= L.columns[i - 1].x1 - 1e-9) });

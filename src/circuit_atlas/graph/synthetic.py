@@ -190,10 +190,11 @@ def synthetic_graph_json(
     nodes: list[dict] = []
     seen: set[tuple[int, int, int]] = set()
 
-    def node(node_id: str, feature: int, layer: str, pos: int, ftype: str, **extra) -> dict:
+    def node(node_id: str, js_id: str, feature: int, layer: str, pos: int, ftype: str,
+             **extra) -> dict:
         return {"node_id": node_id, "feature": feature, "layer": layer, "ctx_idx": pos,
                 "feature_type": ftype, "token_prob": 0.0, "is_target_logit": False, "run_idx": 0,
-                "reverse_ctx_idx": 0, "jsNodeId": node_id, "clerp": "", "influence": None,
+                "reverse_ctx_idx": 0, "jsNodeId": js_id, "clerp": "", "influence": None,
                 "activation": None, **extra}
 
     features: list[tuple[int, int, str]] = []  # (layer, pos, id)
@@ -206,19 +207,21 @@ def synthetic_graph_json(
         seen.add((layer, index, pos))
         total = layer + index
         node_id = f"{layer}_{index}_{pos}"
-        nodes.append(node(node_id, total * (total + 1) // 2 + index, str(layer), pos,
+        nodes.append(node(node_id, f"{layer}_{index}-0", total * (total + 1) // 2 + index, str(layer), pos,
                           "cross layer transcoder", influence=rng.random() * 0.8,
                           activation=round(rng.uniform(0.1, 12.0), 3)))
         features.append((layer, pos, node_id))
     errors = sorted({(layer, pos) for layer, pos, _ in features})
     error_nodes = [(layer, pos, f"{layer}_-1_{pos}") for layer, pos in errors[: max(1, len(errors) // 3)]]
     for layer, pos, node_id in error_nodes:
-        nodes.append(node(node_id, -1, str(layer), pos, "mlp reconstruction error",
+        nodes.append(node(node_id, f"{layer}_-1-{pos}", -1, str(layer), pos, "mlp reconstruction error",
                           influence=rng.random() * 0.8))
     embeddings = []
     for pos in range(n_tokens):
-        node_id = f"E_{1000 + pos % 5000}_{pos}"
-        nodes.append(node(node_id, pos, "E", pos, "embedding"))
+        token_id = 1000 + pos % 5000
+        node_id = f"E_{token_id}_{pos}"
+        nodes.append(node(node_id, f"E_{token_id}-{pos}", pos, "E", pos, "embedding",
+                          influence=rng.random() * 0.8))
         embeddings.append((-1, pos, node_id))
     probs = sorted((rng.random() ** 3 for _ in range(n_logits)), reverse=True)
     scale = 0.9 / sum(probs)
@@ -227,7 +230,7 @@ def synthetic_graph_json(
         token_id = 500 + i
         node_id = f"{n_layers + 1}_{token_id}_{last}"
         word = _WORDS[(i * 5 + 3) % len(_WORDS)]
-        nodes.append(node(node_id, token_id, str(n_layers + 1), last, "logit",
+        nodes.append(node(node_id, f"L_{token_id}-{last}", token_id, str(n_layers + 1), last, "logit",
                           token_prob=p * scale, is_target_logit=i == 0,
                           clerp=f'Output "{word}" (p={p * scale:.3f})'))
         logits.append((n_layers, last, node_id))

@@ -362,7 +362,7 @@ export class GraphCanvas {
     const tokens = (this.doc.metadata && this.doc.metadata.prompt_tokens) || [];
     const previous = this.layout;
     const resized = !previous || previous.paneWidth !== width || previous.height !== height;
-    this.layout = computeLayout(this.nodes, tokens, width, height, this.measure, this.expanded);
+    this.layout = computeLayout(this.nodes, this.links, tokens, width, height, this.measure, this.expanded);
     const plot = this._plot();
     this.view.setFrame({ ...this.layout.plot }, plot);
     if (resized) this.view.home(); // a kept zoom would point at different things after a resize

@@ -36,6 +36,7 @@ export const NODE_BOX = {
   tick: [1.6, 5.6],
 };
 export const COMPACT = 5; // px per position inside a collapsed run
+const KEEP_SHARE = 0.1; // quiet positions whose embedding matters this much keep their column
 export const FLAT_BAND = 40; // the token strip with horizontal labels: token line + position numbers
 export const NUMBER_ROW = 14; // position numbers above angled labels
 export const ANGLE = Math.PI / 4; // angled token labels rise at 45°
@@ -95,25 +96,39 @@ function positionOf(node, nPos) {
 }
 
 /**
- * Which positions get a column of their own: those with a feature, error or logit node, plus
- * every position of an expanded run; runs of two or more others become one gap column.
- * Returns `groups`: [{first, last, gap}] covering 0..nPos-1 in order.
+ * Which positions get a column of their own. When every position can have one within the pane,
+ * all do. Otherwise "quiet" positions — no node but their embedding, whose edges carry less than
+ * KEEP_SHARE of the strongest quiet embedding's — are collapsed where two or more follow each
+ * other (unless the user expanded that run). Returns `groups`: [{first, last, gap}] covering
+ * 0..nPos-1 in order.
  */
-export function positionGroups(nodes, nPos, expanded = new Set()) {
+export function positionGroups(nodes, links, nPos, { expanded = new Set(), collapse = true } = {}) {
   const busy = new Array(nPos).fill(false);
+  const embedding = new Map();
   for (const node of nodes) {
     if (nodeKind(node) !== "embedding") busy[positionOf(node, nPos)] = true;
+    else embedding.set(node.node_id, positionOf(node, nPos));
   }
+  const strength = new Array(nPos).fill(0);
+  for (const link of links) {
+    for (const end of [link.source, link.target]) {
+      const pos = embedding.get(end);
+      if (pos !== undefined) strength[pos] += Math.abs(link.weight);
+    }
+  }
+  let strongest = 0;
+  for (let p = 0; p < nPos; p += 1) if (!busy[p]) strongest = Math.max(strongest, strength[p]);
+  const quiet = (p) => collapse && !busy[p] && strength[p] < KEEP_SHARE * strongest + 1e-12;
   const groups = [];
   let pos = 0;
   while (pos < nPos) {
-    if (busy[pos]) {
+    if (!quiet(pos)) {
       groups.push({ first: pos, last: pos, gap: false });
       pos += 1;
       continue;
     }
     let end = pos;
-    while (end + 1 < nPos && !busy[end + 1]) end += 1;
+    while (end + 1 < nPos && quiet(end + 1)) end += 1;
     if (end === pos || expanded.has(pos)) {
       for (let p = pos; p <= end; p += 1) groups.push({ first: p, last: p, gap: false });
     } else {
@@ -170,6 +185,42 @@ function angledDepth(labels, measure) {
 }
 
 /**
+ * Cells (level, column) -> nodes, the logits, the embeddings of collapsed runs ("ticks"), and
+ * each column's width need with at most `lanes` lanes per cell (and its total).
+ */
+function columnNeeds(nodes, groups, nPos, nLayers, lanes) {
+  const nLevels = nLayers + 2;
+  const posColumn = new Array(nPos);
+  groups.forEach((g, i) => {
+    for (let p = g.first; p <= g.last; p += 1) posColumn[p] = i;
+  });
+  const cells = new Map();
+  const logitNodes = [];
+  const ticks = [];
+  for (const node of nodes) {
+    const level = levelOf(node, nLayers);
+    const col = posColumn[positionOf(node, nPos)];
+    if (level === nLevels - 1) logitNodes.push(node);
+    else if (groups[col].gap) ticks.push(node);
+    else {
+      const key = `${level}:${col}`;
+      if (!cells.has(key)) cells.set(key, []);
+      cells.get(key).push(node);
+    }
+  }
+  const need = groups.map((g) => (g.gap ? Math.max(MIN_COLUMN, (g.last - g.first + 1) * COMPACT + CELL_PAD) : MIN_COLUMN));
+  const count = groups.map(() => 0);
+  for (const [key, members] of cells) {
+    const [level, col] = key.split(":").map(Number);
+    const slot = Math.max(...members.map((n) => slotOf(nodeKind(n))));
+    const cellLanes = level === 0 ? 1 : Math.min(lanes, members.length);
+    need[col] = Math.max(need[col], Math.ceil(members.length / cellLanes) * slot + CELL_PAD);
+    count[col] += members.length;
+  }
+  return { posColumn, cells, logitNodes, ticks, need, count, total: need.reduce((a, b) => a + b, 0) };
+}
+
+/**
  * Place every node. `measure = {token, logit}`: text width callbacks in the axis fonts.
  * Returns {positions: Map id -> {x, y}, compact: Set of embedding ids drawn as ticks (collapsed
  * runs), width, height, paneWidth,
@@ -178,52 +229,24 @@ function angledDepth(labels, measure) {
  * `posColumn[pos]` = index of the column holding position `pos`; `plot` = the world rectangle
  * where nodes are drawn; `logits` = [{id, text, x, slot: [x0, x1], prob}] in drawing order.
  */
-export function computeLayout(nodes, tokens, paneWidth, height, measure, expanded = new Set()) {
+export function computeLayout(nodes, links, tokens, paneWidth, height, measure, expanded = new Set()) {
   const nLayers = countLayers(nodes);
   const nLevels = nLayers + 2;
   let nPos = tokens.length;
   for (const node of nodes) nPos = Math.max(nPos, (Number(node.ctx_idx) || 0) + 1);
   nPos = Math.max(nPos, 1);
 
-  const groups = positionGroups(nodes, nPos, expanded);
-  const posColumn = new Array(nPos);
-  groups.forEach((g, i) => {
-    for (let p = g.first; p <= g.last; p += 1) posColumn[p] = i;
-  });
-
-  // Cells: (level, column) -> nodes; logits go to their own group, embeddings of collapsed
-  // runs to theirs.
-  const cells = new Map();
-  const logitNodes = [];
-  const ticks = [];
-  for (const node of nodes) {
-    const level = levelOf(node, nLayers);
-    const col = posColumn[positionOf(node, nPos)];
-    if (level === nLevels - 1) {
-      logitNodes.push(node);
-      continue;
-    }
-    if (groups[col].gap) {
-      ticks.push(node);
-      continue;
-    }
-    const key = `${level}:${col}`;
-    if (!cells.has(key)) cells.set(key, []);
-    cells.get(key).push(node);
-  }
-
-  // Column needs, with the lanes the most cramped token strip would allow.
+  // Columns for every position when they fit the pane; else collapsed runs.
+  const inner = Math.max(paneWidth - GUTTER - RIGHT_PAD, 100);
   const worstBand = angledDepth(tokens.map((t) => showToken(t)), measure.token) + SCROLL_STRIP;
-  const conservativeLanes = maxLanesFor(rowsFor(nLevels, height, worstBand).rowGap);
-  const need = groups.map((g) => (g.gap ? Math.max(MIN_COLUMN, (g.last - g.first + 1) * COMPACT + CELL_PAD) : MIN_COLUMN));
-  const count = groups.map(() => 0);
-  for (const [key, members] of cells) {
-    const [level, col] = key.split(":").map(Number);
-    const slot = Math.max(...members.map((n) => slotOf(nodeKind(n))));
-    const lanes = level === 0 ? 1 : Math.min(conservativeLanes, members.length);
-    need[col] = Math.max(need[col], Math.ceil(members.length / lanes) * slot + CELL_PAD);
-    count[col] += members.length;
+  const lanes = maxLanesFor(rowsFor(nLevels, height, worstBand).rowGap);
+  let groups = positionGroups(nodes, links, nPos, { collapse: false });
+  let columnsNeed = columnNeeds(nodes, groups, nPos, nLayers, lanes);
+  if (columnsNeed.total > inner) {
+    groups = positionGroups(nodes, links, nPos, { expanded });
+    columnsNeed = columnNeeds(nodes, groups, nPos, nLayers, lanes);
   }
+  const { posColumn, cells, logitNodes, ticks, need, count } = columnsNeed;
 
   // Logits: one slot per label, most probable first.
   logitNodes.sort((a, b) => (b.token_prob ?? 0) - (a.token_prob ?? 0) || String(a.node_id).localeCompare(String(b.node_id)));
@@ -234,7 +257,6 @@ export function computeLayout(nodes, tokens, paneWidth, height, measure, expande
   });
   const logitTotal = logitSlots.reduce((a, s) => a + s.width, 0);
 
-  const inner = Math.max(paneWidth - GUTTER - RIGHT_PAD, 100);
   const needTotal = need.reduce((a, b) => a + b, 0);
   const content = Math.max(needTotal, logitTotal);
   const widths = columnWidths(need, Math.max(inner, content));
