@@ -80,6 +80,15 @@ def test_click_shows_connections_and_feature_details(page, site, shot) -> None:
     layer, index, _pos = (int(x) for x in node_id.split("_"))
     assert f"store label {layer}/{index}" in panel
     assert "clickedId=" in page.url
+    # However long the lists above it, the feature panel is one click away.
+    page.click("[data-testid=jump-feature]")
+    page.wait_for_function(
+        """() => {
+          const side = document.querySelector('.side').getBoundingClientRect();
+          const head = document.querySelector('[data-testid=feature-panel] h2').getBoundingClientRect();
+          return head.top >= side.top - 1 && head.bottom <= side.bottom;
+        }"""
+    )
     # Hover a neighbour: the tooltip names it.
     neighbour = shown_out[0]
     pos = page.evaluate("id => window.__atlas.canvas.screenPosition(id)", neighbour)
