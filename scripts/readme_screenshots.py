@@ -6,7 +6,7 @@
 Traces three prompts of the toy world through the demo model (with its dashboards' labels), adds
 a synthetic 1024-token graph (`graph/synthetic.py`; the demo model is trained on short sentences),
 serves them like `circuit-atlas serve`, and saves: `explorer.png` (the two-hop question, a region
-feature selected, its strongest neighbours pinned), `explorer-long-prompt.png` (the 1024-token
+feature selected, its strongest neighbours pinned), `explorer-long-prompt.jpg` (the 1024-token
 graph: angled, numbered token labels, collapsed runs, the overview strip) and `graph-browser.png`
 (the landing page). Needs /usr/bin/chromium; takes about a minute on a CPU.
 """
@@ -56,7 +56,7 @@ def main() -> None:
         shots = [
             explorer_screenshot(graphs, args.out / "explorer.png", slug=slugs[0], node_id=texas,
                                 features=store, model=model, pin_neighbours=5),
-            explorer_screenshot(graphs, args.out / "explorer-long-prompt.png", slug="synthetic-1024"),
+            explorer_screenshot(graphs, args.out / "explorer-long-prompt.jpg", slug="synthetic-1024"),
             explorer_screenshot(graphs, args.out / "graph-browser.png", slug=None, size=(1500, 420)),
         ]
     for shot in shots:
