@@ -285,16 +285,28 @@ def test_long_prompts_stay_readable(page, site, shot, n_tokens) -> None:
     shot(page, f"explorer-long-{n_tokens}-fit")
     if n_tokens == 1024:
         # A collapsed run opens on a click and keeps its place on the screen.
-        gap = next(t for t in _check_labels(page)["tokens"] if t["gap"])
         page.click("[data-testid=graph-home]")
+        first = page.evaluate(
+            """() => {
+              const c = window.__atlas.canvas;
+              const gaps = c.layout.columns.filter((col) => col.gap);
+              const g = gaps[Math.floor(gaps.length / 2)];
+              c.view.centreOn((g.x0 + g.x1) / 2, 0, c._plotCentre().x, c.view.ty);
+              c._viewChanged(true);
+              return g.first;
+            }"""
+        )
         view = _settle(page)
-        gap = next((t for t in page.evaluate("window.__atlas.canvas.drawnLabels()")["tokens"] if t["gap"]), None)
-        if gap is not None:
-            before = view["collapsed"]
-            x = (gap["cx0"] + gap["cx1"]) / 2 + page.evaluate("window.__atlas.canvas.overlay.getBoundingClientRect().left")
-            page.mouse.click(x, view["canvas"]["bottom"] - 30)
-            page.wait_for_function("n => window.__atlas.canvas.viewState().collapsed === n - 1", arg=before)
-            assert not _overlapping_boxes(page.evaluate("window.__atlas.canvas.nodeBoxes()"))[:5]
+        gap = next(t for t in page.evaluate("window.__atlas.canvas.drawnLabels()")["tokens"] if t["pos"] == first)
+        assert gap["gap"] and gap["text"].startswith("…")
+        before = view["collapsed"]
+        left = page.evaluate("window.__atlas.canvas.overlay.getBoundingClientRect().left")
+        x = (gap["cx0"] + gap["cx1"]) / 2 + left
+        page.mouse.click(x, view["plot"]["bottom"] + 8)  # the numbers' row: no rotated label there
+        page.wait_for_function("n => window.__atlas.canvas.viewState().collapsed === n - 1", arg=before)
+        opened = page.evaluate("p => window.__atlas.canvas.screenPosition(`E_${1000 + p % 5000}_${p}`)", first)
+        assert opened is not None and abs(opened["x"] - x) < 40  # it opened where it was
+        assert not _overlapping_boxes(page.evaluate("window.__atlas.canvas.nodeBoxes()"))[:5]
 
 
 def test_subgraph_lays_out_without_overlaps_shows_weights_and_resizes(page, site, shot) -> None:

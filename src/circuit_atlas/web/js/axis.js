@@ -90,8 +90,11 @@ export function placeTokenLabels(layout, view, screenPlot, measure, measureNumbe
     const cx0 = Math.max(a, screenPlot.x0);
     const cx1 = Math.min(b, screenPlot.x1);
     if (cx1 - cx0 < 1) return;
-    const mid = flat ? (cx0 + cx1) / 2 : (a + b) / 2;
+    let mid = flat ? (cx0 + cx1) / 2 : (a + b) / 2;
     if (!flat && (mid < screenPlot.x0 || mid > screenPlot.x1)) return;
+    // Rotated text reaches half its height past its anchor: keep it on the canvas (before
+    // thinning, so that the shifted anchor is the one kept apart from the others).
+    if (!flat) mid = Math.min(mid, screenPlot.x1 - (TOKEN_LINE / 2) * Math.sin(angle) - 1);
     visible.push({ col, mid, cx0, cx1, lo: mid, hi: mid });
   });
   const shown = flat ? visible : thin(byPriority(visible), MIN_SPACING);
@@ -106,8 +109,7 @@ export function placeTokenLabels(layout, view, screenPlot, measure, measureNumbe
       ax = mid;
       ay = bandTop + 6;
     } else {
-      // The rotated text's top corner reaches half its height past the anchor: keep it on the canvas.
-      ax = Math.min(mid, screenPlot.x1 - (TOKEN_LINE / 2) * Math.sin(angle) - 1);
+      ax = mid;
       ay = bandTop + NUMBER_ROW + 6; // the top corner of the rotated text clears the numbers
       const room = Math.min(
         MAX_LABEL_PX,
