@@ -370,7 +370,7 @@ def test_layout_and_label_math(page, site) -> None:
           const { computeLayout, NODE_BOX, positionGroups } = await import('/static/js/layout.js');
           const { labelCorners, insideCorners } = await import('/static/js/axis.js');
           const { ViewTransform } = await import('/static/js/view.js');
-          const { clipSegment } = await import('/static/js/graph-canvas.js');
+          const { clipSegment } = await import('/static/js/edges.js');
           let seed = 7;
           const rand = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
           const measure = (t) => 7 * t.length;  // a monospace font, 7 px a character

@@ -17,12 +17,13 @@
 // overview strip under the token labels shows where the nodes are and which part is in view.
 
 import { insideCorners, placeLogitLabels, placeTokenLabels } from "./axis.js";
+import { edgeStyle, packEdges, traceEdges } from "./edges.js";
+import { glyphSprite } from "./glyphs.js";
 import { canvasMeasurer } from "./labels.js";
 import { GUTTER, NODE_BOX, SCROLL_STRIP, computeLayout } from "./layout.js";
-import { NEGATIVE, POSITIVE, el, fmt, nodeKind, showToken } from "./util.js";
+import { el, fmt, nodeKind, showToken } from "./util.js";
 import { ViewTransform, wheelPixels } from "./view.js";
 
-const STRENGTH_BUCKETS = 5;
 const HIT_RADIUS = 9;
 const GRID = 24;
 const SETTLE_MS = 140; // repaint the base this long after the last wheel / drag event
@@ -34,58 +35,6 @@ const TOKEN_FONT = "11px ui-monospace, SFMono-Regular, Menlo, monospace";
 const NUMBER_FONT = "10px system-ui, sans-serif";
 const LOGIT_FONT = "11px ui-monospace, SFMono-Regular, Menlo, monospace";
 const ROW_FONT = "11px system-ui, sans-serif";
-
-const NODE_STYLE = {
-  tick: { fill: "#e6edf8", stroke: "#5b6f8f", r: 5 },
-  feature: { fill: "#f6f1e7", stroke: "#7d715f", r: 4.2 },
-  error: { fill: "#d6d6d6", stroke: "#8d8d8d", r: 3.4 },
-  embedding: { fill: "#e6edf8", stroke: "#5b6f8f", r: 5 },
-  logit: { fill: "#efe5f6", stroke: "#7a5a8c", r: 5 },
-};
-
-/** The part of segment (ax, ay)–(bx, by) inside a rectangle, or null (Liang–Barsky). */
-export function clipSegment(ax, ay, bx, by, x0, y0, x1, y1) {
-  const dx = bx - ax;
-  const dy = by - ay;
-  let t0 = 0;
-  let t1 = 1;
-  const edges = [
-    [-dx, ax - x0],
-    [dx, x1 - ax],
-    [-dy, ay - y0],
-    [dy, y1 - ay],
-  ];
-  for (const [p, q] of edges) {
-    if (p === 0) {
-      if (q < 0) return null; // parallel to this edge and outside it
-      continue;
-    }
-    const r = q / p;
-    if (p < 0) {
-      if (r > t1) return null;
-      if (r > t0) t0 = r;
-    } else {
-      if (r < t0) return null;
-      if (r < t1) t1 = r;
-    }
-  }
-  return [ax + t0 * dx, ay + t0 * dy, ax + t1 * dx, ay + t1 * dy];
-}
-
-/** Add a node glyph's outline to the current path. */
-function traceGlyph(ctx, kind, x, y, grow = 0) {
-  const r = NODE_STYLE[kind].r + grow;
-  if (kind === "tick") {
-    ctx.rect(x - 1, y - r, 2, r * 2);
-  } else if (kind === "feature") {
-    ctx.moveTo(x + r, y);
-    ctx.arc(x, y, r, 0, Math.PI * 2);
-  } else if (kind === "error") {
-    ctx.rect(x - r, y - r, r * 2, r * 2);
-  } else {
-    ctx.roundRect(x - r - 2, y - r, r * 2 + 4, r * 2, 2.5);
-  }
-}
 
 export class GraphCanvas {
   constructor(container, { onHover, onClick, labelOf }) {
@@ -191,7 +140,7 @@ export class GraphCanvas {
     const magnitudes = this.edges.weight.map(Math.abs).sort();
     // The 98th percentile sets full strength, so one huge edge does not fade all others.
     this.refWeight = magnitudes.length ? magnitudes[Math.floor(0.98 * (magnitudes.length - 1))] || 1 : 1;
-    this.baseBuckets = this._packEdges(this.edges);
+    this.baseBuckets = packEdges(this.edges, this.refWeight);
     // Thousands of overlapping edges saturate to a solid mat: fade them with the edge count.
     this.edgeAlpha = Math.min(1, Math.max(0.35, Math.sqrt(1500 / Math.max(kept.length, 1))));
     this._adjacency = null; // incoming / outgoing links per node, built when first needed
@@ -683,44 +632,7 @@ export class GraphCanvas {
   }
 
   // -- edges -----------------------------------------------------------------------------------
-  _strength(weight) {
-    return Math.min(1, Math.abs(weight) / this.refWeight);
-  }
-
-  /**
-   * Edges grouped by sign and strength, weakest group first; each group holds typed arrays
-   * of node indices (what the painter iterates). `edges` = {source, target, weight} arrays.
-   */
-  _packEdges(edges) {
-    const n = edges.weight.length;
-    const group = new Uint8Array(n);
-    const counts = new Array(STRENGTH_BUCKETS * 2).fill(0);
-    for (let j = 0; j < n; j += 1) {
-      const w = edges.weight[j];
-      const level = Math.min(STRENGTH_BUCKETS - 1, Math.floor(this._strength(w) * STRENGTH_BUCKETS));
-      const g = level * 2 + (w >= 0 ? 0 : 1);
-      group[j] = g;
-      counts[g] += 1;
-    }
-    const packed = [];
-    for (let g = 0; g < counts.length; g += 1) {
-      if (!counts[g]) continue;
-      const source = new Int32Array(counts[g]);
-      const target = new Int32Array(counts[g]);
-      let k = 0;
-      for (let j = 0; j < n; j += 1) {
-        if (group[j] !== g) continue;
-        source[k] = edges.source[j];
-        target[k] = edges.target[j];
-        k += 1;
-      }
-      const level = (Math.floor(g / 2) + 0.5) / STRENGTH_BUCKETS;
-      packed.push({ source, target, level, positive: g % 2 === 0, count: counts[g] });
-    }
-    return packed;
-  }
-
-  /** `_packEdges` for a list of link objects. */
+  /** `packEdges` for a list of link objects. */
   _packLinks(links) {
     const source = new Int32Array(links.length);
     const target = new Int32Array(links.length);
@@ -730,47 +642,15 @@ export class GraphCanvas {
       target[j] = this.index.get(link.target);
       weight[j] = link.weight;
     });
-    return this._packEdges({ source, target, weight });
+    return packEdges({ source, target, weight }, this.refWeight);
   }
 
   _edgeStyle(ctx, bucket, veil) {
-    const { level } = bucket;
-    ctx.strokeStyle = bucket.positive ? POSITIVE : NEGATIVE;
-    ctx.globalAlpha = veil ? 0.25 + 0.7 * level : (0.1 + 0.45 * level) * this.edgeAlpha;
-    // Wide translucent lines are costly to rasterise: only groups of few edges get them.
-    const wide = veil ? 0.8 + 3.6 * level : 0.4 + 2.6 * level;
-    ctx.lineWidth = bucket.count > 800 ? Math.min(0.8, wide) : wide;
+    edgeStyle(ctx, bucket, veil, this.edgeAlpha);
   }
 
-  /** Add edges [from, to) of a bucket to the current path (clipped to the plot when zoomed);
-   * returns how many were added. */
   _traceEdges(ctx, bucket, from, to) {
-    const { sx, sy } = this;
-    const { x0, y0, x1, y1 } = this._plot();
-    let added = 0;
-    for (let j = from; j < to; j += 1) {
-      const a = bucket.source[j];
-      const b = bucket.target[j];
-      const ax = sx[a];
-      const ay = sy[a];
-      const bx = sx[b];
-      const by = sy[b];
-      if (ax !== ax || bx !== bx) continue; // NaN: a node that is not drawn
-      const inside = ax >= x0 && ax <= x1 && bx >= x0 && bx <= x1 && ay >= y0 && ay <= y1 && by >= y0 && by <= y1;
-      if (inside) {
-        ctx.moveTo(ax, ay);
-        ctx.lineTo(bx, by);
-        added += 1;
-        continue;
-      }
-      // Edges running outside the plot: only their visible part (none for many when zoomed).
-      const seg = clipSegment(ax, ay, bx, by, x0, y0, x1, y1);
-      if (!seg) continue;
-      ctx.moveTo(seg[0], seg[1]);
-      ctx.lineTo(seg[2], seg[3]);
-      added += 1;
-    }
-    return added;
+    return traceEdges(ctx, bucket, from, to, this.sx, this.sy, this._plot());
   }
 
   // -- the base layer --------------------------------------------------------------------------
@@ -909,39 +789,12 @@ export class GraphCanvas {
     ctx.stroke();
   }
 
-  /** A node glyph pre-rendered once per kind: stamping it is several times cheaper than
-   * filling and stroking thousands of paths. */
-  _sprite(kind) {
-    this._sprites = this._sprites || {};
-    if (!this._sprites[kind]) {
-      const ratio = window.devicePixelRatio || 1;
-      const [hw, hh] = NODE_BOX[kind];
-      const w = Math.ceil(hw + 1) * 2;
-      const h = Math.ceil(hh + 1) * 2;
-      const canvas = document.createElement("canvas");
-      canvas.width = Math.round(w * ratio);
-      canvas.height = Math.round(h * ratio);
-      const ctx = canvas.getContext("2d");
-      ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-      const style = NODE_STYLE[kind];
-      ctx.beginPath();
-      traceGlyph(ctx, kind, w / 2, h / 2);
-      ctx.fillStyle = style.fill;
-      ctx.strokeStyle = style.stroke;
-      ctx.lineWidth = 1.2;
-      ctx.fill();
-      ctx.stroke();
-      this._sprites[kind] = { canvas, w, h };
-    }
-    return this._sprites[kind];
-  }
-
   /** Every drawn node (or those of `ids`) inside the plot, stamped at whole pixels. */
   _drawNodes(ctx, ids = null) {
     const plot = this._plot();
     const { compact } = this.layout;
     const sprites = {};
-    for (const kind of Object.keys(NODE_STYLE)) sprites[kind] = this._sprite(kind);
+    for (const kind of Object.keys(NODE_BOX)) sprites[kind] = glyphSprite(kind);
     const stamp = (i) => {
       const x = this.sx[i];
       const y = this.sy[i];
