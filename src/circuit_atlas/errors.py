@@ -51,3 +51,16 @@ class GraphFileError(CircuitAtlasError):
 class AttentionError(AttributionError):
     """An attention explanation names a layer, head, position or node that does not exist, a key
     after its query (or outside a sliding window), or a graph traced with another model."""
+
+
+class CircuitAtlasWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints it as one
+    `warning:` line)."""
+
+
+class PromptWarning(CircuitAtlasWarning):
+    """A prompt was tokenised, but not as written (words the vocabulary lacks)."""
+
+
+class TranscoderFormatWarning(CircuitAtlasWarning):
+    """A transcoder file is read, but something in it is ignored or overridden."""

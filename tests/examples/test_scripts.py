@@ -12,9 +12,9 @@ from .conftest import EXAMPLES
 SCRIPTS = sorted(EXAMPLES.glob("case_study_*.py"))
 
 
-def test_the_three_case_studies_are_here():
-    assert [p.stem for p in SCRIPTS] == ["case_study_addition", "case_study_multilingual",
-                                         "case_study_two_hop"]
+def test_the_four_case_studies_are_here():
+    assert [p.stem for p in SCRIPTS] == ["case_study_addition", "case_study_attention",
+                                         "case_study_multilingual", "case_study_two_hop"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)

@@ -205,3 +205,28 @@ def test_a_second_builder_on_the_same_store_is_refused(model, tmp_path):
     finally:
         os.close(fd)
     assert isinstance(FeatureStoreError("x"), CircuitAtlasError)
+
+
+def test_the_suggested_encoding_rerun_continues_the_stopped_build(model, helpers, tmp_path, dump):
+    """The error says "pass --encoding-errors replace"; that rerun used to be refused as "built
+    with other inputs or settings". It continues the store, which then equals a fresh replacing
+    build, and records the switch; the opposite switch stays refused."""
+    settings = BuildSettings(context_len=10, top_k=4, n_samples=6, block_documents=2)
+    texts = helpers.word_texts(8, seed=5)
+    texts[5] = b"the cat \xff said caf\xe9 two"
+    corpus = _corpus(tmp_path / "c", texts)
+    with pytest.raises(FeatureBuildError, match="--encoding-errors replace"):
+        build_feature_store(model, corpus, tmp_path / "out", settings, commit_interval=0,
+                            progress=False)
+    with FeatureStore(tmp_path / "out") as partial:
+        assert not partial.complete and partial.meta["progress"]["doc"] > 0
+    replacing = open_feature_corpus(corpus, encoding_errors="replace")
+    report = build_feature_store(model, replacing, tmp_path / "out", settings, progress=False)
+    assert report.resumed and report.complete and report.documents == 8
+    build_feature_store(model, replacing, tmp_path / "fresh", settings, progress=False)
+    assert dump(tmp_path / "out") == dump(tmp_path / "fresh")
+    with FeatureStore(tmp_path / "out") as store:
+        assert store.meta["corpus"]["encoding_errors"] == "replace"
+
+    with pytest.raises(FeatureStoreError, match=r"corpus.encoding_errors: stored 'replace', now 'strict'"):
+        build_feature_store(model, corpus, tmp_path / "fresh", settings, progress=False)

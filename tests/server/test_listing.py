@@ -51,3 +51,15 @@ def test_display_ref_never_shows_a_path() -> None:
     assert display_ref("C:\\models\\qwen") == "qwen"
     assert display_ref(str(DEMO_MODEL.path)) == "demo"
     assert display_ref(None) is None and display_ref("") is None
+
+
+def test_summary_fields_from_a_hand_edited_bundle_are_checked(tmp_path: Path, graph) -> None:
+    folder = write_graph_bundle(graph, tmp_path, "edited")
+    info = json.loads((folder / "bundle.json").read_text())
+    info["summary"].update(created="yesterday", model=["not", "text"], n_nodes=-3, n_links=2.5,
+                           replacement=7.0, completeness=float("nan"), transcoders="/srv/x/my-clt")
+    (folder / "bundle.json").write_text(json.dumps(info))
+    row = TestClient(create_app(tmp_path)).get("/api/graphs").json()["graphs"][0]
+    assert row["created"] is None and row["model"] is None and row["n_nodes"] is None
+    assert row["n_links"] is None and row["replacement"] is None and row["completeness"] is None
+    assert row["transcoders"] == "my-clt" and row["n_tokens"] == len(graph.tokens)

@@ -60,6 +60,25 @@ def test_topk_from_config_and_from_k_tensor(make_ct_plt, tmp_path):
     assert load_transcoders(str(root)).k == 3
 
 
+def test_unknown_config_keys_are_warned_about(make_ct_plt):
+    """A misspelt key (`activaton: topk`) used to be accepted silently and change nothing."""
+    from circuit_atlas.errors import TranscoderFormatWarning
+
+    root, _ = make_ct_plt(config_extra={"activaton": "topk", "dtype": "bf16", "revision": "main",
+                                        "repo_id": "org/set", "subfolder": None})
+    with pytest.warns(TranscoderFormatWarning, match=r"config.yaml: ignoring unknown key\(s\) "
+                                                     r"'activaton', 'dtype'; the keys read are"):
+        tc = load_transcoders(str(root))
+    assert tc.activation_name == "relu"
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    for key in ("activaton", "dtype"):
+        del config[key]
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_transcoders(str(root))  # the keys of docs/formats.md §5.1 only: silent
+
+
 def test_config_activation_conflicts_are_errors(make_ct_plt):
     root, _ = make_ct_plt(threshold=True, config_extra={"activation": "relu"})
     with pytest.raises(TranscoderFormatError, match="threshold.*layer_0.safetensors"):

@@ -106,13 +106,14 @@ def _record(request: PromptRequest, settings: dict[str, Any]) -> dict[str, Any]:
 def is_done(out: Path, request: PromptRequest, settings: dict[str, Any]) -> bool:
     """The bundle of `request` is complete and was traced from the same request and settings."""
     from circuit_atlas.graph.bundle import read_bundle_info
+    from circuit_atlas.io.untrusted import UntrustedJsonError, read_json
 
     folder = Path(out).expanduser() / request.slug
     if read_bundle_info(folder) is None:
         return False
     try:
-        stored = json.loads((folder / REQUEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        stored = read_json(folder / REQUEST_FILE, max_bytes=16 * 1024 * 1024)
+    except (OSError, UntrustedJsonError):
         return False
     return stored == json.loads(json.dumps(_record(request, settings)))
 

@@ -10,7 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.errors import CircuitAtlasError, PromptError
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -58,8 +58,13 @@ def parse_token_ids(text: str) -> list[int]:
 
 
 def prompt_from_args(args: argparse.Namespace) -> str | list[int]:
-    """The prompt text, or the explicit token ids."""
-    return parse_token_ids(args.token_ids) if args.token_ids else args.prompt
+    """The prompt text, or the explicit token ids (`--token-ids ""` is an empty list, not an
+    absent flag); text that is only whitespace is refused: it would trace a graph of blanks."""
+    if getattr(args, "token_ids", None) is not None:
+        return parse_token_ids(args.token_ids)
+    if not args.prompt.strip():
+        raise PromptError(f"--prompt {args.prompt!r} holds no words; give the text to trace")
+    return args.prompt
 
 
 # ---------------------------------------------------------------------- checks before loading

@@ -80,14 +80,13 @@ def find_graph(folder: Path) -> tuple[Path, str | None]:
     `trace` writes bundles (OUT/<slug>/graph/...), so users naturally pass the bundle or even the
     data folder; both get a message that says where the graph is instead of "graph.json missing".
     """
-    from circuit_atlas.graph.bundle import NATIVE_DIR, read_bundle_info
+    from circuit_atlas.graph.bundle import NATIVE_DIR, bundle_settings, read_bundle_info
 
     if not folder.is_dir() or (folder / "graph.json").is_file():
         return folder, None  # Graph.load names a missing or non-folder path itself
     if (folder / NATIVE_DIR / "graph.json").is_file():
-        info = read_bundle_info(folder) or {}
-        slug = info.get("slug") if isinstance(info.get("slug"), str) else None
-        return folder / NATIVE_DIR, slug
+        # a bundle may come from anywhere: an invalid slug in it is not used (folder name instead)
+        return folder / NATIVE_DIR, bundle_settings(read_bundle_info(folder)).slug
     bundles = sorted(c.name for c in folder.iterdir() if (c / NATIVE_DIR / "graph.json").is_file())
     if bundles:
         shown = ", ".join(bundles[:5]) + (", ..." if len(bundles) > 5 else "")

@@ -159,16 +159,6 @@ def _register_label(commands) -> None:
     p.set_defaults(func=run_label)
 
 
-def _model_ref(ref: str) -> str:
-    if ref != "demo":
-        return ref
-    try:
-        from circuit_atlas.demo.bundle import resolve_model_ref
-    except ImportError:  # pragma: no cover - the package ships the demo module
-        return ref
-    return resolve_model_ref(ref)
-
-
 def run_build(args: argparse.Namespace) -> int:
     from circuit_atlas.replacement import load
     from circuit_atlas.features.build import BuildSettings, build_feature_store
@@ -188,7 +178,7 @@ def run_build(args: argparse.Namespace) -> int:
     )
     distributed.init_from_environment()
     device = resolve_rank_device(device)
-    model = load(_model_ref(args.model), args.transcoders, device=device, dtype=args.dtype,
+    model = load(args.model, args.transcoders, device=device, dtype=args.dtype,
                                lazy_encoder=args.lazy_encoder)
     report = build_feature_store(model, corpus, args.out, settings, batch_size=args.batch_size,
                                  commit_interval=args.commit_interval, progress=not args.no_progress)

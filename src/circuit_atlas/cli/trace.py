@@ -148,7 +148,7 @@ def run(args) -> int:
     prompt = prompt_from_args(args)
     targets = parse_targets(args)
     # With --token-ids the default slug needs the decoded prompt; it is valid by construction.
-    check_destination(args.out, args.slug or (None if args.token_ids else default_slug(args.prompt)))
+    check_destination(args.out, args.slug or (None if isinstance(prompt, list) else default_slug(prompt)))
     labels = feature_labels(args.features)
     device = resolve_device(args.device)
     model = load(args.model, args.transcoders, device=device, dtype=args.dtype,
@@ -162,7 +162,7 @@ def run(args) -> int:
         max_feature_nodes=args.max_feature_nodes,
         batch_size=args.batch_size,
     )
-    slug = args.slug or default_slug(graph.prompt if args.token_ids else args.prompt)
+    slug = args.slug or default_slug(graph.prompt if isinstance(prompt, list) else prompt)
     scores = graph_scores(graph)
     folder = write_graph_bundle(graph, args.out, slug, args.node_threshold, args.edge_threshold,
                                 labels=labels, scores=scores)

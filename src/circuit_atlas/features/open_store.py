@@ -63,7 +63,8 @@ def identity(model, corpus: Corpus, settings: BuildSettings) -> dict[str, Any]:
             "input_hook": tc.input_hook, "output_hook": tc.output_hook,
         },
         "weights": _fingerprint(model),
-        "corpus": {"description": corpus.description},
+        "corpus": {"description": corpus.description,
+                   "encoding_errors": getattr(corpus, "encoding_errors", "strict")},
         "settings": asdict(settings),
         "builder": BUILDER,
     }
@@ -103,7 +104,8 @@ def open_store(out: Path, model, identity: dict[str, Any]) -> tuple[sqlite3.Conn
             storage.initialize(conn, meta, vocabulary(model.lm))
             return conn, False
         meta = storage.check_format(conn, file)
-        check_same_build(meta, identity, out)
+        if check_same_build(meta, identity, out):
+            storage.set_meta(conn, "corpus", identity["corpus"])
         check_budget(conn, meta, identity["settings"]["max_tokens"], out)
         return conn, True
     except BaseException:
@@ -111,14 +113,25 @@ def open_store(out: Path, model, identity: dict[str, Any]) -> tuple[sqlite3.Conn
         raise
 
 
-def check_same_build(meta: dict[str, Any], identity: dict[str, Any], out: Path) -> None:
-    """Every input and setting must match, except the budget (`check_budget`)."""
+def check_same_build(meta: dict[str, Any], identity: dict[str, Any], out: Path) -> bool:
+    """Every input and setting must match, except the budget (`check_budget`) and one switch:
+    a build that stopped at a document that is not UTF-8 may continue with `--encoding-errors
+    replace` (as its error message suggests). Every document read before decoded strictly, so
+    it reads the same with replacement, and the store equals a fresh replacing build. Returns
+    True for that switch; the caller records it in the store."""
     differences = []
+    switched = False
     for section, wanted in identity.items():
         stored = meta.get(section)
+        if section == "corpus":
+            stored = _corpus_record(stored)
         if isinstance(wanted, dict) and isinstance(stored, dict):
             for key in sorted(set(wanted) | set(stored)):
                 if (section, key) == ("settings", "max_tokens"):
+                    continue
+                if ((section, key) == ("corpus", "encoding_errors")
+                        and (stored.get(key), wanted.get(key)) == ("strict", "replace")):
+                    switched = True
                     continue
                 if stored.get(key) != wanted.get(key):
                     differences.append(f"{section}.{key}: stored {stored.get(key)!r}, now {wanted.get(key)!r}")
@@ -130,6 +143,21 @@ def check_same_build(meta: dict[str, Any], identity: dict[str, Any], out: Path) 
             "cannot continue it (use the same command to resume, or a new --out):\n  "
             + "\n  ".join(differences)
         )
+    return switched
+
+
+_REPLACED = " (non-UTF-8 bytes replaced)"
+
+
+def _corpus_record(stored: Any) -> Any:
+    """A stored corpus record in today's form: stores made before `encoding_errors` was its own
+    field marked replacing corpora in the description."""
+    if not isinstance(stored, dict) or "encoding_errors" in stored:
+        return stored
+    description = stored.get("description")
+    replaced = isinstance(description, str) and description.endswith(_REPLACED)
+    return {**stored, "description": description.removesuffix(_REPLACED) if replaced else description,
+            "encoding_errors": "replace" if replaced else "strict"}
 
 
 def check_budget(conn: sqlite3.Connection, meta: dict[str, Any], budget: int | None, out: Path) -> None:

@@ -168,7 +168,8 @@ def _prepare_final(out: Path, model, settings: BuildSettings, wanted: dict, worl
             meta = storage.read_meta(conn)
         else:
             meta = storage.check_format(conn, file)
-            check_same_build(meta, wanted, out)
+            if check_same_build(meta, wanted, out):
+                storage.set_meta(conn, "corpus", wanted["corpus"])
             _check_same_budget(meta, wanted, out)
     finally:
         conn.close()
@@ -226,7 +227,8 @@ def _open_shard(stack: ExitStack, model, out: Path, settings: BuildSettings, wan
             storage.initialize(conn, meta, vocabulary(model.lm))
         else:
             meta = storage.check_format(conn, file)
-            check_same_build(meta, shard_identity, folder)
+            if check_same_build(meta, shard_identity, folder):
+                storage.set_meta(conn, "corpus", wanted["corpus"])
             _check_same_budget(meta, wanted, folder)
     except BaseException:
         conn.close()

@@ -29,6 +29,7 @@ import torch
 
 from circuit_atlas.graph.graph import Graph, GraphFileError
 from circuit_atlas.graph.prune import PrunedGraph
+from circuit_atlas.io.untrusted import UntrustedJsonError, read_json
 
 ATTENTION_FORMAT = "circuit-atlas-attention"
 ATTENTION_VERSION = 1
@@ -142,10 +143,16 @@ class GraphAttention:
                 "edges": self.edges, "explanations": described}
         tmp_tensors = folder / (ATTENTION_TENSORS + ".tmp")
         tmp_json = folder / (ATTENTION_JSON + ".tmp")
-        save_file(tensors, str(tmp_tensors), metadata={"format": ATTENTION_FORMAT})
-        tmp_json.write_text(json.dumps(meta, indent=1, ensure_ascii=False, allow_nan=False), encoding="utf-8")
-        os.replace(tmp_tensors, folder / ATTENTION_TENSORS)
-        os.replace(tmp_json, folder / ATTENTION_JSON)
+        try:
+            save_file(tensors, str(tmp_tensors), metadata={"format": ATTENTION_FORMAT})
+            tmp_json.write_text(json.dumps(meta, indent=1, ensure_ascii=False, allow_nan=False),
+                                encoding="utf-8")
+            os.replace(tmp_tensors, folder / ATTENTION_TENSORS)
+            os.replace(tmp_json, folder / ATTENTION_JSON)
+        except BaseException:  # a failed write leaves no temp files behind
+            tmp_tensors.unlink(missing_ok=True)
+            tmp_json.unlink(missing_ok=True)
+            raise
         return folder
 
     @classmethod
@@ -191,10 +198,10 @@ def node_positions(graph: Graph) -> torch.Tensor:
 # ---------------------------------------------------------------------- reading files
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = read_json(path)
     except FileNotFoundError:
         raise GraphFileError(f"attention explanations file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UntrustedJsonError) as exc:
         raise GraphFileError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != ATTENTION_FORMAT:
         raise GraphFileError(f"{path} is not a circuit-atlas attention file (format field)")

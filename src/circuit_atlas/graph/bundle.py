@@ -30,12 +30,12 @@ Annotations for a loose ``<name>.json`` go to ``<name>.annotations.json`` beside
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.graph.export import Labels, save_graph_json, to_graph_json
@@ -43,6 +43,7 @@ from circuit_atlas.graph.graph import Graph
 from circuit_atlas.graph.scores import GraphScores, graph_scores
 from circuit_atlas.io.atomic import atomic_write_json
 from circuit_atlas.io.checks import check_slug, check_threshold
+from circuit_atlas.io.untrusted import UntrustedJsonError, printable, read_json
 
 BUNDLE_FORMAT = "circuit-atlas-graph-bundle"
 BUNDLE_VERSION = 1
@@ -57,6 +58,8 @@ DEFAULT_EDGE_THRESHOLD = 0.98
 LABELS_FILE = "feature-labels.json"
 LABELS_FORMAT = "circuit-atlas-feature-labels"
 NOT_GRAPH_FILES = frozenset({BUNDLE_FILE, METADATA_FILE, LABELS_FILE, "package.json", "tsconfig.json"})
+MAX_BUNDLE_INFO_BYTES = 64 * 1024  # a real bundle.json is ~150 bytes
+MAX_LABELS_FILE_BYTES = 64 * 1024 * 1024
 
 
 def annotations_path_for(folder: Path, slug: str) -> Path:
@@ -64,15 +67,56 @@ def annotations_path_for(folder: Path, slug: str) -> Path:
 
 
 def read_bundle_info(folder: Path) -> dict[str, Any] | None:
-    """The parsed ``bundle.json`` of ``folder``, or ``None`` when it is not a bundle."""
+    """The parsed ``bundle.json`` of ``folder``, or ``None`` when it is not a bundle.
+
+    Its fields are not checked here: read them through `bundle_settings`."""
     path = Path(folder) / BUNDLE_FILE
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        info = read_json(path, max_bytes=MAX_BUNDLE_INFO_BYTES)
+    except (OSError, UntrustedJsonError):
         return None
     if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:
         return None
     return info
+
+
+@dataclass(frozen=True)
+class BundleSettings:
+    """The fields of a ``bundle.json``, each checked. `slug` is None when the file names none or
+    an invalid one; `problems` says which fields were refused (and replaced by defaults)."""
+
+    slug: str | None
+    node_threshold: float
+    edge_threshold: float
+    problems: tuple[str, ...] = ()
+
+
+def bundle_settings(info: Mapping[str, Any] | None) -> BundleSettings:
+    """Check every field a reader uses. Bundles are shared and downloaded, so a slug such as
+    ``../../x`` (which would name files outside the bundle) or a threshold that is not a number
+    in [0, 1] is refused and reported instead of used."""
+    info = info or {}
+    problems = []
+    slug = info.get("slug")
+    if slug is not None:
+        try:
+            slug = check_slug(slug)
+        except CircuitAtlasError as exc:
+            problems.append(f"{BUNDLE_FILE}: {exc}; the folder name is used instead")
+            slug = None
+    thresholds = {}
+    for name, default in (("node_threshold", DEFAULT_NODE_THRESHOLD),
+                          ("edge_threshold", DEFAULT_EDGE_THRESHOLD)):
+        value = info.get(name, default)
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise CircuitAtlasError(f"{name} must be a number, got {str(value)[:40]!r}")
+            thresholds[name] = check_threshold(value, name)
+        except CircuitAtlasError as exc:
+            problems.append(f"{BUNDLE_FILE}: {exc}; the default {default} is used instead")
+            thresholds[name] = default
+    return BundleSettings(slug, thresholds["node_threshold"], thresholds["edge_threshold"],
+                          tuple(problems))
 
 
 def write_graph_bundle(
@@ -178,13 +222,18 @@ def read_feature_labels(folder: str | Path) -> dict[tuple[int, int], str]:
     """`{(layer, feature): label}` a bundle keeps beside its graph (empty when it has none)."""
     path = Path(folder) / LABELS_FILE
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = read_json(path, max_bytes=MAX_LABELS_FILE_BYTES)
+    except (OSError, UntrustedJsonError):
         return {}
     labels = data.get("labels") if isinstance(data, dict) else None
     out = {}
     for key, text in (labels.items() if isinstance(labels, dict) else ()):
         layer, _, feature = str(key).partition(":")
-        if layer.isdigit() and feature.isdigit() and isinstance(text, str):
-            out[(int(layer), int(feature))] = text
+        if _small_number(layer) and _small_number(feature) and isinstance(text, str):
+            out[(int(layer), int(feature))] = printable(text)
     return out
+
+
+def _small_number(text: str) -> bool:
+    """ASCII digits only (`str.isdigit` also accepts '²', which `int` refuses), at most 12."""
+    return 0 < len(text) <= 12 and text.isascii() and text.isdigit()

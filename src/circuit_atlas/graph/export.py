@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +22,7 @@ from circuit_atlas.graph.prune import PrunedGraph, prune
 from circuit_atlas.io.atomic import atomic_write_json
 from circuit_atlas.io.cantor import cantor_pair
 from circuit_atlas.io.checks import check_slug
+from circuit_atlas.io.untrusted import UntrustedJsonError, parse_json, read_json
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "graph-metadata.json"
@@ -69,6 +69,12 @@ def to_graph_json(
             edges between written nodes go into the optional top-level `attention` object.
     """
     check_slug(slug)
+    problem = graph.first_non_finite()
+    if problem is not None:
+        raise GraphFileError(
+            f"the graph holds a non-finite number ({problem}), which graph JSON cannot carry; "
+            "it comes from numerical trouble while tracing (try float32) or from an edited file"
+        )
     if pruned is None:
         pruned = prune(graph, node_threshold, edge_threshold)
     elif pruned.graph is not graph:
@@ -262,12 +268,12 @@ def _write_json_atomic(path: Path, data: Any, indent: int | None) -> None:
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path)
     except FileNotFoundError:
         raise GraphFileError(f"graph JSON file {path} does not exist") from None
     except IsADirectoryError:
         raise GraphFileError(f"{path} is a directory, not a graph JSON file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UntrustedJsonError) as exc:
         raise GraphFileError(f"{path} is not valid JSON: {exc}") from exc
 
 
@@ -377,8 +383,8 @@ def _parse_json_text(file: Path, key: str, value: Any) -> Any:
     if not value.strip():
         return []
     try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
+        return parse_json(value)
+    except UntrustedJsonError as exc:
         raise GraphFileError(f"{file}: qParams.{key} is a string but not JSON: {exc}") from exc
 
 

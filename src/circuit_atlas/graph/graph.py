@@ -34,12 +34,14 @@ from typing import Any, Mapping
 import torch
 
 from circuit_atlas.errors import CircuitAtlasError, GraphFileError, ShapeMismatchError
+from circuit_atlas.io.untrusted import UntrustedJsonError, read_json
 from circuit_atlas.viewer import get_viewer
 
 GRAPH_FORMAT = "circuit-atlas-graph"
 GRAPH_FORMAT_VERSION = 1
 TENSORS_FILE = "graph.safetensors"
 META_FILE = "graph.json"
+MAX_META_BYTES = 256 * 1024 * 1024  # prompts of a million tokens fit; a hostile file does not
 
 NODE_KINDS = ("feature", "error", "token", "logit")
 
@@ -157,6 +159,19 @@ class Graph:
                 f"Graph.tokens has {len(self.tokens)} strings but input_ids has "
                 f"{self.n_positions} positions"
             )
+        for name in ("prompt", "model_name"):
+            if not isinstance(getattr(self, name), str):
+                raise ShapeMismatchError(
+                    f"Graph.{name} must be a string, got {type(getattr(self, name)).__name__}")
+        scan = self.transcoder_scan
+        if isinstance(scan, tuple):
+            scan = list(scan)
+            object.__setattr__(self, "transcoder_scan", scan)
+        if not (scan is None or isinstance(scan, str)
+                or (isinstance(scan, list) and all(isinstance(s, str) for s in scan))):
+            raise ShapeMismatchError(
+                f"Graph.transcoder_scan must be a string, a list of strings or None, got "
+                f"{type(scan).__name__}")
         if self.transcoder_kind not in ("plt", "clt"):
             raise ShapeMismatchError(
                 f"Graph.transcoder_kind must be 'plt' or 'clt', got {self.transcoder_kind!r}"
@@ -466,13 +481,45 @@ class Graph:
             tensors["error_norms"] = self.error_norms
         meta = {"format": GRAPH_FORMAT, "format_version": GRAPH_FORMAT_VERSION}
         meta.update({name: getattr(self, name) for name in _META_FIELDS})
-        # Write to temporary names first so an interrupted save never leaves a half graph.
+        # Write to temporary names first so an interrupted save never leaves a half graph, and
+        # remove them when a write fails, so a failure leaves nothing behind either.
         tmp_tensors, tmp_meta = path / (TENSORS_FILE + ".tmp"), path / (META_FILE + ".tmp")
-        save_file(tensors, str(tmp_tensors), metadata={"format": GRAPH_FORMAT})
-        tmp_meta.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp_tensors, path / TENSORS_FILE)
-        os.replace(tmp_meta, path / META_FILE)
+        try:
+            save_file(tensors, str(tmp_tensors), metadata={"format": GRAPH_FORMAT})
+            tmp_meta.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+            os.replace(tmp_tensors, path / TENSORS_FILE)
+            os.replace(tmp_meta, path / META_FILE)
+        except BaseException:
+            tmp_tensors.unlink(missing_ok=True)
+            tmp_meta.unlink(missing_ok=True)
+            raise
         return path
+
+    def first_non_finite(self) -> str | None:
+        """Where the graph holds a NaN or infinite number, in words, or None when it holds none.
+
+        Such values come from numerical trouble while tracing (or an edited file); strict JSON
+        cannot carry them, so the graph-JSON writer and the explorer refuse the graph with this
+        text instead of failing somewhere inside. One cheap sum per tensor finds them (NaN and
+        infinities survive a sum); only then is the first one located."""
+        for name in ("activation_values", "logit_probabilities", "adjacency", "error_norms"):
+            tensor = getattr(self, name)
+            if tensor is None or tensor.numel() == 0 or bool(torch.isfinite(tensor.sum())):
+                continue
+            flat = tensor.reshape(-1)
+            for start in range(0, flat.numel(), 1 << 24):
+                bad = torch.nonzero(~torch.isfinite(flat[start:start + (1 << 24)]))
+                if bad.numel():
+                    index = start + int(bad[0])
+                    where = [int(i) for i in torch.unravel_index(torch.tensor(index), tensor.shape)]
+                    return f"{name}{where} is {float(flat[index])}" + self._feature_at(name, where)
+        return None
+
+    def _feature_at(self, name: str, where: list[int]) -> str:
+        if name != "activation_values":
+            return ""
+        layer, position, feature = (int(v) for v in self.active_features[where[0]])
+        return f" (layer {layer}, position {position}, feature {feature})"
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> "Graph":
@@ -521,8 +568,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise GraphFileError(f"graph metadata file {path} is missing")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        meta = read_json(path, max_bytes=MAX_META_BYTES)
+    except (OSError, UntrustedJsonError) as exc:
         raise GraphFileError(f"graph metadata file {path} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != GRAPH_FORMAT:
         raise GraphFileError(f"{path} is not a circuit-atlas graph file (format field missing)")

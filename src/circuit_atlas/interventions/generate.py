@@ -78,7 +78,8 @@ def generate(
     """Continue `prompt` with and without `interventions` (free mode, KV cache).
 
     temperature 0 is greedy decoding; otherwise tokens are sampled from `softmax(logits / T)`
-    restricted to the smallest top set whose probability reaches `top_p`.
+    restricted to the smallest top set whose probability reaches `top_p` (`sample_token`: tiny
+    temperatures approach greedy decoding, tiny `top_p` keeps the most likely token).
     """
     _check_sampling(max_new_tokens, temperature, top_p, seed)
     tokens = model.tokenize(prompt)
@@ -164,16 +165,28 @@ def _continue(model, tokens: torch.Tensor, checked: list[CheckedIntervention], *
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     """Greedy for temperature 0; else nucleus sampling from `softmax(logits / temperature)`.
 
-    Sampling happens on the CPU with a CPU generator, so a seed gives the same tokens on any device.
+    Any positive temperature and top_p is well defined: the softmax is taken of
+    `(logits − max) / temperature` in float64, so a tiny temperature (1e-300, even the smallest
+    subnormal) puts all the mass on the most likely token(s) — the greedy limit — instead of
+    overflowing to NaN, and the nucleus always keeps the most likely token, however small
+    `top_p` is. Non-finite logits (a steering value too large for the model's precision) are an
+    `InterventionError`. Sampling happens on the CPU with a CPU generator, so a seed gives the
+    same tokens on any device.
     """
-    logits = logits.float().cpu()
+    logits = logits.double().cpu()
+    if not bool(torch.isfinite(logits).all()):
+        raise InterventionError(
+            "the model's next-token logits are not finite (NaN or infinite); the intervention "
+            "values are too large for this model's precision")
     if temperature == 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
+    probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)
     if top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)
         before = torch.cumsum(sorted_probs, dim=0) - sorted_probs  # mass of strictly better tokens
-        sorted_probs[before >= top_p] = 0
+        drop = before >= top_p
+        drop[0] = False  # the most likely token is always in the nucleus
+        sorted_probs[drop] = 0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
 

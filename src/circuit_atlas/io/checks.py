@@ -11,16 +11,17 @@ import re
 from circuit_atlas.errors import AttributionError, GraphFileError
 
 MAX_SLUG_LENGTH = 128
-SLUG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,%d}$" % (MAX_SLUG_LENGTH - 1))
+# Matched with `fullmatch`: `$` alone would let a trailing newline through.
+SLUG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (MAX_SLUG_LENGTH - 1))
 
 
 def check_slug(slug: str) -> str:
     """A graph's slug names files (`<slug>.json`, `<slug>/`) and appears in URLs, so it is
     1-128 letters, digits, `.`, `_` or `-`, starts with a letter or digit, and does not end in
     `.json` (a bundle folder named `x.json` would pass for a graph file)."""
-    if not isinstance(slug, str) or not SLUG_PATTERN.match(slug) or slug.endswith(".json"):
+    if not isinstance(slug, str) or not SLUG_PATTERN.fullmatch(slug) or slug.endswith(".json"):
         raise GraphFileError(
-            f"slug {slug!r} is not valid: use 1-{MAX_SLUG_LENGTH} letters, digits, '.', '_' or "
+            f"slug {str(slug)[:80]!r} is not valid: use 1-{MAX_SLUG_LENGTH} letters, digits, '.', '_' or "
             "'-', starting with a letter or digit and not ending in '.json'"
         )
     return slug

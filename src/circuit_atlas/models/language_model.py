@@ -354,10 +354,15 @@ def load_language_model(
     dtype: str | torch.dtype | None = None,
 ) -> LanguageModel:
     """Load a causal LM and its tokenizer from a local directory or a Hugging Face hub id
-    (or a preset of `io.presets.MODEL_PRESETS`: `"demo"` is the bundled toy-world model)."""
+    (or a preset of `io.presets.MODEL_PRESETS`: `"demo"` is the bundled toy-world model).
+
+    The model's `name` is `ref` exactly as given ("demo", a hub id, the path as typed): it is
+    recorded in graphs and stores that get shared, so it must never become a path the user did
+    not type (the package's install location, an expanded home folder)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    ref = model_preset(str(ref))
+    given = str(ref)
+    ref = model_preset(given)
     torch_dtype = resolve_dtype(dtype)
     device = check_device(device)  # before reading anything: a missing GPU fails fast
     if _looks_like_path(ref):
@@ -382,5 +387,4 @@ def load_language_model(
         raise ModelLoadError(f"could not load the tokenizer of {ref!r}: {exc}") from None
     if device is not None:
         hf_model = hf_model.to(device)
-    lm = LanguageModel.from_hf(hf_model, tokenizer, name=ref)
-    return lm
+    return LanguageModel.from_hf(hf_model, tokenizer, name=given)

@@ -9,11 +9,12 @@ positions". Explicit ids are used exactly as given.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 
-from circuit_atlas.errors import PromptError
+from circuit_atlas.errors import PromptError, PromptWarning
 
 # What a prompt may be: text, or token ids (a list or a 1-D tensor).
 Prompt = str | Sequence[int] | torch.Tensor
@@ -76,6 +77,7 @@ def _string_ids(prompt: str, tokenizer) -> torch.Tensor:
     ids = list(tokenizer.encode(prompt, add_special_tokens=False))
     if not ids:
         raise PromptError(f"the prompt {prompt!r} gave no tokens")
+    _warn_unknown_words(prompt, ids, tokenizer)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     prefix = special_prefix_id(tokenizer)
     if prefix is not None and ids[0] not in special:
@@ -98,3 +100,31 @@ def _explicit_ids(prompt) -> torch.Tensor:
     if ids.dim() != 1:
         raise PromptError(f"token ids must be 1-D (one prompt), got shape {tuple(ids.shape)}")
     return ids.to(device="cpu", dtype=torch.long)
+
+
+def _warn_unknown_words(prompt: str, ids: list[int], tokenizer) -> None:
+    """A `PromptWarning` naming the words that became the unknown token: the graph would
+    otherwise explain '<unk>' where the user wrote a word, without saying so. (Tokenizers whose
+    unknown token doubles as BOS/EOS/pad, such as GPT-2's, are left alone: that id is not a
+    sign of a missing word.)"""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    others = {getattr(tokenizer, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    if unk is None or unk in others or unk not in ids:
+        return
+    words = _unknown_spans(prompt, tokenizer, unk)
+    shown = ", ".join(repr(w) for w in words[:10]) + (", ..." if len(words) > 10 else "")
+    count = ids.count(unk)
+    warnings.warn(PromptWarning(
+        f"{count} word(s) of the prompt are not in the tokenizer's vocabulary and became "
+        f"{getattr(tokenizer, 'unk_token', None) or 'the unknown token'}"
+        + (f": {shown}" if words else "")), stacklevel=4)
+
+
+def _unknown_spans(prompt: str, tokenizer, unk: int) -> list[str]:
+    """The text of each token that became `unk` (empty when the tokenizer gives no offsets)."""
+    try:
+        encoded = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        pairs = zip(encoded["input_ids"], encoded["offset_mapping"])
+        return [prompt[start:end].strip() for token, (start, end) in pairs if token == unk]
+    except (NotImplementedError, TypeError, ValueError, KeyError):
+        return []

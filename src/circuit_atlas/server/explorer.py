@@ -9,7 +9,6 @@ move should.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,14 +16,14 @@ from typing import Any, Sequence
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.graph.bundle import LABELS_FILE, read_bundle_info, read_feature_labels
 from circuit_atlas.io.checks import check_threshold
-from circuit_atlas.server.annotations import AnnotationError, AnnotationStore
+from circuit_atlas.io.untrusted import json_safe
+from circuit_atlas.server.annotations import AnnotationFileError, AnnotationStore
 from circuit_atlas.server.catalog import (
     GraphCatalog,
     GraphEntry,
     GraphUnreadable,
     LRUCache,
     load_graph_json,
-    resolve_inside,
 )
 from circuit_atlas.server.features import (
     FeatureProvider,
@@ -36,6 +35,7 @@ from circuit_atlas.server.graphs import NodeNotFound, ScoresUnavailable, ServedG
 from circuit_atlas.server.json_graph import JsonGraph
 from circuit_atlas.server.labels import LabelBook, label_nodes, label_rows, uses_cantor
 from circuit_atlas.server.native import NativeGraph, read_native_metadata
+from circuit_atlas.server.responses import json_bytes
 from circuit_atlas.server.views import neighbourhood, node_label
 
 __all__ = ["Explorer", "NodeNotFound", "ScoresUnavailable", "View"]
@@ -48,7 +48,7 @@ class View:
 
     def __init__(self, doc: dict[str, Any]) -> None:
         self.doc = doc
-        self.body = json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        self.body = json_bytes(doc)
 
 
 class Explorer:
@@ -57,11 +57,19 @@ class Explorer:
     def __init__(self, data_dir: str | Path, features: FeatureProvider | None = None) -> None:
         self.catalog = GraphCatalog(data_dir)
         self.features = features
-        self.annotations = AnnotationStore()
+        self.annotations = AnnotationStore(self.catalog.root)
         self._graphs = LRUCache(maxsize=4)
         self._views = LRUCache(maxsize=24)
         self._books = LRUCache(maxsize=16)
         self.catalog.refresh()
+
+    def shown(self, text: str) -> str:
+        """`text` without the absolute paths of the data folder (paths in it become relative)
+        or of the feature store: messages are shown in browsers and screenshots."""
+        features_root = getattr(self.features, "root", None)
+        if features_root is not None:
+            text = text.replace(str(features_root), "<feature store>")
+        return self.catalog.shown(text)
 
     # -- loading ------------------------------------------------------------------------------
     def served(self, graph_id: str) -> ServedGraph:
@@ -73,11 +81,14 @@ class Explorer:
 
     @staticmethod
     def _load(entry: GraphEntry) -> ServedGraph:
-        if entry.native_dir is None:
-            assert entry.json_path is not None
-            return JsonGraph(load_graph_json(entry.json_path), entry.id, entry.slug)
         try:
+            if entry.native_dir is None:
+                assert entry.json_path is not None
+                return JsonGraph.checked(load_graph_json(entry.json_path), entry.id, entry.slug,
+                                         entry.json_path)
             return NativeGraph.load(entry.native_dir, entry.id, entry.slug)
+        except GraphUnreadable:
+            raise
         except CircuitAtlasError as exc:
             raise GraphUnreadable(f"graph {entry.id!r}: {exc}") from exc
 
@@ -214,25 +225,16 @@ class Explorer:
         }
 
     # -- annotations --------------------------------------------------------------------------
-    def _annotations_path(self, entry: GraphEntry) -> Path:
-        path = entry.annotations_path
-        if path.is_symlink() or (path.exists() and resolve_inside(path, self.catalog.root) is None):
-            raise AnnotationError(
-                f"annotations file {path} is a symlink or lies outside the data folder; "
-                "the server refuses to follow it"
-            )
-        return path
-
     def read_annotations(self, graph_id: str) -> dict[str, Any]:
         entry = self.catalog.get(graph_id)
-        return self.annotations.read(self._annotations_path(entry))
+        return self.annotations.read(entry.annotations_path)
 
     def patch_annotations(self, graph_id: str, patch: Any) -> dict[str, Any]:
         entry = self.catalog.get(graph_id)
         try:
-            return self.annotations.patch(self._annotations_path(entry), patch)
+            return self.annotations.patch(entry.annotations_path, patch)
         except PermissionError as exc:
-            raise AnnotationError(
+            raise AnnotationFileError(
                 f"cannot save annotations for {graph_id!r}: {entry.folder} is not writable"
             ) from exc
 
@@ -246,4 +248,5 @@ class Explorer:
     def feature(self, layer: int, index: int) -> dict[str, Any] | None:
         if self.features is None:
             return None
-        return without_special_tokens(self.features.feature(layer, index))
+        # Feature records come from files: no NaN (not JSON), no undecodable text.
+        return without_special_tokens(json_safe(self.features.feature(layer, index)))

@@ -17,7 +17,6 @@ Records are dicts in the §10.2 shape (``examples_quantiles``, ``top_logits``, `
 from __future__ import annotations
 
 import gzip
-import json
 import re
 import struct
 import threading
@@ -31,8 +30,14 @@ from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.features.labels import LABELS_FILE
 from circuit_atlas.features.store import FeatureStore, open_feature_store
 from circuit_atlas.io.cantor import cantor_pair
+from circuit_atlas.io.untrusted import UntrustedJsonError, parse_json, read_json
 
 MAX_FEATURE_RECORD_BYTES = 32 * 1024 * 1024
+
+
+class FeatureDataError(CircuitAtlasError):
+    """A feature file or record of the store is unreadable: the data is at fault, not the
+    request (HTTP 422)."""
 
 
 @runtime_checkable
@@ -57,12 +62,10 @@ class JsonDirFeatureProvider:
             return None
         if not resolved.is_relative_to(self.root) or not resolved.is_file():
             return None
-        if resolved.stat().st_size > MAX_FEATURE_RECORD_BYTES:
-            raise CircuitAtlasError(f"feature file {resolved} is too large to serve")
         try:
-            data = json.loads(resolved.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CircuitAtlasError(f"feature file {resolved} is not valid JSON: {exc}") from exc
+            data = read_json(resolved, max_bytes=MAX_FEATURE_RECORD_BYTES)
+        except (OSError, UntrustedJsonError) as exc:
+            raise FeatureDataError(f"feature file {resolved} is not valid JSON: {exc}") from exc
         return data if isinstance(data, dict) else None
 
     def feature(self, layer: int, index: int) -> dict[str, Any] | None:
@@ -83,8 +86,8 @@ class BinaryBundleFeatureProvider:
         self.root = Path(root).resolve()
         try:
             raw = gzip.decompress((self.root / "index.json.gz").read_bytes())
-            index = json.loads(raw)
-        except (OSError, EOFError, zlib.error, json.JSONDecodeError) as exc:
+            index = parse_json(raw)
+        except (OSError, EOFError, zlib.error, UntrustedJsonError) as exc:
             raise CircuitAtlasError(
                 f"feature bundle index {self.root / 'index.json.gz'} is unreadable: {exc}"
             ) from exc
@@ -99,27 +102,31 @@ class BinaryBundleFeatureProvider:
         entry = self._index.get(str(layer))
         if not isinstance(entry, dict):
             return None
-        offsets = entry.get("offsets") or []
+        offsets = entry.get("offsets")
         filename = entry.get("filename")
-        if not isinstance(filename, str) or not 0 <= index < len(offsets) - 1:
+        if (not isinstance(filename, str) or not isinstance(offsets, list)
+                or not 0 <= index < len(offsets) - 1):
             return None
+        start = offsets[index]
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < 2**62:
+            raise FeatureDataError(f"feature bundle index: offset {str(start)[:40]!r} of "
+                                   f"{layer}/{index} is not a file position")
         path = (self.root / filename).resolve()
         if not path.is_relative_to(self.root):
-            raise CircuitAtlasError(f"feature bundle entry {filename!r} points outside {self.root}")
-        start = int(offsets[index])
-        with self._lock, open(path, "rb") as handle:
-            handle.seek(start)
-            header = handle.read(4)
-            if len(header) < 4:
-                return None
-            (length,) = struct.unpack("<I", header)
-            if length > MAX_FEATURE_RECORD_BYTES:
-                raise CircuitAtlasError(f"feature record {layer}/{index} in {path} is too large")
-            payload = handle.read(length)
+            raise FeatureDataError(f"feature bundle entry {filename!r} points outside {self.root}")
         try:
-            data = json.loads(zlib.decompress(payload, wbits=47))  # 47: zlib or gzip header
-        except (zlib.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CircuitAtlasError(f"feature record {layer}/{index} in {path} is corrupt") from exc
+            with self._lock, open(path, "rb") as handle:
+                handle.seek(start)
+                header = handle.read(4)
+                if len(header) < 4:
+                    return None
+                (length,) = struct.unpack("<I", header)
+                if length > MAX_FEATURE_RECORD_BYTES:
+                    raise FeatureDataError(f"feature record {layer}/{index} in {path} is too large")
+                payload = handle.read(length)
+            data = parse_json(zlib.decompress(payload, wbits=47))  # 47: zlib or gzip header
+        except (OSError, zlib.error, UntrustedJsonError) as exc:
+            raise FeatureDataError(f"feature record {layer}/{index} in {path} is corrupt ({exc})") from exc
         return data if isinstance(data, dict) else None
 
 

@@ -29,10 +29,12 @@ from pathlib import PurePath
 from typing import Any, Mapping, Sequence
 
 import torch
+from pydantic import ValidationError
 
-from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.errors import CircuitAtlasError, GraphFileError
 from circuit_atlas.io.cantor import cantor_pair
 from circuit_atlas.server.graphs import Annotations, NotSteerable, ScoresUnavailable
+from circuit_atlas.server.schemas import GraphDocument, describe_errors
 from circuit_atlas.server.identity import same_ref
 from circuit_atlas.server.views import filter_by_influence, neighbourhood
 
@@ -72,6 +74,20 @@ class JsonGraph:
         self.doc = doc
         self.graph_id, self.slug = graph_id, slug
         self.label = f"graph {graph_id!r} (a JSON file)"
+
+    @classmethod
+    def checked(cls, doc: dict[str, Any], graph_id: str, slug: str, file: Any) -> "JsonGraph":
+        """`JsonGraph(doc, ...)` once every node and link has the types the API promises
+        (`schemas.GraphDocument`: finite numbers, string ids; `file` names the document in the
+        message): the file may come from anywhere, and a bad value must stop here with its place
+        named, not break a view later."""
+        try:
+            GraphDocument.model_validate(doc, strict=True)
+        except ValidationError as exc:
+            raise GraphFileError(
+                f"{file} does not have the graph-JSON form: {describe_errors(exc.errors(), skip=())}"
+            ) from None
+        return cls(doc, graph_id, slug)
 
     def view(self, node_threshold: float, edge_threshold: float) -> tuple[dict[str, Any], None]:
         return filter_by_influence(self.doc, node_threshold), None

@@ -13,6 +13,7 @@ name (the bundled demo model as ``demo``).
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, Mapping
 
 from circuit_atlas.graph.bundle import read_bundle_info
 from circuit_atlas.io.presets import MODEL_PRESETS
+from circuit_atlas.io.untrusted import printable
 
 MAX_COUNTED_BYTES = 256 * 1024 * 1024
 _NODE_KEY = re.compile(rb'"node_id"\s*:')
@@ -27,6 +29,24 @@ _LINK_KEY = re.compile(rb'"source"\s*:')
 _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 SUMMARY_FIELDS = ("created", "model", "transcoders", "n_tokens", "n_features", "n_nodes",
                   "n_links", "replacement", "completeness")
+MAX_TEXT = 200
+
+
+def checked(key: str, value: Any) -> Any:
+    """A summary field of the type the API promises, or None: `bundle.json` and graph metadata
+    are files anyone may have written."""
+    if key == "created":
+        try:
+            return datetime.fromisoformat(value).isoformat() if isinstance(value, str) else None
+        except ValueError:
+            return None
+    if key in ("model", "transcoders"):
+        return printable(value)[:MAX_TEXT] if isinstance(value, str) and value else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if key.startswith("n_"):
+        return int(value) if float(value).is_integer() and 0 <= value < 10**12 else None
+    return float(value) if math.isfinite(value) and 0 <= value <= 1 else None
 
 
 def display_ref(name: Any) -> str | None:
@@ -86,6 +106,7 @@ def listing_fields(folder: Path, native_dir: Path | None, json_path: Path | None
     else:
         fields["created"] = _mtime_iso([native_dir, json_path])
         fields["n_nodes"], fields["n_links"] = _count_keys(json_path)
+    fields = {key: checked(key, value) for key, value in fields.items()}
     fields["model"] = display_ref(fields["model"])
     fields["transcoders"] = display_ref(fields["transcoders"])
     return fields

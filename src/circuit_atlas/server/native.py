@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.errors import CircuitAtlasError, GraphFileError
 from circuit_atlas.graph import Graph, graph_scores, to_graph_json
 from circuit_atlas.graph.export import FEATURE_TYPES
 from circuit_atlas.io.cantor import cantor_pair
@@ -71,8 +71,16 @@ class NativeGraph:
 
     @classmethod
     def load(cls, path: Path, graph_id: str, slug: str) -> "NativeGraph":
-        """`Graph.load` (file problems raise the package's `GraphFileError`)."""
-        return cls(Graph.load(path), graph_id, slug)
+        """`Graph.load` (file problems raise the package's `GraphFileError`), refusing graphs
+        with NaN or infinite values: no view, edge list or score of them would be JSON."""
+        graph = Graph.load(path)
+        problem = graph.first_non_finite()
+        if problem is not None:
+            raise GraphFileError(
+                f"the graph holds a non-finite number ({problem}), so it cannot be shown; it "
+                "comes from numerical trouble while tracing (try float32) or from an edited file"
+            )
+        return cls(graph, graph_id, slug)
 
     @property
     def input_ids(self) -> torch.Tensor:

@@ -1,15 +1,14 @@
 """Steering from the explorer: turn a web request about graph nodes into interventions, run them
 on the model the server holds, and answer with top tokens and generated text before/after.
 
-Why a separate module: the HTTP layer stays thin, and everything a client can get wrong (unknown
-or non-feature nodes, NaN values, too many tokens, a graph traced with another model) is checked
-here, before the model is touched, with a message that names the offending field.
-
-Request body (``POST /api/graphs/{id}/steer``)::
+Why a separate module: the HTTP layer stays thin, and everything a client can get wrong beyond
+the body's shape (unknown or non-feature nodes, too many tokens for the model, a graph traced with
+another model) is checked here, before the model is touched, with a message that names the
+offending field. The body's shape and value ranges are `schemas.SteerBody`::
 
     {"interventions": [{"nodes": ["3_1204_5", ...],   # one node, or a supernode's members
                         "op": "ablate" | "scale" | "set",
-                        "value": 2.0,                    # factor (scale) or activation (set)
+                        "value": 2.0,                    # scale/set only: factor or activation
                         "positions": "node" | "all" | "from_node",
                         "name": "Texas"}],               # optional, for display
      "mode": "free" | "constrained", "freeze_attention": false,
@@ -33,38 +32,31 @@ for the lock; more are refused with 503 instead of piling up.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence, get_args
+from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.interventions import Intervention, generate, intervene
-from circuit_atlas.interventions.intervene import Mode
+from circuit_atlas.io.untrusted import json_safe
 from circuit_atlas.server.graphs import NotSteerable, ServedGraph, Steerable
+from circuit_atlas.server.schemas import (
+    MAX_NEW_TOKENS,
+    MAX_TOP_K,
+    Mode,
+    Op,
+    Positions,
+    SteerBody,
+    describe_errors,
+)
 
-MAX_NEW_TOKENS = 64
-MAX_TOP_K = 50
-MAX_ROWS = 256
-MAX_NODES_PER_ROW = 1024
-MAX_ABS_VALUE = 1e6
-MAX_TEMPERATURE = 100.0
 MAX_CHANGED_FEATURES = 20
 MAX_CACHED_CHECKS = 4
 BUSY_WAIT_S = 2.0  # how long a status request waits for the model lock to check a JSON graph
-Op = Literal["ablate", "scale", "set"]
-Positions = Literal["node", "all", "from_node"]
-POSITIONS: tuple[str, ...] = get_args(Positions)
-OPS: tuple[str, ...] = get_args(Op)
-MODES: tuple[str, ...] = get_args(Mode)
-REQUEST_KEYS = frozenset(
-    {"interventions", "mode", "freeze_attention", "max_new_tokens", "temperature", "top_p",
-     "seed", "top_k"}
-)
-ROW_KEYS = frozenset({"nodes", "op", "value", "positions", "name"})
 START_HINT = (
     "start the explorer with the model and transcoders the graph was traced with: "
     "circuit-atlas serve DIR --model MODEL --transcoders TRANSCODERS"
@@ -108,99 +100,21 @@ class SteerRequest:
     top_k: int
 
 
-def _number(value: Any, field: str, lo: float, hi: float) -> float:
-    """A finite JSON number in [lo, hi]; Python's json accepts NaN/Infinity, so check here."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SteerRequestError(f"{field} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise SteerRequestError(f"{field} must be a finite number, got {value!r}")
-    if not lo <= value <= hi:
-        raise SteerRequestError(f"{field} must lie in [{lo:g}, {hi:g}], got {value:g}")
-    return value
-
-
-def _integer(value: Any, field: str, lo: int, hi: int) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SteerRequestError(f"{field} must be an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise SteerRequestError(f"{field} must lie in {lo}..{hi}, got {value}")
-    return value
-
-
-def _choice(value: Any, field: str, options: Sequence[str]) -> str:
-    if value not in options:
-        raise SteerRequestError(f"{field} must be one of {', '.join(options)}; got {value!r}")
-    return value
-
-
-def parse_row(data: Any, where: str) -> SteerRow:
-    if not isinstance(data, dict):
-        raise SteerRequestError(f"{where} must be a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - ROW_KEYS)
-    if unknown:
-        raise SteerRequestError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(ROW_KEYS)}")
-    nodes = data.get("nodes")
-    if (
-        not isinstance(nodes, list)
-        or not 0 < len(nodes) <= MAX_NODES_PER_ROW
-        or not all(isinstance(n, str) and 0 < len(n) <= 200 for n in nodes)
-    ):
-        raise SteerRequestError(
-            f"{where}.nodes must be a list of 1..{MAX_NODES_PER_ROW} node-id strings"
-        )
-    op = _choice(data.get("op"), f"{where}.op", OPS)
-    value = data.get("value")
-    if op == "ablate":
-        if value is not None:
-            raise SteerRequestError(f"{where}: ablate takes no value (got value={value!r})")
-    elif value is None:
-        what = "the factor to multiply by" if op == "scale" else "the activation to set"
-        raise SteerRequestError(f"{where}: op {op!r} needs a value ({what})")
-    else:
-        value = _number(value, f"{where}.value", -MAX_ABS_VALUE, MAX_ABS_VALUE)
-    positions = _choice(data.get("positions", "node"), f"{where}.positions", POSITIONS)
-    name = data.get("name")
-    if name is not None and (not isinstance(name, str) or len(name) > 200):
-        raise SteerRequestError(f"{where}.name must be a string of at most 200 characters")
-    return SteerRow(tuple(dict.fromkeys(nodes)), op, value, positions, name)
-
-
 def parse_request(body: Any) -> SteerRequest:
-    """Check every field of a steering request body; unknown keys are refused (typos)."""
-    if not isinstance(body, dict):
-        raise SteerRequestError("the request body must be a JSON object")
-    unknown = sorted(set(body) - REQUEST_KEYS)
-    if unknown:
-        raise SteerRequestError(f"unknown key(s) {unknown}; allowed: {sorted(REQUEST_KEYS)}")
-    rows = body.get("interventions")
-    if not isinstance(rows, list) or not 0 < len(rows) <= MAX_ROWS:
-        raise SteerRequestError(f"interventions must be a list of 1..{MAX_ROWS} objects")
-    mode = _choice(body.get("mode", "free"), "mode", MODES)
-    freeze = body.get("freeze_attention", False)
-    if not isinstance(freeze, bool):
-        raise SteerRequestError(f"freeze_attention must be true or false, got {freeze!r}")
-    if freeze and mode != "free":
-        raise SteerRequestError("freeze_attention applies to mode 'free' only")
-    return SteerRequest(
-        rows=tuple(parse_row(row, f"interventions[{i}]") for i, row in enumerate(rows)),
-        mode=mode,
-        freeze_attention=freeze,
-        max_new_tokens=_integer(body.get("max_new_tokens", 16), "max_new_tokens", 0, MAX_NEW_TOKENS),
-        temperature=_number(body.get("temperature", 0.0), "temperature", 0.0, MAX_TEMPERATURE),
-        top_p=_top_p(body.get("top_p", 1.0)),
-        seed=_integer(body.get("seed", 0), "seed", 0, 2**63 - 1),
-        top_k=_integer(body.get("top_k", 10), "top_k", 1, MAX_TOP_K),
-    )
-
-
-def _top_p(value: Any) -> float:
-    value = _number(value, "top_p", 0.0, 1.0)
-    if value == 0.0:
-        raise SteerRequestError("top_p must be greater than 0")
-    return value
+    """A steering request from a `schemas.SteerBody` (what the route receives, already
+    validated) or from a plain dict (checked against it here; unknown keys are refused)."""
+    if not isinstance(body, SteerBody):
+        if not isinstance(body, dict):
+            raise SteerRequestError("the request body must be a JSON object")
+        try:
+            body = SteerBody.model_validate(body)
+        except ValidationError as exc:
+            raise SteerRequestError(describe_errors(exc.errors(), skip=())) from None
+    rows = tuple(SteerRow(tuple(dict.fromkeys(row.nodes)), row.op, getattr(row, "value", None),
+                          row.positions, row.name) for row in body.interventions)
+    return SteerRequest(rows=rows, mode=body.mode, freeze_attention=body.freeze_attention,
+                        max_new_tokens=body.max_new_tokens, temperature=body.temperature,
+                        top_p=body.top_p, seed=body.seed, top_k=body.top_k)
 
 
 # ---------------------------------------------------------------------- nodes -> interventions
@@ -252,18 +166,6 @@ def model_info(model: Any) -> dict[str, Any]:
         "n_features": int(model.transcoders.n_features),
         "max_positions": model.lm.max_positions,
     }
-
-
-def finite(value: Any) -> Any:
-    """``value`` with NaN/inf floats replaced by None: extreme steering values can overflow the
-    logits, and strict JSON has no NaN."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------------- the runner
@@ -388,7 +290,7 @@ class Steerer:
             for r in request.rows
         ]
         result["timing"] = {"queued_s": waited, "run_s": time.perf_counter() - start - waited}
-        return finite(result)
+        return json_safe(result)
 
     def compute(self, input_ids: torch.Tensor, interventions: list[Intervention],
                 request: SteerRequest) -> dict[str, Any]:

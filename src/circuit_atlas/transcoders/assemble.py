@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-from circuit_atlas.errors import ShapeMismatchError, TranscoderFormatError
+from circuit_atlas.errors import ShapeMismatchError, TranscoderFormatError, TranscoderFormatWarning
 from circuit_atlas.transcoders.activations import normalize_activation_name
 from circuit_atlas.transcoders.core import Transcoders
 from circuit_atlas.transcoders.parts import LayerParts, SetParts
@@ -58,8 +58,9 @@ def _choose_k(k: object, file_k: int | None, where: str, scan: str | None) -> in
     if scan in _FORCED_K:
         forced = _FORCED_K[scan]
         if k != forced:
-            warnings.warn(f"{scan}: using k={forced} for TopK as circuit-tracer does (config says {k!r})",
-                          stacklevel=3)
+            warnings.warn(TranscoderFormatWarning(
+                f"{scan}: using k={forced} for TopK as circuit-tracer does (config says {k!r})"),
+                stacklevel=3)
         return forced
     if k is None:
         k = file_k

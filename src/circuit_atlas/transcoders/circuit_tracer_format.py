@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
-from circuit_atlas.errors import TranscoderFormatError
+from circuit_atlas.errors import TranscoderFormatError, TranscoderFormatWarning
 from circuit_atlas.transcoders.decoders import MappedDecoder
 from circuit_atlas.transcoders.encoders import encoder_source, read_encoder
 from circuit_atlas.transcoders.gemmascope import (
@@ -50,6 +50,10 @@ if TYPE_CHECKING:  # for annotations only: core imports this module for `save_ci
     from circuit_atlas.transcoders.core import Transcoders
 
 CONFIG_FILE = "config.yaml"
+# The keys of `docs/formats.md` §5.1, plus those circuit-tracer writes into cache entries
+# (informational: repo_id, revision, subfolder).
+CONFIG_KEYS = ("model_kind", "feature_input_hook", "feature_output_hook", "transcoders",
+               "model_name", "activation", "k", "scan", "repo_id", "revision", "subfolder")
 KIND_NAMES = {"transcoder_set": "plt", "cross_layer_transcoder": "clt"}
 PLT_THRESHOLD = "activation_function.threshold"
 # Weight files of a folder whose config lists none (`docs/formats.md` §5.2).
@@ -76,6 +80,11 @@ def read_config(path: Path) -> dict[str, Any]:
     listed = config.get("transcoders")
     if listed is not None and (not isinstance(listed, list) or not all(isinstance(e, str) for e in listed)):
         raise TranscoderFormatError(f"{path}: key 'transcoders' must be a list of file paths or hf:// URIs")
+    unknown = sorted(str(key) for key in config if key not in CONFIG_KEYS)
+    if unknown:  # a misspelt key (`activaton: topk`) would otherwise change nothing, silently
+        warnings.warn(TranscoderFormatWarning(
+            f"{path}: ignoring unknown key(s) {', '.join(map(repr, unknown))}; the keys read are "
+            f"{', '.join(CONFIG_KEYS)}"), stacklevel=2)
     return config
 
 
@@ -235,8 +244,9 @@ def _read_clt_layers(directory: Path, config_path: Path, listed: list[str] | Non
         name = f"W_dec_{i}.safetensors" if i not in dec else f"W_enc_{i}.safetensors"
         raise TranscoderFormatError(f"{directory}: missing layer file {name} (W_enc_* and W_dec_* must pair up)")
     if (directory / "W_skip.safetensors").exists():
-        warnings.warn(f"{directory / 'W_skip.safetensors'}: ignored, as circuit-tracer's CLT loader "
-                      "does (docs/formats.md §5.4)", stacklevel=3)
+        warnings.warn(TranscoderFormatWarning(
+            f"{directory / 'W_skip.safetensors'}: ignored, as circuit-tracer's CLT loader does "
+            "(docs/formats.md §5.4)"), stacklevel=3)
     return [_read_clt_layer(enc[i], dec[i], i, n_layers, options)
             for i in progress(range(n_layers), "reading transcoders")]
 

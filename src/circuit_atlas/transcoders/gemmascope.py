@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from circuit_atlas.errors import TranscoderFormatError
+from circuit_atlas.errors import TranscoderFormatError, TranscoderFormatWarning
 from circuit_atlas.transcoders.decoders import MappedDecoder
 from circuit_atlas.transcoders.encoders import read_encoder
 from circuit_atlas.transcoders.parts import LayerParts, ReadOptions, progress
@@ -115,8 +115,9 @@ def read_gs2_clt(files: Sequence[SafetensorsFile], options: ReadOptions,
             f"{n_layers} layers; missing layer file(s) {len(files)}..{n_layers - 1}"
         )
     if len(files) > n_layers:
-        warnings.warn(f"{where}: lists {len(files)} files for a {n_layers}-layer CLT; using the first {n_layers}",
-                      stacklevel=3)
+        warnings.warn(TranscoderFormatWarning(
+            f"{where}: lists {len(files)} files for a {n_layers}-layer CLT; using the first {n_layers}"),
+            stacklevel=3)
     layers = []
     for i, file in progress(list(enumerate(files[:n_layers])), "reading transcoders"):
         check_keys(file.path, file.keys(), ["w_enc", "w_dec", "b_enc", "b_dec", "threshold"], [GS_SKIP])
