@@ -56,4 +56,9 @@ export const api = {
   feature: (layer, index) => request("GET", `api/features/${layer}/${index}`),
   steerStatus: (id) => request("GET", `api/graphs/${enc(id)}/steer`),
   steer: (id, body) => request("POST", `api/graphs/${enc(id)}/steer`, body),
+  attention: (id) => request("GET", `api/graphs/${enc(id)}/attention`),
+  edgeHeads: (id, source, target) =>
+    request("GET", `api/graphs/${enc(id)}/attention/${enc(source)}/${enc(target)}`),
+  headExplanation: (id, source, target, layer, head, top = 10) =>
+    request("GET", `api/graphs/${enc(id)}/attention/${enc(source)}/${enc(target)}/${layer}/${head}?top=${top}`),
 };
