@@ -210,7 +210,7 @@ export class AttentionPanel {
         `score ${fmt(qk.score, 3)}${qk.softcap ? ` (capped ${fmt(qk.logit, 3)})` : ""} · attention weight ${fmt(qk.attention_weight, 3)} · ` +
           `${qk.n_query_terms} × ${qk.n_key_terms} term pairs · ${qk.origin}`,
       ),
-      el("div", { class: "attn-columns muted" }, "Top pairs: query-side term (q, at the target's position) × key-side term (k, at the source's), their share of the score and Δw, the key's attention weight lost without the pair"),
+      el("div", { class: "attn-columns muted" }, `Top pairs: q query-side term @${qk.query_position} × k key-side term @${qk.key_position}; value: share of the score; Δw: attention weight lost without the pair`),
       qk.pairs.length
         ? el("ol", { class: "edge-list attn-pairs", "data-testid": "attention-pairs" }, ...rows)
         : el("div", { class: "empty small" }, "No pair moves this score."),
