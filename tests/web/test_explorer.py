@@ -134,7 +134,7 @@ def test_rows_name_their_position(page, site) -> None:
 
 
 def test_labels_appear_wherever_a_node_is_named(page, site, shot) -> None:
-    """Bundle labels in tooltips, edge rows, the subgraph, search; the user's label wins."""
+    """Bundle labels in tooltips, edge rows, the subgraph, the Steer panel, search; the user's label wins."""
     _open(page, f"{site['url']}?graph=demo")
     view = httpx.get(f"{site['url']}api/graphs/demo").json()
     labelled = {n["node_id"]: n["clerp"] for n in view["nodes"] if n["clerp"] and n["feature_type"] == "cross layer transcoder"}
@@ -162,6 +162,11 @@ def test_labels_appear_wherever_a_node_is_named(page, site, shot) -> None:
     box_title = page.locator(f"[data-item-id='{source}'] > title")
     box_title.wait_for(state="attached")
     assert text in box_title.text_content()
+    steer_title = page.locator(f"[data-testid=steer-row][data-item-id='{source}'] .steer-title")
+    page.click("[data-testid=steer-open]")  # the drawer covers the side panel while open
+    steer_title.wait_for()
+    assert steer_title.text_content() == text
+    page.click("[data-testid=steer-close]")
     page.fill("[data-testid=search]", text)
     page.wait_for_function("id => window.__atlas.state.matches.includes(id)", arg=source)
     # The user's label wins everywhere.
@@ -182,6 +187,10 @@ def test_labels_appear_wherever_a_node_is_named(page, site, shot) -> None:
     page.mouse.move(pos["x"], pos["y"] + 30)
     page.mouse.move(pos["x"], pos["y"])
     page.wait_for_function("document.querySelector('.graph-tooltip').textContent.includes('my own name')")
+    page.click("[data-testid=steer-open]")
+    steer_title.wait_for()
+    assert steer_title.text_content() == "my own name"
+    page.click("[data-testid=steer-close]")
     shot(page, "explorer-labels")
     page.evaluate("id => window.__atlas.saveLabel(window.__atlas.canvas.byId.get(id), '', 'node')", source)
     page.evaluate("window.__atlas.setPinned([])")
