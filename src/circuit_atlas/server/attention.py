@@ -51,6 +51,7 @@ PRECOMPUTE_HINT = (
     "(`circuit-atlas serve DIR --model MODEL --transcoders TRANSCODERS`) to compute them on demand"
 )
 DEFAULT_TOP = 10
+MAX_CACHED_GRAPHS = 4
 _FEATURE_ID = re.compile(r"(\d+)_(-?\d+)_(\d+)")
 _TOKEN_ID = re.compile(r"E_\d+_\d+")
 
@@ -141,8 +142,6 @@ def _checked(model: type[BaseModel], value: Any, where: str) -> dict[str, Any]:
 class Stored(Protocol):
     """Explanations stored for one graph, in the JSON shapes above."""
 
-    origin: str
-
     def edges(self) -> list[tuple[str, str]]: ...
 
     def edge(self, source: str, target: str) -> dict[str, Any] | None: ...
@@ -153,8 +152,6 @@ class Stored(Protocol):
 
 class BundleAttention:
     """A bundle's ``attention.json`` + ``attention.safetensors``."""
-
-    origin = "stored"
 
     def __init__(self, stored: GraphAttention, where: str) -> None:
         self.stored, self.where = stored, where
@@ -174,8 +171,6 @@ class BundleAttention:
 
 class ExtensionAttention:
     """The ``attention`` object of a graph-JSON document (checked when read)."""
-
-    origin = "stored"
 
     def __init__(self, value: Any, where: str) -> None:
         self.data = _checked(JsonExtension, value, where)
@@ -267,21 +262,29 @@ class AttentionService:
         if self.model is None:
             return "the server holds no model"
         served = self.explorer.served(graph_id)
-        with self._computers_lock:
-            cached = self._computers.get(graph_id)
-            if cached is not None and cached[0] is served:
-                return cached[1]
+        cached = self._cached(graph_id, served)
+        if cached is not None:
+            return cached
         if not isinstance(served, NativeGraph):
             built: Computer | str = ("it is a JSON file without its native graph, and explanations "
                                      "are computed from the native graph")
         else:
-            with self.lock:
+            with self.lock:  # a request that waited here may find it built already
+                cached = self._cached(graph_id, served)
+                if cached is not None:
+                    return cached
                 built = self._build(served)
         with self._computers_lock:
             self._computers[graph_id] = (served, built)
-            while len(self._computers) > 4:
+            while len(self._computers) > MAX_CACHED_GRAPHS:  # each holds a clean run
                 self._computers.pop(next(iter(self._computers)))
         return built
+
+    def _cached(self, graph_id: str, served: ServedGraph) -> Computer | str | None:
+        with self._computers_lock:
+            cached = self._computers.get(graph_id)
+        # the explorer hands out a new served object when the graph's files change
+        return cached[1] if cached is not None and cached[0] is served else None
 
     def _build(self, served: NativeGraph) -> Computer | str:
         try:
