@@ -33,6 +33,7 @@ def _clear_refs_available() -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not _clear_refs_available(),
                     reason="the peak is read from Linux's per-process high-water mark")
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["plt", "clt"])
 def test_plan_is_within_a_quarter_of_the_measured_peak(kind):
     shape = ["--shape", "cpu", "--d-model", "512", "--heads", "8", "--kv-heads", "4", "--features", "8192",
