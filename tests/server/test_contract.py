@@ -82,7 +82,8 @@ def _schema_with_real_ids(served: dict, mutating: list[bool]):
             return st.just(path_parameters)
         strategies = {}
         for name, value in path_parameters.items():
-            real = {"graph_id": st.sampled_from(GRAPH_IDS), "node_id": shown_ids}.get(name)
+            real = {"graph_id": st.sampled_from(GRAPH_IDS), "other_graph_id": st.sampled_from(GRAPH_IDS),
+                    "node_id": shown_ids}.get(name)
             strategies[name] = st.just(value) if real is None else st.one_of(real, real, st.just(value))
         return st.fixed_dictionaries(strategies)
 
