@@ -56,4 +56,6 @@ export const api = {
   feature: (layer, index) => request("GET", `api/features/${layer}/${index}`),
   steerStatus: (id) => request("GET", `api/graphs/${enc(id)}/steer`),
   steer: (id, body) => request("POST", `api/graphs/${enc(id)}/steer`, body),
+  compare: (a, b, nt, et) => request("GET", `api/compare/${enc(a)}/${enc(b)}${thresholdQuery(nt, et)}`),
+  suggestions: (id, nt, et) => request("GET", `api/graphs/${enc(id)}/supernode-suggestions${thresholdQuery(nt, et)}`),
 };

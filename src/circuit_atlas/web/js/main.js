@@ -2,12 +2,14 @@
 // talks to the API, keeps the URL in sync, and tells the views to redraw.
 
 import { api } from "./api.js";
+import { ComparePicker, DiffView, readDiffState } from "./diff-view.js";
 import { FeaturePanel } from "./feature-panel.js";
 import { GraphBrowser } from "./graph-browser.js";
 import { GraphCanvas } from "./graph-canvas.js";
 import { NodePanel } from "./node-panel.js";
 import { SteerPanel } from "./steer-panel.js";
 import { SubgraphPane } from "./subgraph.js";
+import { SuggestionPanel } from "./supernode-suggestions.js";
 import { readUrlState, writeUrlState } from "./urlstate.js";
 import { debounce, describeNode, el, fmt, newId, nodeKind, showToken, withoutPaths } from "./util.js";
 
@@ -37,7 +39,9 @@ class App {
     this.featurePanel = new FeaturePanel($("#feature-panel"), this);
     this.subgraph = new SubgraphPane($("#subgraph"), this);
     this.steer = new SteerPanel($("#steer"), this);
-    this.browser = new GraphBrowser($("#browser"));
+    this.suggestions = new SuggestionPanel($("#suggestions"), this);
+    this.diff = new DiffView($("#diff"), this);
+    this.browser = new GraphBrowser($("#browser"), { picker: new ComparePicker((a, b) => this.diff.open(a, b)) });
     this.reloadView = debounce(() => this.loadView(), 200);
     this.bindControls();
     window.__atlas = this; // lets tests and curious users inspect the state
@@ -97,6 +101,11 @@ class App {
         el("option", { value: g.id }, `${g.id} — ${showToken(g.prompt).slice(0, 80)}`),
       ),
     );
+    const diff = readDiffState();
+    if (diff) {
+      await this.diff.open(diff.a, diff.b, diff);
+      return;
+    }
     if (!url.graph) {
       this.showBrowser();
       return;
@@ -163,6 +172,7 @@ class App {
     $("#edge-threshold").title = summary.has_native ? "" : "JSON-only graph: edges cannot be re-pruned";
     this.showThresholds();
     this.steer.setGraph(graphId);
+    this.suggestions.setGraph(graphId);
     try {
       s.annotations = await api.annotations(graphId);
     } catch (error) {
