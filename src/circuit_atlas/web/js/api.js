@@ -57,5 +57,8 @@ export const api = {
   steerStatus: (id) => request("GET", `api/graphs/${enc(id)}/steer`),
   steer: (id, body) => request("POST", `api/graphs/${enc(id)}/steer`, body),
   compare: (a, b, nt, et) => request("GET", `api/compare/${enc(a)}/${enc(b)}${thresholdQuery(nt, et)}`),
-  suggestions: (id, nt, et) => request("GET", `api/graphs/${enc(id)}/supernode-suggestions${thresholdQuery(nt, et)}`),
+  suggestions: (id, nt, et, minSimilarity) => {
+    const q = thresholdQuery(nt, et);
+    return request("GET", `api/graphs/${enc(id)}/supernode-suggestions${q}${q ? "&" : "?"}min_similarity=${minSimilarity}`);
+  },
 };

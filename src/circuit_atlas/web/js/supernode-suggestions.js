@@ -3,36 +3,42 @@
 // served feature store, shared inputs and outputs in the graph; docs/graph-comparison.md) and
 // names each group from its labels. Each suggestion can be renamed and have members removed,
 // then accepted (it becomes a supernode through the app's own mechanism, saved with the graph's
-// annotations like any other) or rejected (remembered in this browser for this graph, and
-// restorable). A suggestion whose members already form a supernode shows as accepted.
+// annotations like any other) or rejected (restorable). This browser remembers, per graph, which
+// suggestions were rejected and which supernode each accepted one became, so they stay handled
+// when the graph is opened again; a suggestion whose members already form a supernode, or whose
+// supernode still exists, shows as accepted.
 
 import { api } from "./api.js";
 import { clear, el, fmt, newId, withoutPaths } from "./util.js";
 
-const REJECTED_KEY = "circuit-atlas.rejected-suggestions";
+const STORAGE_KEY = "circuit-atlas.supernode-suggestions";
+const DEFAULT_MIN_SIMILARITY = 0.6;
 
 /** The identity of a suggestion: its original members, order-free. */
 export function suggestionKey(members) {
   return [...members].sort().join(",");
 }
 
-function readRejected(graphId) {
+/** What this browser remembers of one graph's suggestions: {rejected: [key], accepted: {key: sid}}. */
+function readHandled(graphId) {
   try {
-    const all = JSON.parse(window.localStorage.getItem(REJECTED_KEY) || "{}");
-    return new Set(Array.isArray(all[graphId]) ? all[graphId] : []);
+    const mine = JSON.parse(window.localStorage.getItem(STORAGE_KEY) || "{}")[graphId] || {};
+    return {
+      rejected: new Set(Array.isArray(mine.rejected) ? mine.rejected : []),
+      accepted: new Map(Object.entries(mine.accepted && typeof mine.accepted === "object" ? mine.accepted : {})),
+    };
   } catch {
-    return new Set();
+    return { rejected: new Set(), accepted: new Map() };
   }
 }
 
-function writeRejected(graphId, keys) {
+function writeHandled(graphId, handled) {
   try {
-    const all = JSON.parse(window.localStorage.getItem(REJECTED_KEY) || "{}");
-    if (keys.size) all[graphId] = [...keys];
-    else delete all[graphId];
-    window.localStorage.setItem(REJECTED_KEY, JSON.stringify(all));
+    const all = JSON.parse(window.localStorage.getItem(STORAGE_KEY) || "{}");
+    all[graphId] = { rejected: [...handled.rejected], accepted: Object.fromEntries(handled.accepted) };
+    window.localStorage.setItem(STORAGE_KEY, JSON.stringify(all));
   } catch {
-    // storage unavailable (private window): rejections last for this page only
+    // storage unavailable (private window): this lasts for the page only
   }
 }
 
@@ -43,6 +49,7 @@ export class SuggestionPanel {
     this.graphId = null;
     this.items = null; // [{key, name, members, original, cohesion, evidence, influence}]
     this.showRejected = false;
+    this.minSimilarity = DEFAULT_MIN_SIMILARITY;
     this.ticket = 0;
   }
 
@@ -50,7 +57,7 @@ export class SuggestionPanel {
     this.graphId = graphId;
     this.items = null;
     this.error = "";
-    this.rejected = readRejected(graphId);
+    this.handled = readHandled(graphId);
     this.render();
   }
 
@@ -61,7 +68,7 @@ export class SuggestionPanel {
     this.error = "";
     this.render();
     try {
-      const data = await api.suggestions(this.graphId, s.nodeThreshold, s.edgeThreshold);
+      const data = await api.suggestions(this.graphId, s.nodeThreshold, s.edgeThreshold, this.minSimilarity);
       if (ticket !== this.ticket) return;
       this.evidence = data.evidence_used;
       this.items = data.groups.map((g) => ({
@@ -81,10 +88,12 @@ export class SuggestionPanel {
     this.render();
   }
 
-  /** The saved supernode with exactly these members, if any. */
-  acceptedAs(members) {
-    const key = suggestionKey(members);
-    for (const [sid, sn] of this.app.state.supernodes) if (suggestionKey(sn.members) === key) return sid;
+  /** The supernode this suggestion became (still existing), or one with exactly its members. */
+  acceptedAs(item) {
+    const sid = this.handled.accepted.get(item.key);
+    if (sid && this.app.state.supernodes.has(sid)) return sid;
+    const key = suggestionKey(item.members);
+    for (const [id, sn] of this.app.state.supernodes) if (suggestionKey(sn.members) === key) return id;
     return null;
   }
 
@@ -94,14 +103,17 @@ export class SuggestionPanel {
     const pins = new Set(this.app.state.pinned);
     members.forEach((m) => pins.add(m));
     this.app.state.pinned = [...pins];
-    await this.app.saveSupernode(newId("sn"), { name, members });
+    const sid = newId("sn");
+    this.handled.accepted.set(item.key, sid);
+    writeHandled(this.graphId, this.handled);
+    await this.app.saveSupernode(sid, { name, members });
     this.render();
   }
 
   reject(item, rejected = true) {
-    if (rejected) this.rejected.add(item.key);
-    else this.rejected.delete(item.key);
-    writeRejected(this.graphId, this.rejected);
+    if (rejected) this.handled.rejected.add(item.key);
+    else this.handled.rejected.delete(item.key);
+    writeHandled(this.graphId, this.handled);
     this.render();
   }
 
@@ -122,14 +134,24 @@ export class SuggestionPanel {
         onclick: () => this.suggest(),
       }, this.items ? "Suggest again" : "Suggest"),
     );
-    const body = [];
+    const similarity = el("input", {
+      type: "number", min: "0", max: "1", step: "0.05", value: this.minSimilarity, class: "small",
+      "data-testid": "suggest-similarity", "aria-label": "Minimum similarity",
+      title: "How alike features must be to join a group (lower: bigger groups)",
+    });
+    similarity.addEventListener("change", () => {
+      const value = Number(similarity.value);
+      if (Number.isFinite(value) && value >= 0 && value <= 1) this.minSimilarity = value;
+      else similarity.value = this.minSimilarity;
+    });
+    const body = [el("label", { class: "muted small suggest-settings" }, "min. similarity ", similarity)];
     if (this.loading) body.push(el("div", { class: "muted small" }, "Grouping features…"));
     else if (this.error) body.push(el("div", { class: "error small", "data-testid": "suggestions-error" }, withoutPaths(this.error)));
     else if (!this.items) {
       body.push(el("div", { class: "muted small" }, "Groups of this view's features by decoder similarity, co-activation in the feature store and shared inputs and outputs."));
     } else {
-      const open = this.items.filter((item) => !this.rejected.has(item.key));
-      const hidden = this.items.filter((item) => this.rejected.has(item.key));
+      const open = this.items.filter((item) => !this.handled.rejected.has(item.key));
+      const hidden = this.items.filter((item) => this.handled.rejected.has(item.key));
       body.push(el("div", { class: "muted small" },
         `${this.items.length} group${this.items.length === 1 ? "" : "s"} · evidence: ${(this.evidence || []).join(", ") || "none"}`));
       if (!this.items.length) body.push(el("div", { class: "muted small" }, "No features group together at this threshold."));
@@ -146,7 +168,7 @@ export class SuggestionPanel {
   }
 
   card(item, rejected) {
-    const acceptedSid = this.acceptedAs(item.members);
+    const acceptedSid = this.acceptedAs(item);
     const name = el("input", {
       value: item.name, "data-testid": "suggestion-name", "aria-label": "Suggested supernode name",
       disabled: Boolean(acceptedSid) || rejected,
