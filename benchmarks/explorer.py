@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from playwright.sync_api import sync_playwright
+
 from circuit_atlas.graph.synthetic import synthetic_graph_json
 from circuit_atlas.server.app import create_app
 from circuit_atlas.server.runner import BackgroundServer
@@ -129,8 +131,6 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=880)
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     args = parser.parse_args()
-    from playwright.sync_api import sync_playwright
-
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         for name in args.graphs:

@@ -99,8 +99,42 @@ def test_click_shows_connections_and_feature_details(page, site, shot) -> None:
     shot(page, "explorer-node-selected")
 
 
+def test_rows_name_their_position(page, site) -> None:
+    """Embedding rows read "Emb “token” @pos"; a labelled feature's row adds its layer and position."""
+    _open(page, f"{site['url']}?graph=demo")
+    view = httpx.get(f"{site['url']}api/graphs/demo").json()
+    tokens = view["metadata"]["prompt_tokens"]
+    by_id = {n["node_id"]: n for n in view["nodes"]}
+    # A feature fed by embeddings at two different positions, so the rows must tell them apart.
+    sources: dict[str, set[str]] = {}
+    for link in view["links"]:
+        if by_id.get(link["source"], {}).get("feature_type") == "embedding":
+            sources.setdefault(link["target"], set()).add(link["source"])
+    target = max(sources, key=lambda t: len(sources[t]))
+    page.evaluate("id => window.__atlas.selectNode(id)", target)
+    page.wait_for_selector(f"[data-testid=node-id]:text-is('{target}')")
+    page.wait_for_selector("[data-testid=edges-incoming] li")
+    if page.locator("[data-testid=more-incoming]").count():
+        page.click("[data-testid=more-incoming]")
+    rows = page.eval_on_selector_all(
+        "[data-testid=edges-incoming] li",
+        "els => els.map(e => ({id: e.dataset.nodeId, label: e.querySelector('.edge-label').textContent,"
+        " tag: e.querySelector('.edge-tag').textContent}))",
+    )
+    embedding_rows = [r for r in rows if r["id"] in sources[target]]
+    assert len(embedding_rows) == len(sources[target]) >= 1
+    for row in embedding_rows:
+        pos = by_id[row["id"]]["ctx_idx"]
+        shown = tokens[pos].replace("\n", "⏎").replace("\t", "→").replace("\r", "↵")
+        assert row["label"] == f"Emb “{shown}” @{pos}" and row["tag"] == ""
+    labelled = [r for r in rows if by_id.get(r["id"], {}).get("clerp") and by_id[r["id"]]["feature_type"] != "embedding"]
+    for row in labelled:
+        node = by_id[row["id"]]
+        assert row["label"] == node["clerp"] and row["tag"] == f"L{node['layer']} @{node['ctx_idx']}"
+
+
 def test_labels_appear_wherever_a_node_is_named(page, site, shot) -> None:
-    """Bundle labels in tooltips, edge rows, the subgraph, search; the user's label wins."""
+    """Bundle labels in tooltips, edge rows, the subgraph, the Steer panel, search; the user's label wins."""
     _open(page, f"{site['url']}?graph=demo")
     view = httpx.get(f"{site['url']}api/graphs/demo").json()
     labelled = {n["node_id"]: n["clerp"] for n in view["nodes"] if n["clerp"] and n["feature_type"] == "cross layer transcoder"}
@@ -128,6 +162,11 @@ def test_labels_appear_wherever_a_node_is_named(page, site, shot) -> None:
     box_title = page.locator(f"[data-item-id='{source}'] > title")
     box_title.wait_for(state="attached")
     assert text in box_title.text_content()
+    steer_title = page.locator(f"[data-testid=steer-row][data-item-id='{source}'] .steer-title")
+    page.click("[data-testid=steer-open]")  # the drawer covers the side panel while open
+    steer_title.wait_for()
+    assert steer_title.text_content() == text
+    page.click("[data-testid=steer-close]")
     page.fill("[data-testid=search]", text)
     page.wait_for_function("id => window.__atlas.state.matches.includes(id)", arg=source)
     # The user's label wins everywhere.
@@ -148,6 +187,10 @@ def test_labels_appear_wherever_a_node_is_named(page, site, shot) -> None:
     page.mouse.move(pos["x"], pos["y"] + 30)
     page.mouse.move(pos["x"], pos["y"])
     page.wait_for_function("document.querySelector('.graph-tooltip').textContent.includes('my own name')")
+    page.click("[data-testid=steer-open]")
+    steer_title.wait_for()
+    assert steer_title.text_content() == "my own name"
+    page.click("[data-testid=steer-close]")
     shot(page, "explorer-labels")
     page.evaluate("id => window.__atlas.saveLabel(window.__atlas.canvas.byId.get(id), '', 'node')", source)
     page.evaluate("window.__atlas.setPinned([])")
