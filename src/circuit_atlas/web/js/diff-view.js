@@ -8,7 +8,7 @@
 // so a link reopens it. `ComparePicker` adds the "choose two graphs" column to the browser.
 
 import { api } from "./api.js";
-import { clear, el, fmt, formatProbability, showToken, withoutPaths } from "./util.js";
+import { clear, debounce, el, fmt, formatProbability, showToken, withoutPaths } from "./util.js";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 export const STATUS_COLOURS = { both: "#7b8494", "only a": "#d1495b", "only b": "#1f9e89" };
@@ -187,6 +187,10 @@ export class DiffView {
     this.state = { a: null, b: null, nodeThreshold: null, selected: null, colour: "status" };
     this.comparison = null;
     this.ticket = 0;
+    // Redraw to the pane's new size (window resized); the tables keep their state.
+    new ResizeObserver(debounce(() => {
+      if (this.comparison && document.body.dataset.mode === "diff") this.drawGraph();
+    }, 120)).observe(root);
   }
 
   /** Compare graphs `a` and `b` (ids of the graph list). */
