@@ -9,8 +9,11 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from circuit_atlas.cli.main import main
 from circuit_atlas.graph import write_graph_bundle
 from circuit_atlas.server.app import create_app
+
+from ..cli.test_batch_trace import _args, _write, saved_pair  # noqa: F401  (a fixture)
 
 
 def _ids(root: Path) -> dict:
@@ -39,3 +42,16 @@ def test_a_symlink_loop_ends_at_the_depth_limit(tmp_path: Path, graph) -> None:
     assert "dallas" in listed
     assert all(g["folder"].count("/") <= 3 for g in listed.values())
     assert not any("outside" in g["folder"] for g in listed.values())
+
+
+def test_the_bundles_of_two_batch_traces_are_listed_together(saved_pair, tmp_path: Path) -> None:
+    """`trace --prompts` into DIR/cities and DIR/more, then the explorer on DIR."""
+    prompts = _write(tmp_path / "p.jsonl", ['"the capital of Texas is"', '{"prompt": "the capital of Ohio is", "slug": "ohio"}'])
+    for group in ("cities", "more"):
+        assert main(_args(saved_pair, prompts, tmp_path / "graphs" / group)) == 0
+    listed = _ids(tmp_path / "graphs")
+    assert set(listed) == {"the-capital-of-texas-is", "ohio", "more.the-capital-of-texas-is", "more.ohio"}
+    assert listed["more.ohio"]["prompt"].startswith("<bos> the capital of") and listed["more.ohio"]["has_native"]
+    client = TestClient(create_app(tmp_path / "graphs"))
+    assert client.get("/api/graphs/more.ohio").status_code == 200
+    assert client.get("/api/compare/ohio/more.the-capital-of-texas-is").status_code == 200
