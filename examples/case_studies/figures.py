@@ -49,11 +49,13 @@ READY_JS = """
 
 def explorer_screenshot(graphs: Path, path: Path, *, slug: str | None, node_id: str | None = None,
                         features=None, model=None, size: tuple[int, int] = (1500, 900),
-                        pin_neighbours: int = 0) -> Path:
+                        pin_neighbours: int = 0, attention: tuple[str, str] | None = None) -> Path:
     """Serve `graphs` (a data folder of graph bundles), open graph `slug` with `node_id`
     selected (and, with `pin_neighbours`, it and its strongest neighbours pinned to the subgraph
     pane), wait until everything is drawn and loaded, and save the page as `path`. `features`
-    (a FeatureStore) fills the feature panel. `slug=None`: the graph browser (every graph)."""
+    (a FeatureStore) fills the feature panel. `slug=None`: the graph browser (every graph).
+    `attention=(source, "L.H")`: the attention panel opened on the edge source -> `node_id` (from
+    the node panel's input row) with head L.H chosen."""
     from playwright.sync_api import sync_playwright  # a dev dependency: imported when used
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,10 +72,22 @@ def explorer_screenshot(graphs: Path, path: Path, *, slug: str | None, node_id: 
             return path
         pins = page.evaluate(PIN_NEIGHBOURS_JS, [node_id, pin_neighbours]) if node_id and pin_neighbours else 0
         page.wait_for_function(READY_JS, arg=pins, timeout=30_000)
+        if attention is not None:
+            _open_attention(page, *attention)
         page.mouse.move(0, 0)
         page.screenshot(path=str(path))
         browser.close()
     return path
+
+
+def _open_attention(page, source: str, head: str) -> None:
+    """Click the "heads" button of the input row `source`, then head `head`, and wait for its
+    pairs (attention-panel.js marks the panel ready with the head it shows)."""
+    page.click(f"[data-testid=edges-incoming] li[data-node-id='{source}'] [data-testid=edge-heads]")
+    page.wait_for_selector("[data-testid=attention-panel][data-ready]", timeout=30_000)
+    page.click(f"[data-testid=attention-heads] li[data-head='{head}']")
+    page.wait_for_selector(f"[data-testid=attention-panel][data-ready='{head}']", timeout=30_000)
+    page.locator("[data-testid=attention-panel]").scroll_into_view_if_needed()
 
 
 def bar_chart_svg(title: str, rows: Sequence[tuple[str, float]], *, width: int = 820) -> str:

@@ -162,6 +162,11 @@ class Explorer:
             sources.append(store.labels)
         return LabelBook(by_key=tuple(source for source in sources if source))
 
+    def label_book_of(self, graph_id: str) -> tuple[LabelBook, bool]:
+        """The labels this graph's nodes are shown with, and whether its feature values are
+        Cantor pairs (for other server modules that label feature ids, e.g. `attention.py`)."""
+        return self._saved_book(graph_id)
+
     def _saved_book(self, graph_id: str) -> tuple[LabelBook, bool]:
         """The label book with the graph file's saved ``clerps``, and whether its feature values
         are Cantor pairs (both read off the default view, which is cached)."""

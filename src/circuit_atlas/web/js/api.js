@@ -61,4 +61,9 @@ export const api = {
     const q = thresholdQuery(nt, et);
     return request("GET", `api/graphs/${enc(id)}/supernode-suggestions${q}${q ? "&" : "?"}min_similarity=${minSimilarity}`);
   },
+  attention: (id) => request("GET", `api/graphs/${enc(id)}/attention`),
+  edgeHeads: (id, source, target) =>
+    request("GET", `api/graphs/${enc(id)}/attention/${enc(source)}/${enc(target)}`),
+  headExplanation: (id, source, target, layer, head, top = 10) =>
+    request("GET", `api/graphs/${enc(id)}/attention/${enc(source)}/${enc(target)}/${layer}/${head}?top=${top}`),
 };

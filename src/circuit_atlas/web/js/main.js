@@ -2,6 +2,7 @@
 // talks to the API, keeps the URL in sync, and tells the views to redraw.
 
 import { api } from "./api.js";
+import { AttentionPanel } from "./attention-panel.js";
 import { ComparePicker, DiffView, readDiffState } from "./diff-view.js";
 import { FeaturePanel } from "./feature-panel.js";
 import { GraphBrowser } from "./graph-browser.js";
@@ -36,6 +37,7 @@ class App {
       labelOf: (node) => this.displayName(node),
     });
     this.nodePanel = new NodePanel($("#node-panel"), this);
+    this.attention = new AttentionPanel($("#attention-panel"), this);
     this.featurePanel = new FeaturePanel($("#feature-panel"), this);
     this.subgraph = new SubgraphPane($("#subgraph"), this);
     this.steer = new SteerPanel($("#steer"), this);
@@ -173,6 +175,7 @@ class App {
     this.showThresholds();
     this.steer.setGraph(graphId);
     this.suggestions.setGraph(graphId);
+    this.attention.setGraph(graphId);
     try {
       s.annotations = await api.annotations(graphId);
     } catch (error) {

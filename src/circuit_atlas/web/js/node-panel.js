@@ -179,11 +179,12 @@ export class NodePanel {
       const width = `${Math.max(2, (100 * Math.abs(row.weight)) / maxAbs)}%`;
       const name = this.app.labelForRow(row);
       const tag = this.rowTag(row, name);
+      const heads = this.app.attention ? this.app.attention.rowButton(row, this.data.node, direction) : null;
       list.append(
         el(
           "li",
           {
-            class: "edge-row",
+            class: `edge-row${heads ? " has-heads" : ""}`,
             "data-node-id": row.node_id,
             title: `${name}${tag ? ` (${tag})` : ""}\n${row.node_id}  weight ${row.weight}`,
             onclick: (e) => {
@@ -199,6 +200,7 @@ export class NodePanel {
           el("span", { class: "edge-weight" }, fmt(row.weight, 3)),
           el("span", { class: "edge-label" }, name),
           el("span", { class: "edge-tag" }, tag),
+          heads,
         ),
       );
     }
