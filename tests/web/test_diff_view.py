@@ -177,9 +177,8 @@ def test_accept_edit_and_reject_supernode_suggestions(cities, page) -> None:
     assert page.get_by_test_id("suggestion").nth(1).get_by_test_id("suggestion-name").input_value() == other_name
 
 
-def test_suggestions_of_a_json_only_graph_say_why_not(cities, refused_page) -> None:
-    page = refused_page
+def test_suggestions_of_a_json_only_graph_say_why_not(cities, page) -> None:
     page.goto(f"{cities['url']}?graph=jsonly")
     page.wait_for_selector("body[data-mode=graph][data-ready='1']")
-    page.get_by_test_id("suggest-supernodes").click()
-    assert "graph-JSON" in page.get_by_test_id("suggestions-error").inner_text()
+    assert page.get_by_test_id("suggest-supernodes").is_disabled()
+    assert "native graph" in page.get_by_test_id("suggestions-unavailable").inner_text()

@@ -39,7 +39,7 @@ MAX_GRAPH_JSON_BYTES = 1024 * 1024 * 1024
 _METADATA_PREFIX_BYTES = 1 << 20
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_BUNDLE_DEPTH = 3  # DIR/<group>/<subgroup>/<bundle>
-MAX_SCANNED_FOLDERS = 20_000
+MAX_SCANNED_ENTRIES = 10_000
 
 
 class GraphNotFound(CircuitAtlasError):
@@ -265,26 +265,29 @@ class GraphCatalog:
         else:
             found.extend(self._loose_entries(self.root))
         found.extend(self._walk(self.root, 1, skip=NATIVE_DIR if own is not None else None,
-                                budget=[MAX_SCANNED_FOLDERS]))
+                                budget=[MAX_SCANNED_ENTRIES]))
         return found
 
     def _walk(self, folder: Path, depth: int, skip: str | None, budget: list[int]) -> list[GraphEntry]:
         """The graphs in the subfolders of `folder`: bundles down to `MAX_BUNDLE_DEPTH` levels
         below the data folder (`trace --prompts --out DIR/cities` beside `DIR/languages`, served
         as DIR), loose graph-JSON files one level down only. A bundle's own folders are not
-        entered; at most `MAX_SCANNED_FOLDERS` folders are looked at, so a huge tree cannot stall
-        the listing."""
+        entered; below the first level at most `MAX_SCANNED_ENTRIES` entries are looked at, so a
+        huge tree (a feature store's files) cannot stall the listing."""
         out: list[GraphEntry] = []
         try:
             subs = sorted(folder.iterdir())
         except OSError:
             return out
         for sub in subs:
-            if sub.name.startswith(".") or sub.name == skip or budget[0] <= 0:
+            if depth > 1:  # deeper folders may be anything (a feature store's thousands of files)
+                budget[0] -= 1
+                if budget[0] < 0:
+                    break
+            if sub.name.startswith(".") or sub.name == skip or not sub.is_dir():
                 continue
-            if resolve_inside(sub, self.root) is None or not sub.is_dir():
+            if resolve_inside(sub, self.root) is None:
                 continue
-            budget[0] -= 1
             entry = self._bundle_entry(sub)
             if entry is not None:
                 out.append(entry)

@@ -55,6 +55,8 @@ export class SuggestionPanel {
 
   setGraph(graphId) {
     this.graphId = graphId;
+    const summary = this.app.state.graphs.find((g) => g.id === graphId);
+    this.available = !summary || summary.has_native; // grouping needs the native graph
     this.items = null;
     this.error = "";
     this.handled = readHandled(graphId);
@@ -129,7 +131,7 @@ export class SuggestionPanel {
       el("h2", {}, "Supernode suggestions"),
       el("button", {
         "data-testid": "suggest-supernodes",
-        disabled: !this.graphId || this.loading,
+        disabled: !this.graphId || this.loading || !this.available,
         title: "Group the features of this view that mean and do the same thing",
         onclick: () => this.suggest(),
       }, this.items ? "Suggest again" : "Suggest"),
@@ -144,8 +146,11 @@ export class SuggestionPanel {
       if (Number.isFinite(value) && value >= 0 && value <= 1) this.minSimilarity = value;
       else similarity.value = this.minSimilarity;
     });
-    const body = [el("label", { class: "muted small suggest-settings" }, "min. similarity ", similarity)];
-    if (this.loading) body.push(el("div", { class: "muted small" }, "Grouping features…"));
+    const body = this.available ? [el("label", { class: "muted small suggest-settings" }, "min. similarity ", similarity)] : [];
+    if (!this.available) {
+      body.push(el("div", { class: "muted small", "data-testid": "suggestions-unavailable" },
+        "Suggestions need the native graph (a bundle written by circuit-atlas trace); this graph is a graph-JSON file."));
+    } else if (this.loading) body.push(el("div", { class: "muted small" }, "Grouping features…"));
     else if (this.error) body.push(el("div", { class: "error small", "data-testid": "suggestions-error" }, withoutPaths(this.error)));
     else if (!this.items) {
       body.push(el("div", { class: "muted small" }, "Groups of this view's features by decoder similarity, co-activation in the feature store and shared inputs and outputs."));
