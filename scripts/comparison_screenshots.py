@@ -8,7 +8,8 @@ Traces the two-hop questions about dallas, oakland and houston through the demo 
 dashboards' labels), writes their typical circuit (`aggregate_graphs`) beside them, serves them
 with the demo's feature store like `circuit-atlas serve --features`, and saves `diff-view.png`
 (dallas against oakland, the texas feature selected) and `supernode-suggestions.png` (the dallas
-graph with the suggestions panel open, one suggestion accepted). Needs /usr/bin/chromium; takes
+graph at node threshold 0.9 with the suggestions panel open at min. similarity 0.5, the first
+suggestion accepted). Needs /usr/bin/chromium; takes
 about half a minute on a CPU.
 """
 
@@ -56,8 +57,10 @@ def take(url: str, out: Path) -> list[Path]:
         page.wait_for_selector("[data-testid=diff-selected]")
         page.mouse.move(0, 0)
         page.screenshot(path=str(shots[0]))
-        page.goto(f"{url}?graph=dallas")
+        page.goto(f"{url}?graph=dallas&pruningThreshold=0.9")
         page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        page.get_by_test_id("suggest-similarity").fill("0.5")
+        page.get_by_test_id("suggest-similarity").dispatch_event("change")
         page.get_by_test_id("suggest-supernodes").click()
         page.wait_for_selector("[data-testid=suggestion]", timeout=60_000)
         page.get_by_test_id("suggestion-accept").first.click()

@@ -112,6 +112,19 @@ def test_a_diff_link_reopens_the_view_and_its_controls_rewrite_it(cities, page) 
     page.wait_for_function(f"document.querySelectorAll('[data-testid=diff-node]').length < {wide}")
 
 
+def test_a_graph_view_opens_the_diff_with_another_graph(cities, page) -> None:
+    page.goto(f"{cities['url']}?graph=oakland")
+    page.wait_for_selector("body[data-mode=graph][data-ready='1']")
+    page.get_by_test_id("compare-open").click()
+    page.locator("[data-testid=diff-node]").first.wait_for()
+    a, b = _query(page)["diff"].split(",")
+    assert a == "oakland" and b in {"dallas", "houston"}  # a graph of as many tokens
+    assert page.get_by_test_id("diff-a").input_value() == "oakland"
+    page.goto(f"{cities['url']}?graph=jsonly")
+    page.wait_for_selector("body[data-mode=graph][data-ready='1']")
+    assert page.get_by_test_id("compare-open").is_disabled()
+
+
 def test_a_json_only_graph_cannot_be_compared_and_says_why(cities, refused_page) -> None:
     page = refused_page
     page.goto(f"{cities['url']}?diff=dallas,jsonly")

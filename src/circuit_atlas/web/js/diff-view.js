@@ -203,6 +203,13 @@ export class DiffView {
     await this.load();
   }
 
+  /** From a graph's view: compare it (A) with another native graph (B), chosen in the bar. */
+  async openFrom(graphId) {
+    const others = this.app.state.graphs.filter((g) => g.has_native && g.id !== graphId);
+    const same = others.find((g) => g.n_tokens === this.app.state.graphs.find((h) => h.id === graphId)?.n_tokens);
+    await this.open(graphId, (same || others[0] || { id: graphId }).id);
+  }
+
   async load() {
     const s = this.state;
     const ticket = ++this.ticket;

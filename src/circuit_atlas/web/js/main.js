@@ -172,6 +172,7 @@ class App {
     $("#edge-threshold").value = s.edgeThreshold;
     $("#edge-threshold").disabled = !summary.has_native;
     $("#edge-threshold").title = summary.has_native ? "" : "JSON-only graph: edges cannot be re-pruned";
+    $("#compare-open").disabled = !summary.has_native;
     this.showThresholds();
     this.steer.setGraph(graphId);
     this.suggestions.setGraph(graphId);
@@ -339,6 +340,7 @@ class App {
   // -- controls ------------------------------------------------------------------------------
   bindControls() {
     $("#graph-select").addEventListener("change", (e) => this.openGraph(e.target.value));
+    $("#compare-open").addEventListener("click", () => this.diff.openFrom(this.state.graphId));
     for (const [id, key] of [
       ["#node-threshold", "nodeThreshold"],
       ["#edge-threshold", "edgeThreshold"],

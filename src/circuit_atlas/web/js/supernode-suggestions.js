@@ -9,7 +9,7 @@
 // supernode still exists, shows as accepted.
 
 import { api } from "./api.js";
-import { clear, el, fmt, newId, withoutPaths } from "./util.js";
+import { clear, el, fmt, newId, positionTag, withoutPaths } from "./util.js";
 
 const STORAGE_KEY = "circuit-atlas.supernode-suggestions";
 const DEFAULT_MIN_SIMILARITY = 0.6;
@@ -121,7 +121,7 @@ export class SuggestionPanel {
 
   memberName(id) {
     const node = this.app.canvas.byId && this.app.canvas.byId.get(id);
-    return node ? this.app.displayName(node) : id;
+    return node ? `${this.app.displayName(node)} ${positionTag(node)}`.trim() : id;
   }
 
   render() {
