@@ -95,7 +95,7 @@ class Comparison(ResponseBody):
     nodes: list[NodeDiff]
     edges: list[EdgeDiff]
     target: TargetChange
-    summary: dict[str, float]
+    summary: dict[str, int | float]  # counts, and shares in [0, 1]
     settings: dict[str, float]
 
 
