@@ -36,8 +36,8 @@ def cities(tmp_path_factory, demo_model):
 
 @pytest.fixture()
 def refused_page(browser):
-    """A page on which the one expected browser error is the console's note of a 409 answer
-    (Chromium logs every failed fetch); any other error still fails the test."""
+    """A page on which the only expected browser errors are the console's notes of 409 and 404
+    answers (Chromium logs every failed fetch); any other error still fails the test."""
     context = browser.new_context(viewport={"width": 1400, "height": 880})
     page = context.new_page()
     errors: list[str] = []
@@ -45,7 +45,7 @@ def refused_page(browser):
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     yield page
     context.close()
-    unexpected = [e for e in errors if "status of 409" not in e]
+    unexpected = [e for e in errors if "status of 409" not in e and "status of 404" not in e]
     assert not unexpected and errors, f"browser errors: {errors}"
 
 
@@ -98,6 +98,9 @@ def test_a_diff_link_reopens_the_view_and_its_controls_rewrite_it(cities, page) 
     assert page.get_by_test_id("diff-colour").input_value() == "change"
     assert page.get_by_test_id("diff-threshold").input_value() == "0.9"
     wide = page.locator("[data-testid=diff-node]").count()
+    page.keyboard.press("Escape")  # clears the selection, keeps the view
+    page.wait_for_function("!new URLSearchParams(location.search).has('diffNode')")
+    assert _query(page)["diff"] == "dallas,oakland" and page.get_by_test_id("diff-selected").count() == 0
     page.get_by_test_id("diff-swap").click()
     page.wait_for_function("new URLSearchParams(location.search).get('diff') === 'oakland,dallas'")
     page.wait_for_function("document.querySelector('[data-testid=diff-target]')?.innerText.startsWith('Target “sacramento”')")
@@ -132,6 +135,8 @@ def test_a_json_only_graph_cannot_be_compared_and_says_why(cities, refused_page)
     message.wait_for()
     page.wait_for_function("document.querySelector('[data-testid=diff-message]').classList.contains('error')")
     assert "graph-JSON" in message.inner_text() and "other_graph_id" in message.inner_text()
+    page.goto(f"{cities['url']}?diff=nowhere,dallas")
+    page.wait_for_function("document.querySelector('[data-testid=diff-message]')?.innerText.startsWith('graph_id: no graph')")
 
 
 def test_the_typical_circuit_and_batch_bundles_are_listed_and_open(cities, page) -> None:

@@ -191,6 +191,13 @@ export class DiffView {
     new ResizeObserver(debounce(() => {
       if (this.comparison && document.body.dataset.mode === "diff") this.drawGraph();
     }, 120)).observe(root);
+    // Escape clears the selection here; the graph view's own handler must not see it (it would
+    // rewrite the URL for a graph).
+    document.addEventListener("keydown", (e) => {
+      if (e.key !== "Escape" || document.body.dataset.mode !== "diff") return;
+      e.stopPropagation();
+      if (this.state.selected && this.comparison) this.select(null);
+    }, true);
   }
 
   /** Compare graphs `a` and `b` (ids of the graph list). */
