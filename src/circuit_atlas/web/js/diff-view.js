@@ -15,6 +15,8 @@ export const STATUS_COLOURS = { both: "#7b8494", "only a": "#d1495b", "only b": 
 const STATUS_TEXT = { both: "in both", "only a": "only in A", "only b": "only in B" };
 const MAX_EDGES = 400;
 const NODE_STEP = 18; // px between the centres of nodes sharing a cell
+const MIN_LABEL_GAP = 44; // px between the centres of two token labels
+const LOGIT_STEP = 150; // px between targets (labels "austin → sacramento" cut to fit)
 const TABLE_ROWS = 12;
 const MARGIN = { left: 64, right: 20, top: 28, bottom: 58 };
 
@@ -103,21 +105,23 @@ export function diffLayout(comparison, width, height) {
   need.reduce((x, w, i) => ((left[i] = x), x + w * scale), MARGIN.left);
   const colW = need.map((w) => w * scale);
   const placed = new Map();
+  let logitStep = LOGIT_STEP;
   for (const [key, members] of cells) {
     const [column, row] = key.split("|");
     members.sort((p, q) => (p.kind === q.kind ? (p.feature ?? 0) - (q.feature ?? 0) : p.kind === "error" ? 1 : -1));
     const y = height - MARGIN.bottom - Number(row) * rowH;
     if (column === "logits") {
-      const span = Math.min(width - MARGIN.left - MARGIN.right, members.length * 90);
-      const left = width - MARGIN.right - span;
-      members.forEach((n, i) => placed.set(n.key, { x: left + (i + 0.5) * (span / members.length), y }));
+      const span = Math.min(width - MARGIN.left - MARGIN.right, members.length * LOGIT_STEP);
+      const start = width - MARGIN.right - span;
+      logitStep = span / members.length;
+      members.forEach((n, i) => placed.set(n.key, { x: start + (i + 0.5) * logitStep, y }));
       continue;
     }
     const centre = left[column] + colW[column] / 2;
     const step = Math.min(NODE_STEP, (colW[column] * 0.9) / members.length);
     members.forEach((n, i) => placed.set(n.key, { x: centre + (i - (members.length - 1) / 2) * step, y }));
   }
-  return { placed, columns, left, colW, rowH, rows, layers };
+  return { placed, columns, left, colW, rowH, rows, layers, logitStep };
 }
 
 /** A node's fill: by status, or by its change in influence (red: weaker in B, teal: stronger). */
@@ -359,16 +363,25 @@ export class DiffView {
       root.append(svg("text", { x: 8, y: y + 4, class: "diff-axis" }, text));
       root.append(svg("line", { x1: MARGIN.left - 6, x2: width - MARGIN.right, y1: y, y2: y, class: "diff-grid" }));
     }
+    let lastLabel = -Infinity; // token labels at least MIN_LABEL_GAP apart; the rest on hover
     c.positions.forEach((p, i) => {
       const x = layout.left[i] + layout.colW[i] / 2;
+      const shown = x - lastLabel >= MIN_LABEL_GAP || p.role === "last";
+      if (shown) lastLabel = x;
       const base = height - MARGIN.bottom + 18;
       const same = p.token_a !== null && p.token_a === p.token_b;
       const column = svg("g", { class: "diff-column", "data-role": p.role }, svg("title", {}, `${p.role}: ${positionText(p)}`));
+      if (!shown) {
+        column.append(svg("line", { x1: x, x2: x, y1: base - 12, y2: base - 8, class: "diff-tick" }));
+        root.append(column);
+        return;
+      }
+      const chars = Math.min(12, Math.max(3, Math.floor(Math.max(layout.colW[i], MIN_LABEL_GAP) / 7)));
       column.append(svg("text", { x, y: base, class: `diff-token ${same ? "" : "a"}`, "text-anchor": "middle" },
-        p.token_a === null ? "·" : showToken(p.token_a).slice(0, 10)));
+        p.token_a === null ? "·" : showToken(p.token_a).slice(0, chars)));
       if (!same) {
         column.append(svg("text", { x, y: base + 14, class: "diff-token b", "text-anchor": "middle" },
-          p.token_b === null ? "·" : showToken(p.token_b).slice(0, 10)));
+          p.token_b === null ? "·" : showToken(p.token_b).slice(0, chars)));
       }
       root.append(column);
     });
@@ -416,7 +429,7 @@ export class DiffView {
       }, shape, svg("title", {}, `${nodeTitle(node, this.positions)} ${node.label ? `— ${node.label}` : ""}\n${STATUS_TEXT[node.status]} · influence A ${fmt(node.influence_a)} → B ${fmt(node.influence_b)} (Δ ${fmt(node.delta)})`));
       if (node.kind === "logit") {
         group.append(svg("text", { x: at.x, y: at.y - r - 4, class: "diff-logit", "text-anchor": "middle" },
-          this.logitText(node.key).slice(0, 28)));
+          this.logitText(node.key).slice(0, Math.max(4, Math.floor(layout.logitStep / 6.5)))));
       }
       nodeLayer.append(group);
     }
