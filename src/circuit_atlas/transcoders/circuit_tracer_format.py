@@ -123,7 +123,7 @@ def read_directory(directory: Path, options: ReadOptions) -> SetParts:
         kind, layers, input_hook=config["feature_input_hook"],
         output_hook=config["feature_output_hook"], where=str(config_path),
         activation=config.get("activation"), k=config.get("k"),
-        scan=config.get("scan") or str(directory.resolve()), model_name=config.get("model_name"),
+        scan=config.get("scan"), model_name=config.get("model_name"),
     )
 
 

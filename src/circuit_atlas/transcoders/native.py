@@ -153,7 +153,7 @@ def read_native(directory: Path, options: ReadOptions) -> SetParts:
     return SetParts(
         config["kind"], layers, input_hook=config["input_hook"], output_hook=config["output_hook"],
         where=str(config_path), activation=config["activation"], k=config["k"],
-        scan=config.get("scan") or str(directory.resolve()), model_name=config.get("model_name"),
+        scan=config.get("scan"), model_name=config.get("model_name"),
     )
 
 
