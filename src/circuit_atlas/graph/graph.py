@@ -32,8 +32,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from circuit_atlas.errors import CircuitAtlasError, GraphFileError, ShapeMismatchError
+from circuit_atlas.io.atomic import atomic_files
 from circuit_atlas.io.untrusted import UntrustedJsonError, read_json
 from circuit_atlas.viewer import get_viewer
 
@@ -469,9 +472,11 @@ class Graph:
 
     # ------------------------------------------------------------------ files
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write `graph.safetensors` and `graph.json` into `directory` (created if missing)."""
-        from safetensors.torch import save_file
+        """Write `graph.safetensors` and `graph.json` into `directory` (created if missing).
 
+        Both files are written under temporary names, fsynced and only then renamed over the old
+        ones (`io.atomic.atomic_files`): a save that fails, at any point, leaves the old graph as
+        it was and no temp files; a finished save is on disk, not just in the page cache."""
         path = Path(directory)
         if path.exists() and not path.is_dir():
             raise GraphFileError(f"cannot save graph: {path} exists and is not a directory")
@@ -481,18 +486,9 @@ class Graph:
             tensors["error_norms"] = self.error_norms
         meta = {"format": GRAPH_FORMAT, "format_version": GRAPH_FORMAT_VERSION}
         meta.update({name: getattr(self, name) for name in _META_FIELDS})
-        # Write to temporary names first so an interrupted save never leaves a half graph, and
-        # remove them when a write fails, so a failure leaves nothing behind either.
-        tmp_tensors, tmp_meta = path / (TENSORS_FILE + ".tmp"), path / (META_FILE + ".tmp")
-        try:
+        with atomic_files(path / TENSORS_FILE, path / META_FILE) as (tmp_tensors, tmp_meta):
             save_file(tensors, str(tmp_tensors), metadata={"format": GRAPH_FORMAT})
             tmp_meta.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-            os.replace(tmp_tensors, path / TENSORS_FILE)
-            os.replace(tmp_meta, path / META_FILE)
-        except BaseException:
-            tmp_tensors.unlink(missing_ok=True)
-            tmp_meta.unlink(missing_ok=True)
-            raise
         return path
 
     def first_non_finite(self) -> str | None:
@@ -586,9 +582,6 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not path.is_file():
         raise GraphFileError(f"graph tensor file {path} is missing")
     try:

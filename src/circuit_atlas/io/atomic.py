@@ -1,16 +1,23 @@
-"""Crash-safe JSON writes: readers see the old file or the complete new one, never a torn one.
+"""Crash-safe writes: readers see the old file or the complete new one, never a torn one.
 
-The one JSON writer for files other processes may read while we write them: graph bundles,
-graph JSON and its index, annotations, feature labels, transcoder configs.
+The one writer for files other processes may read while we write them: graph bundles (tensors and
+metadata), graph JSON and its index, annotations, feature labels, transcoder configs.
+
+Why each step: a temp file lives in the same folder as its target, so `os.replace` is a rename on
+one file system (atomic); fsync before the rename makes sure the new bytes are on disk before the
+name points at them; fsync of the folder makes the rename itself durable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def atomic_write_json(path: Path, obj: Any, *, indent: int | None = 1, sort_keys: bool = False,
@@ -18,27 +25,77 @@ def atomic_write_json(path: Path, obj: Any, *, indent: int | None = 1, sort_keys
     """Write ``obj`` to ``path`` so readers see either the old file or the whole new one.
 
     ``allow_nan=False`` refuses NaN and infinities (ValueError) for files other tools parse as
-    strict JSON (graph JSON).
-
-    Why each step: the temp file lives in the same folder so ``os.replace`` is a rename on one
-    file system (atomic); fsync before the rename makes sure the new bytes are on disk before
-    the name points at them; fsync of the folder makes the rename itself durable.
-    """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    strict JSON (graph JSON)."""
+    with atomic_files(Path(path)) as (tmp,):
+        with open(tmp, "w", encoding="utf-8") as handle:
             _dump(obj, handle, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+
+
+@contextlib.contextmanager
+def atomic_files(*paths: Path) -> Iterator[list[Path]]:
+    """Temp paths beside ``paths``, for the block to write (by name, so any library's writer can).
+
+    When the block returns, each temp file is fsynced and renamed onto its path, then the folders
+    are fsynced. When the block raises, or a rename fails, the temp files are removed and the
+    files already renamed are put back: the old files are left exactly as they were. Files that
+    belong together (a graph's tensors and metadata) are renamed one after the other, so only a
+    crash between those renames can mix them."""
+    paths = tuple(Path(p) for p in paths)
+    temps = [_temp_beside(path) for path in paths]
+    try:
+        yield temps
+        for tmp in temps:
+            _fsync_file(tmp)
+        _replace_all(temps, paths)
     except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    for folder in dict.fromkeys(path.parent for path in paths):
+        _fsync_dir(folder)
+
+
+def _temp_beside(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _replace_all(temps: list[Path], paths: tuple[Path, ...]) -> None:
+    """Rename each temp file onto its path; if one rename fails, undo those already done."""
+    done: list[tuple[Path, Path | None]] = []  # (path, the old file kept aside, or None)
+    kept: Path | None = None
+    try:
+        for tmp, path in zip(temps, paths):
+            kept = _keep_aside(path) if len(paths) > 1 else None
+            os.replace(tmp, path)
+            done.append((path, kept))
+            kept = None
+    except BaseException:
+        if kept is not None:  # the failed rename's old file is still in place: drop its copy
+            kept.unlink(missing_ok=True)
+        for path, old in reversed(done):
+            if old is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(old, path)
+        raise
+    for _, old in done:
+        if old is not None:
+            old.unlink(missing_ok=True)
+
+
+def _keep_aside(path: Path) -> Path | None:
+    """A second name for the current file at ``path`` (None when there is none), so it can be
+    put back; a hard link costs no copy, a copy serves where links are not supported."""
+    if not path.exists():
+        return None
+    aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+    try:
+        os.link(path, aside)
+    except OSError:
+        shutil.copy2(path, aside)
+    return aside
 
 
 def _dump(obj: Any, handle: Any, *, indent: int | None, sort_keys: bool, allow_nan: bool) -> None:
@@ -46,6 +103,14 @@ def _dump(obj: Any, handle: Any, *, indent: int | None, sort_keys: bool, allow_n
     json.dump(obj, handle, indent=indent, ensure_ascii=False, sort_keys=sort_keys,
               allow_nan=allow_nan)
     handle.write("\n")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:
