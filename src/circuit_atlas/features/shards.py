@@ -36,7 +36,7 @@ from typing import Any
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.features import merge, storage
 from circuit_atlas.features.blocks import block_of
-from circuit_atlas.features.builder import RoundStart, StoreBuilder
+from circuit_atlas.features.builder import RoundStart, RunOptions, ShardRole, StoreBuilder
 from circuit_atlas.features.errors import FeatureStoreError
 from circuit_atlas.features.histogram import default_edges, n_bins
 from circuit_atlas.features.open_store import (
@@ -82,7 +82,7 @@ def check_no_sharded_build(out: Path) -> None:
 
 # ---------------------------------------------------------------------- the driver
 def build_sharded(model, corpus: Corpus, out: Path, settings: BuildSettings, wanted: dict, ranks,
-                  *, batch_size: int, commit_interval: float, progress: bool) -> BuildReport:
+                  options: RunOptions) -> BuildReport:
     """This rank's part of a distributed build (every rank calls it); see the module docstring."""
     with ExitStack() as stack:
         done = _agree(ranks, lambda: _prepare_store(stack, model, out, settings, wanted, ranks))
@@ -100,10 +100,9 @@ def build_sharded(model, corpus: Corpus, out: Path, settings: BuildSettings, wan
             later = [counts[k] for k in range(start.round, max(counts, default=start.round - 1) + 1)]
             storage.set_meta(connection, "block_tokens", counts_before + later)
 
-        builder = StoreBuilder(model, corpus, settings, conn, batch_size=batch_size,
-                               commit_interval=commit_interval, progress=progress, ranks=ranks,
-                               logit_layers=range(ranks.rank, model.transcoders.n_layers, ranks.world_size),
-                               start=start, on_commit=save_counts)
+        layers = tuple(range(ranks.rank, model.transcoders.n_layers, ranks.world_size))
+        role = ShardRole(ranks=ranks, logit_layers=layers, start=start, on_commit=save_counts)
+        builder = StoreBuilder(model, corpus, settings, conn, options, role)
         reason, new_tokens = builder.run(resumed)
         if reason == "interrupted":
             return BuildReport(out=out, tokens=builder.tokens, documents=builder.documents(),
