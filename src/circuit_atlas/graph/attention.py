@@ -26,8 +26,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from circuit_atlas.graph.graph import Graph, GraphFileError
+from circuit_atlas.io.atomic import atomic_files
 from circuit_atlas.graph.prune import PrunedGraph
 from circuit_atlas.io.untrusted import UntrustedJsonError, read_json
 
@@ -124,9 +127,8 @@ class GraphAttention:
 
     # --- files -----------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write `attention.json` and `attention.safetensors` into `directory` (atomically)."""
-        from safetensors.torch import save_file
-
+        """Write `attention.json` and `attention.safetensors` into `directory` (atomically, as
+        `Graph.save` does: a failed save leaves the old files and no temp files)."""
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, torch.Tensor] = {}
@@ -141,18 +143,10 @@ class GraphAttention:
         meta = {"format": ATTENTION_FORMAT, "version": ATTENTION_VERSION, "model": self.model_name,
                 "prompt_tokens": self.prompt_tokens, "hop": self.hop, "settings": self.settings,
                 "edges": self.edges, "explanations": described}
-        tmp_tensors = folder / (ATTENTION_TENSORS + ".tmp")
-        tmp_json = folder / (ATTENTION_JSON + ".tmp")
-        try:
+        with atomic_files(folder / ATTENTION_TENSORS, folder / ATTENTION_JSON) as (tmp_tensors, tmp_json):
             save_file(tensors, str(tmp_tensors), metadata={"format": ATTENTION_FORMAT})
             tmp_json.write_text(json.dumps(meta, indent=1, ensure_ascii=False, allow_nan=False),
                                 encoding="utf-8")
-            os.replace(tmp_tensors, folder / ATTENTION_TENSORS)
-            os.replace(tmp_json, folder / ATTENTION_JSON)
-        except BaseException:  # a failed write leaves no temp files behind
-            tmp_tensors.unlink(missing_ok=True)
-            tmp_json.unlink(missing_ok=True)
-            raise
         return folder
 
     @classmethod
@@ -216,9 +210,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))
     except FileNotFoundError:
