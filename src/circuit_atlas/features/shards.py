@@ -43,6 +43,7 @@ from circuit_atlas.features.open_store import (
     BUILD_CACHE_MIB,
     check_same_build,
     exclusive_build,
+    initial_meta,
     progress_dict,
     vocabulary,
 )
@@ -163,7 +164,7 @@ def _prepare_final(out: Path, model, settings: BuildSettings, wanted: dict, worl
     conn = storage.connect(file, create=True, cache_mib=BUILD_CACHE_MIB)
     try:
         if not storage.table_names(conn):
-            storage.initialize(conn, _initial_meta(model, wanted), vocabulary(model.lm))
+            storage.initialize(conn, initial_meta(model, wanted), vocabulary(model.lm))
             meta = storage.read_meta(conn)
         else:
             meta = storage.check_format(conn, file)
@@ -199,12 +200,6 @@ def _visibility_token(out: Path) -> str:
     return token
 
 
-def _initial_meta(model, wanted: dict) -> dict[str, Any]:
-    return {**wanted, "model_name": model.lm.name, "transcoders_scan": model.transcoders.scan,
-            "edges": default_edges().tolist(), "progress": progress_dict(Cursor(), 0, 0),
-            "logits_layers": [], "complete": False, "stop_reason": None}
-
-
 def _check_same_budget(meta: dict, wanted: dict, out: Path) -> None:
     stored, now = meta["settings"].get("max_tokens"), wanted["settings"]["max_tokens"]
     if stored != now:
@@ -222,7 +217,7 @@ def _open_shard(stack: ExitStack, model, out: Path, settings: BuildSettings, wan
     conn = storage.connect(file, create=True, cache_mib=BUILD_CACHE_MIB)
     try:
         if not storage.table_names(conn):
-            meta = {**_initial_meta(model, shard_identity), "block_tokens": []}
+            meta = {**initial_meta(model, shard_identity), "block_tokens": []}
             storage.initialize(conn, meta, vocabulary(model.lm))
         else:
             meta = storage.check_format(conn, file)
