@@ -142,6 +142,7 @@ def test_trace_serve_starts_the_explorer_on_the_output_folder_with_the_model(sav
                  "--out", str(out), "--slug", "s", "--max-feature-nodes", "20", "--serve", "--no-browser", "--port", "8123"]) == 0
     assert calls["data_dir"] == out and calls["port"] == 8123 and calls["open_browser"] is False
     assert calls["host"] == "127.0.0.1" and calls["model"] is not None
+    assert calls["graph"] == "s"  # the browser opens on the graph just traced
     # The folder it would serve lists the new graph and can steer it with that model.
     from fastapi.testclient import TestClient
 

@@ -27,6 +27,7 @@ from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.io.untrusted import printable
 from circuit_atlas.server import schemas as s
 from circuit_atlas.server.annotations import AnnotationBusy, AnnotationFileError
+from circuit_atlas.server.attention import AttentionService, AttentionUnavailable
 from circuit_atlas.server.catalog import GraphNotFound, GraphUnreadable
 from circuit_atlas.server.explorer import Explorer
 from circuit_atlas.server.features import FeatureDataError, FeatureProvider
@@ -48,7 +49,8 @@ ANSWERS = {
          "not a loopback name",
     404: "no graph (or node) with this id",
     409: "the request is fine but the server cannot do it as it stands (no model to steer with, "
-         "a graph of another model, scores of a JSON-only graph)",
+         "a graph of another model, scores of a JSON-only graph, attention explanations that are "
+         "neither stored nor computable: the message says how to precompute them)",
     413: "the request body is larger than the server accepts",
     415: "the request body is not sent as application/json",
     422: "a file in the data folder (graph, annotations, feature data) cannot be read",
@@ -69,7 +71,7 @@ def web_dir() -> Path:
 def _status_for(exc: CircuitAtlasError) -> int:
     if isinstance(exc, (GraphNotFound, NodeNotFound)):
         return 404
-    if isinstance(exc, (ScoresUnavailable, SteerUnavailable)):
+    if isinstance(exc, (ScoresUnavailable, SteerUnavailable, AttentionUnavailable)):
         return 409
     if isinstance(exc, (SteerBusy, AnnotationBusy)):
         return 503
@@ -143,6 +145,7 @@ def create_app(
 
     _add_api_routes(app, explorer)
     _add_steer_routes(app, explorer, steerer)
+    _add_attention_routes(app, AttentionService(explorer, model, steerer.model_lock))
     _add_static_routes(app)
     return app
 
@@ -301,6 +304,41 @@ def _add_steer_routes(app: FastAPI, explorer: Explorer, steerer: Steerer) -> Non
             return steerer.steer(steerable_graph(graph_id), graph_id, body)
 
         return await run_in_threadpool(work)
+
+
+EdgeEnd = Annotated[str, PathParam(min_length=1, max_length=s.MAX_ID_CHARS,
+                                    description="a node id of the graph (the edge's source or target)")]
+
+
+def _add_attention_routes(app: FastAPI, attention: AttentionService) -> None:
+    json = SafeJSONResponse
+    tags = ["attention"]
+
+    @app.get("/api/graphs/{graph_id}/attention", tags=tags,
+             summary="Whether the attention panel can answer for this graph, and its stored edges",
+             response_model=s.AttentionStatus, response_class=json, responses=_answers(404, 422))
+    def attention_status(graph_id: GraphId) -> dict[str, Any]:
+        return attention.status(graph_id)
+
+    @app.get("/api/graphs/{graph_id}/attention/{source}/{target}", tags=tags,
+             summary="The heads carrying the edge source -> target (stored, or computed with the "
+                     "server's model)",
+             response_model=s.EdgeHeads, response_class=json, responses=_answers(404, 409, 422))
+    def edge_heads(graph_id: GraphId, source: EdgeEnd, target: EdgeEnd) -> dict[str, Any]:
+        return attention.edge(graph_id, source, target)
+
+    @app.get("/api/graphs/{graph_id}/attention/{source}/{target}/{layer}/{head}", tags=tags,
+             summary="Why head layer.head attends where it carries the edge: its top query-side x "
+                     "key-side term pairs",
+             response_model=s.HeadExplanation, response_class=json,
+             responses=_answers(404, 409, 422))
+    def head_explanation(
+        graph_id: GraphId, source: EdgeEnd, target: EdgeEnd,
+        layer: Annotated[int, PathParam(ge=0, le=s.MAX_FEATURE_COORD)],
+        head: Annotated[int, PathParam(ge=0, le=s.MAX_FEATURE_COORD)],
+        top: Annotated[int, Query(ge=1, le=s.MAX_TOP_PAIRS)] = 10,
+    ) -> dict[str, Any]:
+        return attention.head(graph_id, source, target, layer, head, top)
 
 
 def _add_static_routes(app: FastAPI) -> None:

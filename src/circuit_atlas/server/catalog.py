@@ -32,6 +32,7 @@ from circuit_atlas.graph.bundle import (
 )
 from circuit_atlas.io.checks import check_slug
 from circuit_atlas.io.untrusted import printable
+from circuit_atlas.server.listing import listing_fields
 
 MAX_GRAPH_JSON_BYTES = 1024 * 1024 * 1024
 _METADATA_PREFIX_BYTES = 1 << 20
@@ -328,6 +329,7 @@ class GraphCatalog:
                 "folder": printable(os.path.relpath(entry.folder, self.root)),
                 "error": error,
                 "warnings": [self.shown(w) for w in entry.warnings],
+                **listing_fields(entry.folder, entry.native_dir, entry.json_path, metadata),
             }
             self._meta_cache[key] = cached
         return cached
