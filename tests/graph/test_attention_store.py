@@ -164,10 +164,17 @@ def test_a_failed_save_leaves_the_old_files(traced, tmp_path, monkeypatch):
 
 
 def test_missing_or_broken_files(tmp_path):
-    with pytest.raises(GraphFileError, match="does not exist"):
+    with pytest.raises(GraphFileError, match="attention file .* is missing"):
         GraphAttention.load(tmp_path)
     (tmp_path / ATTENTION_JSON).write_text("{not json")
     with pytest.raises(GraphFileError, match="not valid JSON"):
+        GraphAttention.load(tmp_path)
+    (tmp_path / ATTENTION_JSON).write_text(json.dumps({"format": "circuit-atlas-attention", "version": 1,
+                                                       "edges": [], "explanations": []}))
+    with pytest.raises(GraphFileError, match="attention tensor file .* is missing"):
+        GraphAttention.load(tmp_path)
+    (tmp_path / ATTENTION_TENSORS).write_bytes(b"\x08" + b"\x00" * 7 + b"{}")
+    with pytest.raises(GraphFileError, match="attention tensor file .* is corrupt"):
         GraphAttention.load(tmp_path)
 
 

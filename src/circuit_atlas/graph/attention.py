@@ -26,13 +26,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from circuit_atlas.graph.graph import Graph, GraphFileError
+from circuit_atlas.graph.graph import Graph, GraphFileError, read_format_json, read_tensor_file
 from circuit_atlas.io.atomic import atomic_files
 from circuit_atlas.graph.prune import PrunedGraph
-from circuit_atlas.io.untrusted import UntrustedJsonError, read_json
 
 ATTENTION_FORMAT = "circuit-atlas-attention"
 ATTENTION_VERSION = 1
@@ -153,7 +151,7 @@ class GraphAttention:
     def load(cls, directory: str | os.PathLike[str]) -> "GraphAttention":
         folder = Path(directory)
         meta = _read_json(folder / ATTENTION_JSON)
-        tensors = _read_tensors(folder / ATTENTION_TENSORS)
+        tensors = read_tensor_file(folder / ATTENTION_TENSORS, "attention tensor")
         explanations = [_stored(folder, i, item, tensors) for i, item in enumerate(meta["explanations"])]
         edges = meta["edges"]
         _check_edges(folder / ATTENTION_JSON, edges, len(explanations))
@@ -191,31 +189,12 @@ def node_positions(graph: Graph) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- reading files
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        meta = read_json(path)
-    except FileNotFoundError:
-        raise GraphFileError(f"attention explanations file {path} does not exist") from None
-    except (OSError, UntrustedJsonError) as exc:
-        raise GraphFileError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != ATTENTION_FORMAT:
-        raise GraphFileError(f"{path} is not a circuit-atlas attention file (format field)")
-    version = meta.get("version")
-    if not isinstance(version, int) or version > ATTENTION_VERSION:
-        raise GraphFileError(f"{path} has version {version!r}; this circuit-atlas reads versions up "
-                             f"to {ATTENTION_VERSION}")
+    meta = read_format_json(path, kind="attention", format_name=ATTENTION_FORMAT,
+                            version_key="version", max_version=ATTENTION_VERSION)
     for key, kind in (("edges", list), ("explanations", list)):
         if not isinstance(meta.get(key), kind):
             raise GraphFileError(f"{path}: '{key}' must be a list")
     return meta
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise GraphFileError(f"attention tensor file {path} does not exist") from None
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise GraphFileError(f"attention tensor file {path} is corrupt: {exc}") from exc
 
 
 def _stored(folder: Path, i: int, item: Any, tensors: Mapping[str, torch.Tensor]) -> StoredExplanation:

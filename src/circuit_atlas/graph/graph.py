@@ -560,21 +560,43 @@ def _json_normalised(value: Mapping[str, Any], name: str) -> dict[str, Any]:
         raise ShapeMismatchError(f"Graph.{name} must be JSON-serialisable: {exc}") from exc
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
+def read_format_json(path: Path, *, kind: str, format_name: str, version_key: str,
+                     max_version: int, max_bytes: int | None = None) -> dict[str, Any]:
+    """The JSON object of one of our versioned files (`kind` names it in messages): it must exist,
+    parse as untrusted JSON, carry `"format": format_name` and an integer version this package
+    reads. Every failure is a GraphFileError naming the file; the graph and attention readers
+    share it so both refuse the same mistakes in the same words."""
     if not path.is_file():
-        raise GraphFileError(f"graph metadata file {path} is missing")
+        raise GraphFileError(f"{kind} file {path} is missing")
     try:
-        meta = read_json(path, max_bytes=MAX_META_BYTES)
+        meta = read_json(path, max_bytes=max_bytes)
     except (OSError, UntrustedJsonError) as exc:
-        raise GraphFileError(f"graph metadata file {path} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != GRAPH_FORMAT:
-        raise GraphFileError(f"{path} is not a circuit-atlas graph file (format field missing)")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > GRAPH_FORMAT_VERSION:
-        raise GraphFileError(
-            f"{path} has format_version {version!r}; this circuit-atlas reads versions up to "
-            f"{GRAPH_FORMAT_VERSION} (upgrade circuit-atlas?)"
-        )
+        raise GraphFileError(f"{kind} file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != format_name:
+        raise GraphFileError(f"{path} is not a circuit-atlas {kind} file (format field missing or "
+                             f"not {format_name!r})")
+    version = meta.get(version_key)
+    if not isinstance(version, int) or version > max_version:
+        raise GraphFileError(f"{path} has {version_key} {version!r}; this circuit-atlas reads "
+                             f"versions up to {max_version} (upgrade circuit-atlas?)")
+    return meta
+
+
+def read_tensor_file(path: Path, kind: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; GraphFileError naming `kind` and the file when it is
+    missing or cannot be read."""
+    if not path.is_file():
+        raise GraphFileError(f"{kind} file {path} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise GraphFileError(f"{kind} file {path} is corrupt: {exc}") from exc
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    meta = read_format_json(path, kind="graph metadata", format_name=GRAPH_FORMAT,
+                            version_key="format_version", max_version=GRAPH_FORMAT_VERSION,
+                            max_bytes=MAX_META_BYTES)
     missing = [name for name in _META_FIELDS if name not in meta]
     if missing:
         raise GraphFileError(f"{path} lacks the field(s) {', '.join(missing)}")
@@ -582,12 +604,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise GraphFileError(f"graph tensor file {path} is missing")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise GraphFileError(f"graph tensor file {path} is corrupt: {exc}") from exc
+    tensors = read_tensor_file(path, "graph tensor")
     missing = [name for name in _TENSOR_FIELDS if name not in tensors]
     if missing:
         raise GraphFileError(f"{path} lacks the tensor(s) {', '.join(missing)}")
