@@ -263,6 +263,15 @@ def test_save_syncs_each_file_to_disk_before_renaming_it(graph, tmp_path, monkey
     assert events[-1] == ("fsync", str(tmp_path / "g"))  # the renames themselves are durable
 
 
+def test_saved_files_get_the_mode_of_any_new_file(graph, tmp_path) -> None:
+    """Not the 0600 of a private temp file: graph folders are shared and served."""
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    folder = graph.save(tmp_path / "g")
+    for name in ("graph.json", "graph.safetensors"):
+        assert (folder / name).stat().st_mode == plain.stat().st_mode
+
+
 def test_first_non_finite_names_the_place(graph: Graph) -> None:
     import dataclasses
 

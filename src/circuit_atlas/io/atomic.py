@@ -78,8 +78,10 @@ def atomic_files(*paths: Path) -> Iterator[list[Path]]:
     paths = tuple(Path(p) for p in paths)
     temps = [_temp_beside(path) for path in paths]
     try:
+        modes = [tmp.stat().st_mode & 0o777 for tmp in temps]
         yield temps
-        for tmp in temps:
+        for tmp, mode in zip(temps, modes):
+            os.chmod(tmp, mode)  # some writers (safetensors) replace the file with a 0600 one
             _fsync_file(tmp)
         _replace_all(temps, paths)
     except BaseException:
@@ -91,9 +93,16 @@ def atomic_files(*paths: Path) -> Iterator[list[Path]]:
 
 
 def _temp_beside(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
+    """A new empty file beside `path`, created the way `open(path, "w")` would create `path`
+    (mode 0o666 less the umask; `mkstemp`'s 0o600 would make shipped or shared files, such as
+    the demo's transcoders, unreadable to other users)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
 
 
 def _replace_all(temps: list[Path], paths: tuple[Path, ...]) -> None:
