@@ -84,7 +84,8 @@ def _schema_with_real_ids(served: dict, mutating: list[bool]):
             return st.just(path_parameters)
         strategies = {}
         for name, value in path_parameters.items():
-            real = {"graph_id": st.sampled_from(GRAPH_IDS), "node_id": shown_ids,
+            real = {"graph_id": st.sampled_from(GRAPH_IDS), "other_graph_id": st.sampled_from(GRAPH_IDS),
+                    "node_id": shown_ids,
                     # attention: edges token -> logit, a head of the tiny model
                     "source": token_ids, "target": logit_ids,
                     "layer": st.integers(0, 1), "head": st.integers(0, 3)}.get(name)

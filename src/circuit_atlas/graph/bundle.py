@@ -20,6 +20,8 @@ A data folder (``circuit-atlas serve DIR``) holds graphs in any of these places:
                                     also in <slug>.json's optional "attention" object)
     DIR/<name>.json                 loose graph-JSON files, e.g. a circuit-tracer output folder
     DIR/<sub>/<name>.json           ... also one folder down
+    DIR/<group>/<slug>/             bundles up to three folders down (e.g. the outputs of
+                                    several `trace --prompts --out DIR/<group>` runs)
     DIR itself may be a bundle      (``serve graphs/dallas`` right after ``trace --out graphs/dallas``
                                      when trace wrote the bundle files straight into that folder)
 

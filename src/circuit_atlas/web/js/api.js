@@ -56,6 +56,11 @@ export const api = {
   feature: (layer, index) => request("GET", `api/features/${layer}/${index}`),
   steerStatus: (id) => request("GET", `api/graphs/${enc(id)}/steer`),
   steer: (id, body) => request("POST", `api/graphs/${enc(id)}/steer`, body),
+  compare: (a, b, nt, et) => request("GET", `api/compare/${enc(a)}/${enc(b)}${thresholdQuery(nt, et)}`),
+  suggestions: (id, nt, et, minSimilarity) => {
+    const q = thresholdQuery(nt, et);
+    return request("GET", `api/graphs/${enc(id)}/supernode-suggestions${q}${q ? "&" : "?"}min_similarity=${minSimilarity}`);
+  },
   attention: (id) => request("GET", `api/graphs/${enc(id)}/attention`),
   edgeHeads: (id, source, target) =>
     request("GET", `api/graphs/${enc(id)}/attention/${enc(source)}/${enc(target)}`),

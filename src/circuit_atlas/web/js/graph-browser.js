@@ -65,8 +65,10 @@ export function sortGraphs(graphs, key, descending) {
 }
 
 export class GraphBrowser {
-  constructor(root) {
+  /** `picker`: optional first column to choose graphs with (diff-view.js's ComparePicker). */
+  constructor(root, { picker = null } = {}) {
     this.root = root;
+    this.picker = picker;
     this.graphs = [];
     const params = new URLSearchParams(window.location.search);
     this.query = params.get("q") || "";
@@ -106,6 +108,7 @@ export class GraphBrowser {
       this.renderRows();
     });
     this.count = el("span", { class: "count", "data-testid": "graph-count" });
+    this.pickerSlot = el("span", { class: "picker-slot" });
     this.head = el("tr");
     this.body = el("tbody");
     clear(this.root).append(
@@ -113,7 +116,7 @@ export class GraphBrowser {
         "div",
         { class: "browser-inner" },
         this.notice ? el("div", { class: "browser-notice", "data-testid": "browser-notice", role: "alert" }, this.notice) : null,
-        el("div", { class: "browser-head" }, el("h1", {}, "Graphs"), this.count, filter),
+        el("div", { class: "browser-head" }, el("h1", {}, "Graphs"), this.count, this.pickerSlot, filter),
         el("table", { class: "browser-table", "data-testid": "graph-browser" }, el("thead", {}, this.head), this.body),
         this.graphs.length
           ? null
@@ -124,8 +127,17 @@ export class GraphBrowser {
     this.renderRows();
   }
 
+  renderPicker() {
+    if (!this.picker) return;
+    clear(this.pickerSlot).append(this.picker.bar(() => {
+      this.renderPicker();
+      this.renderRows();
+    }));
+  }
+
   renderHead() {
     clear(this.head).append(
+      this.picker ? this.picker.header() : "",
       ...COLUMNS.map((column) => {
         const active = column.key === this.sortKey;
         const arrow = active ? (this.descending ? " ↓" : " ↑") : "";
@@ -158,12 +170,14 @@ export class GraphBrowser {
 
   renderRows() {
     const rows = sortGraphs(filterGraphs(this.graphs, this.query), this.sortKey, this.descending);
+    this.renderPicker();
     this.count.textContent = rows.length === this.graphs.length ? `${rows.length}` : `${rows.length} of ${this.graphs.length}`;
     clear(this.body).append(
       ...rows.map((g) =>
         el(
           "tr",
           { "data-testid": "graph-row", "data-graph-id": g.id, class: g.error ? "unreadable" : "" },
+          this.picker ? this.picker.cell(g) : null,
           ...COLUMNS.map((column) => {
             if (column.key === "prompt") return this.promptCell(g);
             const value = column.value(g);

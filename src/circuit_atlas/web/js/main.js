@@ -3,12 +3,14 @@
 
 import { api } from "./api.js";
 import { AttentionPanel } from "./attention-panel.js";
+import { ComparePicker, DiffView, readDiffState } from "./diff-view.js";
 import { FeaturePanel } from "./feature-panel.js";
 import { GraphBrowser } from "./graph-browser.js";
 import { GraphCanvas } from "./graph-canvas.js";
 import { NodePanel } from "./node-panel.js";
 import { SteerPanel } from "./steer-panel.js";
 import { SubgraphPane } from "./subgraph.js";
+import { SuggestionPanel } from "./supernode-suggestions.js";
 import { readUrlState, writeUrlState } from "./urlstate.js";
 import { debounce, describeNode, el, fmt, newId, nodeKind, showToken, withoutPaths } from "./util.js";
 
@@ -39,7 +41,9 @@ class App {
     this.featurePanel = new FeaturePanel($("#feature-panel"), this);
     this.subgraph = new SubgraphPane($("#subgraph"), this);
     this.steer = new SteerPanel($("#steer"), this);
-    this.browser = new GraphBrowser($("#browser"));
+    this.suggestions = new SuggestionPanel($("#suggestions"), this);
+    this.diff = new DiffView($("#diff"), this);
+    this.browser = new GraphBrowser($("#browser"), { picker: new ComparePicker((a, b) => this.diff.open(a, b)) });
     this.reloadView = debounce(() => this.loadView(), 200);
     this.bindControls();
     window.__atlas = this; // lets tests and curious users inspect the state
@@ -99,6 +103,11 @@ class App {
         el("option", { value: g.id }, `${g.id} — ${showToken(g.prompt).slice(0, 80)}`),
       ),
     );
+    const diff = readDiffState();
+    if (diff) {
+      await this.diff.open(diff.a, diff.b, diff);
+      return;
+    }
     if (!url.graph) {
       this.showBrowser();
       return;
@@ -163,8 +172,10 @@ class App {
     $("#edge-threshold").value = s.edgeThreshold;
     $("#edge-threshold").disabled = !summary.has_native;
     $("#edge-threshold").title = summary.has_native ? "" : "JSON-only graph: edges cannot be re-pruned";
+    $("#compare-open").disabled = !summary.has_native;
     this.showThresholds();
     this.steer.setGraph(graphId);
+    this.suggestions.setGraph(graphId);
     this.attention.setGraph(graphId);
     try {
       s.annotations = await api.annotations(graphId);
@@ -329,6 +340,7 @@ class App {
   // -- controls ------------------------------------------------------------------------------
   bindControls() {
     $("#graph-select").addEventListener("change", (e) => this.openGraph(e.target.value));
+    $("#compare-open").addEventListener("click", () => this.diff.openFrom(this.state.graphId));
     for (const [id, key] of [
       ["#node-threshold", "nodeThreshold"],
       ["#edge-threshold", "edgeThreshold"],
