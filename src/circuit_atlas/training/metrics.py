@@ -35,7 +35,7 @@ class MetricSums:
             sq_error=(target - recon).pow(2).sum(-1).sum(0),
             sq_target=target.pow(2).sum(-1).sum(0),
             sum_target=target.sum(0),
-            active=(acts > 0).sum((0, 2)).double(),
+            active=(acts != 0).sum((0, 2)).double(),
             tokens=torch.tensor(float(target.shape[0]), dtype=torch.float64,
                                 device=target.device),
         )
@@ -76,7 +76,7 @@ class DeadTracker:
 
     @torch.no_grad()
     def update(self, acts: torch.Tensor, global_tokens: int) -> None:
-        fired = all_reduce((acts > 0).any(0), "max")
+        fired = all_reduce((acts != 0).any(0), "max")
         self.since_fired = torch.where(fired, torch.zeros_like(self.since_fired),
                                        self.since_fired + global_tokens)
 
