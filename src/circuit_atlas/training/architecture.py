@@ -202,6 +202,31 @@ class TranscoderStack(nn.Module):
             rows = _feature_rows(param, self.config.cross_layer)
             rows /= rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
+    # -- one layer at a time (a model pass with the transcoders in place) ----------------------
+    def layer_activations(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Training activations `[n, F]` of stack layer `layer` for normalised inputs `[n, d]`
+        (BatchTopK selects over these n tokens)."""
+        pre = (x @ self.W_enc[layer].T + self.b_enc[layer]).float()
+        if self.config.activation in ("topk", "batchtopk"):
+            select = topk_per_token if self.config.activation == "topk" else batch_topk
+            return select(pre[:, None], self.config.k)[:, 0]
+        if self.config.activation == "relu":
+            return torch.relu(pre)
+        return jumprelu(pre, self.threshold()[layer], self.config.bandwidth)
+
+    def layer_reconstruction(self, target: int, acts: dict[int, torch.Tensor],
+                             x: torch.Tensor) -> torch.Tensor:
+        """Normalised reconstruction `[n, d]` of stack layer `target` from the activations of its
+        source layers (`acts[s]` `[n, F]`, all s ≤ target for a CLT) and its normalised input."""
+        if self.config.cross_layer:
+            recon = sum(acts[s] @ self.W_dec[s][:, target - s] for s in range(target + 1))
+        else:
+            recon = acts[target] @ self.W_dec[target]
+        recon = recon + self.b_dec[target]
+        if self.W_skip is not None:
+            recon = recon + x @ self.W_skip[target].T
+        return recon
+
     def forward(self, x: torch.Tensor) -> StackOutput:
         pre = self.pre_activations(x).float()
         acts = self.activate(pre)

@@ -49,35 +49,36 @@ def to_transcoders(stack: TranscoderStack, *, input_hook: str, output_hook: str,
     )
 
 
-def merge_layers(base, trained, layers: Sequence[int]):
-    """A complete set: `base`'s layers, with layer `layers[i]` replaced by `trained`'s layer i.
-
-    Per-layer sets only (a CLT couples all layers); both must agree on features, activation,
-    skip and hooks, which `check_compatible` in `init.py` has verified before training.
-    """
+def merge_layers(base_layers: dict, trained, layers: Sequence[int], n_total: int):
+    """A complete per-layer set: layer `layers[i]` from `trained`'s layer i, every other layer
+    from `base_layers[layer]` (raw tensors `W_enc`, `b_enc`, `b_dec`, `W_dec` `[F, d]`,
+    `threshold`, `W_skip`, as `init.BaseLayer` holds them). `init.check_compatible` has checked
+    before training that both agree on features, activation, skip and hooks."""
     from circuit_atlas.transcoders import Transcoders
 
     by_number = {number: i for i, number in enumerate(layers)}
+    everything = torch.arange(trained.n_features)
 
-    def pick(number: int):
-        return (trained, by_number[number]) if number in by_number else (base, number)
+    def tensors(number: int) -> dict:
+        if number in by_number:
+            i = by_number[number]
+            return {"W_enc": trained.encoder_weight(i), "b_enc": trained.encoder_bias(i),
+                    "b_dec": trained.decoder_bias(i),
+                    "W_dec": trained.decoder_rows_all(i, everything)[:, 0],
+                    "threshold": trained.threshold(i), "W_skip": trained.skip_weight(i)}
+        part = base_layers[number]
+        return {name: getattr(part, name) for name in
+                ("W_enc", "b_enc", "b_dec", "W_dec", "threshold", "W_skip")}
 
-    parts = [pick(n) for n in range(base.n_layers)]
-    everything = torch.arange(base.n_features)
+    rows = [{k: None if v is None else v.detach().float().cpu() for k, v in tensors(n).items()}
+            for n in range(n_total)]
     return Transcoders(
-        "plt",
-        W_enc=[tc.encoder_weight(i).detach().float().cpu() for tc, i in parts],
-        b_enc=[tc.encoder_bias(i).detach().float().cpu() for tc, i in parts],
-        b_dec=[tc.decoder_bias(i).detach().float().cpu() for tc, i in parts],
-        W_dec=[tc.decoder_rows_all(i, everything).detach().float().cpu() for tc, i in parts],
-        threshold=(None if trained.threshold(0) is None else
-                   [tc.threshold(i).detach().float().cpu() for tc, i in parts]),
-        W_skip=(None if not trained.has_skip else
-                [tc.skip_weight(i).detach().float().cpu() for tc, i in parts]),
-        activation=trained.activation_name, k=trained.k,
-        input_hook=trained.input_hook, output_hook=trained.output_hook,
-        model_name=trained.model_name, scan=trained.scan,
-    )
+        "plt", W_enc=[r["W_enc"] for r in rows], b_enc=[r["b_enc"] for r in rows],
+        b_dec=[r["b_dec"] for r in rows], W_dec=[r["W_dec"] for r in rows],
+        threshold=None if trained.threshold(0) is None else [r["threshold"] for r in rows],
+        W_skip=None if not trained.has_skip else [r["W_skip"] for r in rows],
+        activation=trained.activation_name, k=trained.k, input_hook=trained.input_hook,
+        output_hook=trained.output_hook, model_name=trained.model_name, scan=trained.scan)
 
 
 def export_transcoders(stack: TranscoderStack, out_dir: str | Path, *, input_hook: str,
@@ -89,7 +90,8 @@ def export_transcoders(stack: TranscoderStack, out_dir: str | Path, *, input_hoo
     `<out_dir>/circuit_tracer`.
 
     `layers` (model layer of each stack layer) and `n_model_layers` describe a run over some
-    layers only; `base` (a complete set) fills the others. circuit-tracer's files cannot hold a
+    layers only; `base` (model layer → raw tensors of a starting set, see `merge_layers`) fills
+    the others. circuit-tracer's files cannot hold a
     partial set, a CLT with skips or a TopK CLT; those are written in the native format only
     (`circuit_tracer_obstacle` says why). Returns the written folders by format name.
     """
@@ -102,7 +104,7 @@ def export_transcoders(stack: TranscoderStack, out_dir: str | Path, *, input_hoo
                         model_name=model_name, scan=scan)
     partial = numbers != list(range(n_total))
     if partial and base is not None:
-        tc, partial = merge_layers(base, tc, numbers), False
+        tc, partial = merge_layers(base, tc, numbers, n_total), False
     written: dict[str, Path] = {"native": out_dir / NATIVE_DIR}
     if partial:
         save_native(tc, written["native"], layer_numbers=numbers, n_model_layers=n_total)

@@ -224,9 +224,6 @@ class Trainer:
         if self.optim.normalize:
             self.stack.input_scale.copy_((sq_in / count / d).sqrt().clamp_min(1e-12))
             self.stack.target_scale.copy_((sq_out / count / d).sqrt().clamp_min(1e-12))
-        if self.initializer is not None:
-            self.initializer(self.stack)
-            return
         mean_target = sum_out / count / self.stack.target_scale.double()[:, None]
         self.stack.b_dec.copy_(mean_target.float())
         if self.arch.center_encoder:
@@ -234,6 +231,8 @@ class Trainer:
             self.stack.b_enc.copy_(-torch.einsum("lfd,ld->lf", self.stack.W_enc, mean_input))
         if self.arch.normalize_decoder:
             self.stack.normalize_decoder_rows()
+        if self.initializer is not None:  # after the data-based start: it may cover some layers
+            self.initializer(self.stack)
 
     # -- one step -----------------------------------------------------------------------------
     def _fetch(self, n_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
