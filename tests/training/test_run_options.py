@@ -188,3 +188,16 @@ def test_end_to_end_kl_matches_an_independent_computation_and_has_gradients(tiny
         total += float((clean.exp() * (clean - edited)).sum())
         count += window.numel()
     assert abs(kl.item() - total / count) < 1e-5
+
+
+def test_budget_picks_a_batch_that_leaves_enough_steps():
+    from circuit_atlas.training.config import budget
+
+    assert budget(3_021_358) == (5901, 512)          # the demo comparison
+    assert budget() == (8000, 512)                   # the default budget, 4,096,000 tokens
+    assert budget(100_000_000) == (24414, 4096)      # big budgets keep big batches
+    assert budget(10_000) == (39, 256)
+    assert budget(steps=10) == (10, 4096)
+    assert budget(1_000_000, batch_size=100) == (10000, 100)
+    with pytest.raises(TrainingConfigError, match="not both"):
+        budget(1000, steps=5)

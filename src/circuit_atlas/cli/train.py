@@ -22,10 +22,11 @@ examples:
       --kind skip --activation batchtopk --k 32 --layers 4-7 --out runs/skip-complete
   torchrun --nproc-per-node 4 -m circuit_atlas.cli.main train ...   (DDP over data)
 
-Defaults were chosen from measurements (docs/training.md): the learning rate falls with the
-square root of --features, warm-up is 5 % of the steps, features that have not fired for 10 %
-of the token budget count as dead and get the AuxK loss (TopK / BatchTopK), and the layout of
-windows is chosen per model and corpus (--layout auto).
+Defaults were chosen from measurements (docs/training.md): the batch size leaves at least
+5000 steps of the token budget (256..4096 tokens), the learning rate falls with the square root
+of --features, warm-up is 5 % of the steps, features that have not fired for 10 % of the budget
+count as dead and get the AuxK loss (TopK / BatchTopK), and the layout of windows is chosen per
+model and corpus (--layout auto).
 
 Output: DIR/transcoders (native), DIR/circuit_tracer (circuit-tracer format), DIR/metrics.jsonl,
 DIR/eval.json, DIR/summary.json, DIR/checkpoint (re-running the same command resumes from it).
@@ -64,11 +65,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     what.add_argument("--out", required=True, type=Path, help="output directory")
 
     opt = parser.add_argument_group("optimisation")
-    budget = opt.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, help="optimiser steps (default 1000)")
-    budget.add_argument("--tokens", type=int, help="token budget instead of --steps "
-                                                   "(steps = tokens / batch size)")
-    opt.add_argument("--batch-size", type=int, default=4096, help="tokens per step (global)")
+    length = opt.add_mutually_exclusive_group()
+    length.add_argument("--tokens", type=int,
+                        help="token budget (default 4,096,000; steps = tokens / batch size)")
+    length.add_argument("--steps", type=int, help="optimiser steps instead of --tokens")
+    opt.add_argument("--batch-size", type=int,
+                     help="tokens per step, global (default: from the budget, the largest "
+                          "power of two in 256..4096 that leaves 5000 steps; 4096 with --steps)")
     opt.add_argument("--grad-accumulation", type=int, default=1,
                      help="split each step's batch into this many micro-batches (memory)")
     opt.add_argument("--lr", type=float, help="Adam learning rate (default: 2e-4·√(16384 / "
@@ -171,19 +174,19 @@ def check_model_shape(args, layers: list[int]) -> None:
 
 
 def run_train(args) -> int:
-    from circuit_atlas.training.config import OptimConfig
+    from circuit_atlas.training.config import OptimConfig, budget
     from circuit_atlas.training.pipeline import TrainJob, check_job, run_training_job
     from circuit_atlas.training.selection import merge_layer_choices, parse_hooks, parse_layers
 
     layers = parse_layers(args.layers) if args.layers else []
     seeds = parse_layers(args.seeds, flag="--seeds") if args.seeds else []
-    for flag, value in (("--tokens", args.tokens), ("--steps", args.steps)):
+    for flag, value in (("--tokens", args.tokens), ("--steps", args.steps),
+                        ("--batch-size", args.batch_size)):
         if value is not None:
             check_at_least(value, 1, flag)
-    check_at_least(args.batch_size, 1, "--batch-size")
-    steps = args.steps or (max(1, args.tokens // args.batch_size) if args.tokens else 1000)
+    steps, batch_size = budget(args.tokens, args.batch_size, args.steps)
     optim = OptimConfig(
-        steps=steps, batch_size=args.batch_size, lr=args.lr,
+        steps=steps, batch_size=batch_size, lr=args.lr,
         lr_warmup_steps=args.lr_warmup_steps, lr_decay_fraction=args.lr_decay_fraction,
         grad_accumulation=args.grad_accumulation,
         sparsity_coefficient=args.sparsity_coefficient, sparsity_c=args.sparsity_c,
