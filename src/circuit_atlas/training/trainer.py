@@ -330,10 +330,10 @@ class Trainer:
         batches the run has not trained on); warn when the export loses more than 1 %."""
         fit_thresholds(self.stack, self._normalised_batches(self.optim.threshold_fit_batches),
                        self.arch, self.optim)
-        if self.best is not None and self.best.step is not None:
+        if self.best is not None and self.best.step is not None:  # rank 0 only keeps it
             best = self.best.load(self.stack)
             fit_thresholds(best, self._normalised_batches(self.optim.threshold_fit_batches),
-                           self.arch, self.optim)
+                           self.arch, self.optim, across_ranks=False)
             self.best.store(best)
         if not dist.is_main():
             return
@@ -430,7 +430,11 @@ class Trainer:
                 raise TrainingConfigError(
                     f"{directory} was trained with {key} {saved_meta[key]!r}, now "
                     f"{self.metadata[key]!r}; use a new --out directory or the same {key}")
-        self.stack.load_state_dict({k: v.to(self.device) for k, v in saved.model.items()})
+        weights = {k: v.to(self.device) for k, v in saved.model.items()}
+        for name, value in self.stack.state_dict().items():
+            if name.startswith("feature_threshold") and name not in weights:
+                weights[name] = value  # a checkpoint from before per-feature thresholds
+        self.stack.load_state_dict(weights)
         self.optimizer.load_state_dict(saved.optimizer)
         self.dead.since_fired = saved.trainer_tensors["dead.since_fired"].to(self.device)
         try:
@@ -450,14 +454,17 @@ class Trainer:
 
 @torch.no_grad()
 def fit_thresholds(stack: TranscoderStack, normalised_inputs, arch: ArchitectureConfig,
-                   optim: OptimConfig) -> None:
+                   optim: OptimConfig, *, across_ranks: bool = True) -> None:
     """BatchTopK only: per-feature thresholds from `threshold_fit_batches` batches of
-    normalised inputs, agreed across ranks (mean), stored in the stack."""
+    normalised inputs, agreed across ranks (mean) unless only one rank fits, stored in the
+    stack."""
     if arch.activation != "batchtopk" or optim.threshold_fit_batches == 0:
         return
     pre_batches = (stack.pre_activations(x).float() for x in normalised_inputs)
     theta = fit_feature_thresholds(pre_batches, arch.k, stack.threshold_estimate.cpu())
-    theta = dist.all_reduce(theta.to(stack.feature_threshold.device), "mean")
+    theta = theta.to(stack.feature_threshold.device)
+    if across_ranks:
+        theta = dist.all_reduce(theta, "mean")
     stack.feature_threshold.copy_(theta)
     stack.feature_threshold_fitted.fill_(True)
 
