@@ -83,6 +83,8 @@ def train_transcoders(lm, pairs: tuple[torch.Tensor, torch.Tensor],
                       metadata={"model": "circuit-atlas-demo", "input_hook": INPUT_HOOK,
                                 "output_hook": OUTPUT_HOOK})
     result = trainer.run()
+    if result.fidelity is not None:
+        print(f"{settings.kind}: export check: {result.fidelity.summary()}", flush=True)
     return to_transcoders(result.stack, input_hook=INPUT_HOOK, output_hook=OUTPUT_HOOK,
                           model_name="circuit-atlas-demo", scan=f"circuit-atlas-demo/{settings.kind}")
 
