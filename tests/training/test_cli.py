@@ -65,6 +65,17 @@ def test_train_then_eval_transcoders(workspace, capsys):
                  "16", "--windows", "8", "--quiet", "--lazy-encoder"]) == 0
     assert capsys.readouterr().out == tables[-1]
     assert "layer" in tables[0] and "loss recovered" in tables[0]
+    # packed: 8 full windows; one document per window: as many documents as fill 8 windows'
+    # worth of tokens (the last one may overrun), padding not counted
+    counts = {}
+    for layout in ("packed", "documents"):
+        assert main(["eval-transcoders", "--model", str(workspace / "model"), "--transcoders",
+                     str(out / "transcoders"), "--corpus", str(workspace / "corpus.jsonl"),
+                     "--context-length", "16", "--windows", "8", "--quiet", "--layout", layout,
+                     "--json", str(workspace / f"{layout}.json")]) == 0
+        counts[layout] = json.loads((workspace / f"{layout}.json").read_text())["n_tokens"]
+    capsys.readouterr()
+    assert counts["packed"] == 8 * 16 <= counts["documents"] < 8 * 16 + 16
 
     # re-running the finished command resumes at step 30 and trains no further
     assert main(_train_args(workspace, out, "--input-hook", "mlp.hook_in",
