@@ -126,8 +126,9 @@ def test_starting_from_an_exported_set_reproduces_it(activation):
                            tc.decoder_rows_all(n, torch.arange(16))[:, 0], tc.threshold(n),
                            None) for n in range(2)}
     base = BaseSet("set", "plt", tc.activation_name, tc.k, 2, 16, 8, "a", "b", False, layers)
-    # a new run (other seed, so other scales and random start) begins exactly at that set
-    second = Trainer(_arch(activation), _optim(seed=5, steps=1),
+    # a new run (other seed, so other scales and random start) begins exactly at that set (it
+    # keeps the set's decoder scale, as `train --init-from` does by default)
+    second = Trainer(_arch(activation, normalize_decoder=False), _optim(seed=5, steps=1),
                      TensorActivationSource(data.inputs, data.targets, seed=4), device="cpu",
                      progress=False, initializer=base_initializer(base, [0, 1]))
     second.initialise_from_data()

@@ -35,7 +35,10 @@ class ArchitectureConfig:
     at zero, so the first steps move only the encoders' choice of features).
     `normalize_decoder` keeps every decoder row at unit norm (the gradient's component along
     the row is removed before each step and the row rescaled after it), so a feature's
-    activation alone carries its magnitude. `center_encoder` sets the encoder bias at start so
+    activation alone carries its magnitude; None (default) means on for per-layer TopK and
+    BatchTopK transcoders, where it was measured to help, and off for ReLU and JumpReLU (their
+    sparsity penalties are weighted by the decoder norms) and for CLTs (a row spans all target
+    layers; not measured to help). `unit_decoder` gives the resolved value. `center_encoder` sets the encoder bias at start so
     that the mean input has pre-activation 0: residual streams have a large mean, which would
     otherwise decide which features fire first.
     """
@@ -49,7 +52,7 @@ class ArchitectureConfig:
     bandwidth: float = 0.1
     initial_threshold: float = 0.5
     decoder_init_norm: float = 0.1
-    normalize_decoder: bool = False
+    normalize_decoder: bool | None = None
     center_encoder: bool = True
 
     @property
@@ -59,6 +62,13 @@ class ArchitectureConfig:
     @property
     def has_skip(self) -> bool:
         return self.kind == "skip"
+
+    @property
+    def unit_decoder(self) -> bool:
+        """Whether decoder rows are kept at unit norm (see `normalize_decoder`)."""
+        if self.normalize_decoder is not None:
+            return self.normalize_decoder
+        return self.activation in ("topk", "batchtopk") and not self.cross_layer
 
     def validate(self) -> "ArchitectureConfig":
         if self.kind not in KINDS:
@@ -236,13 +246,26 @@ def auto_dead_after_tokens(total_tokens: int, batch_size: int) -> int:
     return max(batch_size, min(MAX_DEAD_AFTER_TOKENS, int(DEAD_AFTER_FRACTION * total_tokens)))
 
 
+def same_training(a: ArchitectureConfig, b: ArchitectureConfig) -> bool:
+    """Whether two architectures train the same way: equal, except that the encoder centring
+    (it only sets the starting bias) may differ and decoder normalisation is compared as
+    resolved (`unit_decoder`), so checkpoints from before these settings still resume."""
+    ignored = {"center_encoder": None, "normalize_decoder": None}
+    return (dataclasses.replace(a, **ignored) == dataclasses.replace(b, **ignored)
+            and a.unit_decoder == b.unit_decoder)
+
+
 def to_json_dict(config: ArchitectureConfig | OptimConfig) -> dict[str, Any]:
     """Dataclass → JSON-ready dict (tuples become lists)."""
     return json_ready(dataclasses.asdict(config))
 
 
 def architecture_from_dict(data: dict[str, Any]) -> ArchitectureConfig:
-    return ArchitectureConfig(**_known_fields(ArchitectureConfig, data)).validate()
+    values = _known_fields(ArchitectureConfig, data)
+    # checkpoints from before these settings existed trained without them
+    values.setdefault("normalize_decoder", False)
+    values.setdefault("center_encoder", False)
+    return ArchitectureConfig(**values).validate()
 
 
 def optim_from_dict(data: dict[str, Any]) -> OptimConfig:

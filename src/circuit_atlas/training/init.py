@@ -153,7 +153,7 @@ def base_initializer(base: BaseSet, layers: list[int]):
                                       / stack.target_scale[i])
             if stack.log_threshold is not None and part.threshold is not None:
                 stack.log_threshold[i].copy_(part.threshold.to(stack.b_enc).clamp_min(1e-6).log())
-        if cfg.normalize_decoder:
+        if cfg.unit_decoder:
             _fold_decoder_norms(stack)
 
     return initialise

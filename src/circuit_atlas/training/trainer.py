@@ -6,7 +6,7 @@ depends on the activation (see `objective`). Under `torch.distributed` (launched
 trains on its slice of the global batch; all non-gradient state is reduced across ranks so the
 replicas stay identical.
 
-A run is `start` → `advance` per step → `finish`; `run()` chains them, and `seeds.py` advances
+A run is `start` → `advance` per step → `result`; `run()` chains them, and `seeds.py` advances
 several trainers in lockstep on shared batches. The last step *finalises* the stack: BatchTopK
 gets its fitted per-feature thresholds and the exported set is checked against the trained one
 (`fidelity.py`), before the final checkpoint is written.
@@ -33,7 +33,7 @@ from circuit_atlas.training.activations import batch_threshold
 from circuit_atlas.training.architecture import StackOutput, TranscoderStack
 from circuit_atlas.training.best import BestKeeper
 from circuit_atlas.training.config import (ArchitectureConfig, OptimConfig, architecture_from_dict,
-                                           optim_from_dict, to_json_dict)
+                                           optim_from_dict, same_training, to_json_dict)
 from circuit_atlas.training.errors import (TrainingConfigError, TrainingDataError,
                                            TrainingDivergedError)
 from circuit_atlas.training.export import to_transcoders
@@ -71,8 +71,8 @@ class Trainer:
     whose best state is kept in `out_dir/best/` and returned as the result's stack.
     `end_to_end(stack) -> scalar` is the end-to-end loss (KL of the model's next-token
     distribution with the transcoders in place), weighted by `optim.kl_coefficient`.
-    `initializer(stack)` replaces the data-based initialisation of the weights (fine-tuning an
-    existing set); it runs after the normalisation scales are known.
+    `initializer(stack)` overwrites the data-based starting weights of the layers it covers
+    (fine-tuning an existing set); it runs after the normalisation scales are known.
     """
 
     def __init__(self, arch: ArchitectureConfig, optim: OptimConfig, source: ActivationSource,
@@ -229,7 +229,7 @@ class Trainer:
         if self.arch.center_encoder:
             mean_input = (sum_in / count / self.stack.input_scale.double()[:, None]).float()
             self.stack.b_enc.copy_(-torch.einsum("lfd,ld->lf", self.stack.W_enc, mean_input))
-        if self.arch.normalize_decoder:
+        if self.arch.unit_decoder:
             self.stack.normalize_decoder_rows()
         if self.initializer is not None:  # after the data-based start: it may cover some layers
             self.initializer(self.stack)
@@ -287,7 +287,7 @@ class Trainer:
             if self.arch.activation == "batchtopk":
                 self._update_threshold_estimate(out.pre)
         totals["total"] = sum(totals.values())
-        if self.arch.normalize_decoder:
+        if self.arch.unit_decoder:
             self.stack.project_decoder_gradients()
         clip = self.optim.grad_clip if self.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.stack.parameters(), clip)
@@ -295,7 +295,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, self.optim)
         self.optimizer.step()
-        if self.arch.normalize_decoder:
+        if self.arch.unit_decoder:
             self.stack.normalize_decoder_rows()
         return out, y, totals
 
@@ -415,7 +415,7 @@ class Trainer:
         """Restore everything a step depends on: weights, buffers, Adam, counters, data order."""
         saved = ckpt.read_checkpoint(directory)
         state = saved.state
-        if architecture_from_dict(state["architecture"]) != self.arch:
+        if not same_training(architecture_from_dict(state["architecture"]), self.arch):
             raise TrainingConfigError(
                 f"{directory} holds a different transcoder ({state['architecture']}); use a new "
                 "--out directory or the same settings")
