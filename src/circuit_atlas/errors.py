@@ -41,3 +41,26 @@ class MemoryBudgetError(CircuitAtlasError):
 
 class InterventionError(CircuitAtlasError):
     """An intervention names a layer, position or feature that does not exist, or a bad value."""
+
+
+class GraphFileError(CircuitAtlasError):
+    """A graph directory or graph JSON file is missing, corrupt, or of an unknown format, or a
+    graph name (slug) cannot be a file name."""
+
+
+class AttentionError(AttributionError):
+    """An attention explanation names a layer, head, position or node that does not exist, a key
+    after its query (or outside a sliding window), or a graph traced with another model."""
+
+
+class CircuitAtlasWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints it as one
+    `warning:` line)."""
+
+
+class PromptWarning(CircuitAtlasWarning):
+    """A prompt was tokenised, but not as written (words the vocabulary lacks)."""
+
+
+class TranscoderFormatWarning(CircuitAtlasWarning):
+    """A transcoder file is read, but something in it is ignored or overridden."""

@@ -1,6 +1,6 @@
 """`ReplacementModel`: a language model paired with transcoders.
 
-It produces what attribution needs (reference attribution-algorithm.md §2.3, §4):
+It produces what attribution needs (`docs/algorithm.md` §3, §5):
 
 - `run(tokens)`: one clean pass; transcoder activations, reconstructions, error vectors
   `E = Y − Ŷ` and token vectors. Together with the frozen attention patterns and norm
@@ -23,7 +23,8 @@ from circuit_atlas.errors import ShapeMismatchError
 from circuit_atlas.models import ForwardRecord, FreezeSpec, LanguageModel, load_language_model
 from circuit_atlas.models.adapters import HOOK_MLP_OUT_RAW
 from circuit_atlas.models.freeze import prefix_record
-from circuit_atlas.models.language_model import resolve_dtype
+from circuit_atlas.transcoders import load_transcoders
+from circuit_atlas.io.dtypes import resolve_dtype
 
 
 @dataclass
@@ -277,8 +278,6 @@ def load(
     else:
         lm = load_language_model(model, device=device, dtype=torch_dtype)
     if isinstance(transcoders, (str, os.PathLike)):
-        from circuit_atlas.transcoders import load_transcoders
-
         transcoders = load_transcoders(str(transcoders), device=lm.device, dtype=lm.dtype,
                                        lazy_encoder=lazy_encoder)
     elif hasattr(transcoders, "to"):

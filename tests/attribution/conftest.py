@@ -9,37 +9,11 @@ readout is exactly the source→target edge, which is what the tests compare the
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-import circuit_atlas
 from circuit_atlas.models import FreezeSpec
-from circuit_atlas.models.tiny import tiny_language_model
-from circuit_atlas.transcoders.random import random_transcoders
 
-CASES = {
-    "llama-plt-skip": ("llama", "plt", True, "mlp.hook_in", "mlp.hook_out"),
-    "llama-clt": ("llama", "clt", False, "hook_resid_mid", "hook_mlp_out"),
-    "gemma2-plt": ("gemma2", "plt", False, "ln2.hook_normalized", "hook_mlp_out"),
-    "gemma2-clt": ("gemma2", "clt", False, "hook_resid_mid", "hook_mlp_out"),
-}
-
-
-def build_model(case: str, n_layers: int = 3, d_model: int = 48, n_features: int = 64):
-    family, kind, skip, input_hook, output_hook = CASES[case]
-    lm = tiny_language_model(family, seed=3, n_layers=n_layers, d_model=d_model)
-    tc = random_transcoders(
-        kind, n_layers=n_layers, d_model=d_model, n_features=n_features, skip=skip, seed=5,
-        input_hook=input_hook, output_hook=output_hook,
-    )
-    return circuit_atlas.load(lm, tc)
-
-
-def prompt_ids(model, length: int = 7, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, model.lm.vocab_size, (length,), generator=generator)
-    ids[0] = model.tokenizer.bos_token_id
-    return ids
+from ..conftest import CASES, build_model, prompt_ids  # noqa: F401  (re-exported for the tests)
 
 
 class FrozenProbe:
@@ -83,8 +57,3 @@ class FrozenProbe:
     @staticmethod
     def logit_readout(record, vector) -> float:
         return float(record.final_hidden[0, -1] @ vector)
-
-
-@pytest.fixture(params=list(CASES))
-def case(request):
-    return request.param

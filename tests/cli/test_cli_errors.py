@@ -156,7 +156,7 @@ def test_features_help_has_an_example_and_one_default_each(capsys, action):
 # --------------------------------------------------------------------------- export
 def test_export_accepts_a_trace_bundle_and_points_into_a_data_folder(tmp_path, capsys):
     from circuit_atlas.graph import random_graph, to_graph_json
-    from circuit_atlas.server.bundle import write_graph_bundle
+    from circuit_atlas.graph.bundle import write_graph_bundle
 
     graph = random_graph(n_layers=2, n_pos=4, n_sel=10, n_logits=2, seed=7)
     bundle = write_graph_bundle(graph, tmp_path / "graphs", "dallas")

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jsonschema
 import pytest
 import torch
 
+import circuit_atlas
 from circuit_atlas.cli.main import main
 from circuit_atlas.demo import bundle
 from circuit_atlas.graph import Graph
-from circuit_atlas.graph.export import SCHEMA_FILE, cantor_unpair
+from circuit_atlas.graph.export import SCHEMA_FILE
+from circuit_atlas.io.cantor import cantor_unpair
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +42,12 @@ def test_demo_no_browser_writes_a_valid_labelled_graph(tmp_path, capsys):
         layer, feature = cantor_unpair(node["feature"])
         assert node["clerp"] == labels.get(f"{layer}:{feature}", "")
     assert any(node["clerp"] for node in features)
+    # Nothing shared records a path the user did not type: the model is "demo", not the
+    # package's install folder.
+    assert view["metadata"]["info"]["model"] == "demo" and graph.model_name == "demo"
+    package = str(Path(circuit_atlas.__file__).resolve().parent)
+    for path in (out / slug).rglob("*.json"):
+        assert package not in path.read_text(), path
 
 
 def test_demo_refuses_words_outside_the_toy_world(tmp_path, capsys):

@@ -73,3 +73,21 @@ def test_export_help_has_an_example(capsys) -> None:
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "examples:" in text and "circuit-atlas export graphs/dallas" in text
+
+
+@pytest.mark.parametrize("field, index, needle", [
+    ("activation_values", 2, "non-finite number (activation_values[2] is nan"),
+    ("logit_probabilities", 0, "non-finite number (logit_probabilities[0] is nan"),
+    ("adjacency", (1, 4), "Graph.adjacency holds NaN or infinite values"),  # refused when loaded
+])
+def test_export_of_a_graph_with_nan_is_a_clear_error_leaving_nothing(graph_dir, tmp_path, capsys,
+                                                                       field, index, needle) -> None:
+    graph, directory = graph_dir
+    getattr(graph, field)[index] = float("nan")
+    graph.save(directory)
+    out = tmp_path / "upload"
+    assert main(["export", str(directory), "--out", str(out / "x.json")]) != 0
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not out.exists() or not list(out.iterdir())  # no x.json, no .json.tmp
+    assert sorted(p.name for p in directory.iterdir()) == ["graph.json", "graph.safetensors"]

@@ -14,7 +14,7 @@ import pytest
 
 from circuit_atlas.cli.main import build_parser, main
 from circuit_atlas.graph import random_graph
-from circuit_atlas.server.bundle import write_graph_bundle
+from circuit_atlas.graph.bundle import write_graph_bundle
 
 
 def test_defaults_bind_loopback_on_8041() -> None:

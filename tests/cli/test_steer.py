@@ -96,3 +96,18 @@ def test_parsers() -> None:
     assert parse_layers("0-2,5") == [0, 1, 2, 5] and parse_layers(None) is None
     with pytest.raises(InterventionError):
         parse_intervention("1:2:3=4", "ablate")
+
+
+@pytest.mark.parametrize("extra", [["--temperature", "1e-300"], ["--temperature", "5e-324"],
+                                   ["--temperature", "1", "--top-p", "1e-300"]])
+def test_steer_tiny_temperature_and_top_p_are_greedy(saved, capsys, extra) -> None:
+    """They used to end in "probability tensor contains inf or nan" (a raw traceback)."""
+    model_dir, tc_dir = saved
+    base = ["steer", "--model", model_dir, "--transcoders", tc_dir, "--prompt", PROMPT,
+            "--scale", "0:-1..:3=4", "--max-new-tokens", "5", "--json"]
+    assert main(base) == 0
+    greedy = json.loads(capsys.readouterr().out)["generation"]
+    assert main(base + extra) == 0
+    tiny = json.loads(capsys.readouterr().out)["generation"]
+    for side in ("default", "steered"):
+        assert tiny[side]["token_ids"] == greedy[side]["token_ids"]

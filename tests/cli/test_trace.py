@@ -68,13 +68,28 @@ def test_trace_with_token_ids_and_logit_difference(saved_pair, tmp_path):
         (["--token-ids", "1,x"], "comma-separated integers"),
         (["--prompt", "the", "--targets", "the cat"], "single token"),
         (["--prompt", "the", "--node-threshold", "1.5"], "threshold"),
+        (["--token-ids", ""], "--token-ids is empty"),  # was an AttributeError traceback
+        (["--token-ids", " , ,"], "--token-ids is empty"),
+        (["--prompt", "   "], "holds no words"),  # was traced as an empty-looking graph 'graph'
+        (["--prompt", "\n\t"], "holds no words"),
     ],
 )
 def test_trace_bad_input_prints_an_error_not_a_traceback(saved_pair, tmp_path, capsys, extra, message):
     model_dir, tc_dir = saved_pair
-    code = main(["trace", "--model", str(model_dir), "--transcoders", str(tc_dir), "--out", str(tmp_path), *extra])
+    out = tmp_path / "out"
+    code = main(["trace", "--model", str(model_dir), "--transcoders", str(tc_dir), "--out", str(out), *extra])
     err = capsys.readouterr().err
     assert code == 1 and message in err and "Traceback" not in err
+    assert not out.exists() or not list(out.iterdir())  # nothing traced, nothing written
+
+
+def test_trace_warns_about_words_the_demo_vocabulary_lacks(tmp_path, capsys):
+    code = main(["trace", "--model", "demo", "--transcoders", "demo", "--out", str(tmp_path),
+                 "--prompt", "the capital of atlantis is", "--max-feature-nodes", "16"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "warning: 1 word(s) of the prompt are not in the tokenizer's vocabulary and became <unk>: 'atlantis'" in err
+    assert "Traceback" not in err and "UserWarning" not in err
 
 
 def test_trace_missing_model_dir_is_a_clear_error(tmp_path, capsys):

@@ -12,7 +12,16 @@ from circuit_atlas.transcoders import load_transcoders
 
 def test_language_model_loader_accepts_demo():
     lm = load_language_model("demo")
-    assert lm.name == str(demo_model_path()) and lm.n_layers == 4
+    # the name is the reference as given, never the install path (it goes into shared files)
+    assert lm.name == "demo" and lm.n_layers == 4
+    assert str(demo_model_path()) not in repr(lm)
+
+
+def test_a_local_model_is_named_as_typed(tmp_path, monkeypatch):
+    load_language_model("demo").save(tmp_path / "copy")
+    monkeypatch.chdir(tmp_path)
+    lm = load_language_model("./copy")
+    assert lm.name == "./copy"
 
 
 @pytest.mark.parametrize("ref, kind", [("demo", "clt"), ("demo-clt", "clt"), ("demo-plt", "plt")])

@@ -64,16 +64,27 @@ class BruteForce:
                 found.append((float(column[pos]), doc, win, int(pos)))
         return found
 
-    def top(self, layer: int, feature: int, k: int) -> list[tuple[float, int, int, int]]:
-        """Top windows by their maximum (first position on ties), ties by (doc, window)."""
+    def top(self, layer: int, feature: int, k: int, before: int = 15,
+            after: int = 5) -> list[tuple[float, int, int, int]]:
+        """Top windows by their maximum (first position on ties), ties by (doc, window), each
+        context shown once: a window whose tokens around its maximum (`before` / `after`, with
+        the same focus) equal those of a better window is left out."""
         best = []
-        for (doc, win), (_, acts) in self.windows.items():
+        for (doc, win), (ids, acts) in self.windows.items():
             column = acts[layer, :, feature]
             pos = int(np.argmax(column))
             if column[pos] > 0:
                 best.append((float(column[pos]), doc, win, pos))
         best.sort(key=lambda t: (-t[0], t[1], t[2]))
-        return best[:k]
+        kept, seen = [], set()
+        for value, doc, win, pos in best:
+            ids = self.windows[(doc, win)][0]
+            lo, hi = max(0, pos - before), min(len(ids), pos + after + 1)
+            context = (tuple(ids[lo:hi]), pos - lo)
+            if context not in seen:
+                seen.add(context)
+                kept.append((value, doc, win, pos))
+        return kept[:k]
 
 
 def brute_force(model, texts: list[str], context_len: int) -> BruteForce:

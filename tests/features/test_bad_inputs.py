@@ -17,7 +17,7 @@ from circuit_atlas.features import (
     build_feature_store,
     open_feature_corpus,
 )
-from circuit_atlas.training.corpus import CorpusError, TextListCorpus
+from circuit_atlas.io.corpus import CorpusError, TextListCorpus
 
 SETTINGS = BuildSettings(context_len=10, top_k=4, n_samples=6)
 
@@ -56,6 +56,9 @@ def test_empty_corpus_is_refused_before_a_store_exists(model, tmp_path):
 
 
 def test_unreadable_file_stops_cleanly_and_the_rerun_completes(model, helpers, tmp_path, dump, monkeypatch):
+    """Blocks of 4 documents: the block holding document 7 fails while it is read, after the
+    first block was processed and committed."""
+    settings = BuildSettings(context_len=10, top_k=4, n_samples=6, block_documents=4)
     texts = helpers.word_texts(12, seed=4)
     corpus = _corpus(tmp_path / "c", texts)
     bad = corpus / "07.txt"
@@ -68,17 +71,17 @@ def test_unreadable_file_stops_cleanly_and_the_rerun_completes(model, helpers, t
 
     monkeypatch.setattr(pathlib.Path, "read_text", read_text)
     with pytest.raises(FeatureBuildError, match=r"(?s)07\.txt: cannot read \(Permission denied\).*rerun"):
-        build_feature_store(model, corpus, tmp_path / "out", SETTINGS, batch_size=2,
+        build_feature_store(model, corpus, tmp_path / "out", settings, batch_size=2,
                             commit_interval=0, progress=False)
     assert _integrity_ok(tmp_path / "out")
     with FeatureStore(tmp_path / "out") as partial:
-        assert not partial.complete and 0 < partial.meta["progress"]["doc"] <= 7
+        assert not partial.complete and 0 < partial.meta["progress"]["doc"] < 4
 
     monkeypatch.setattr(pathlib.Path, "read_text", real_read_text)
-    report = build_feature_store(model, corpus, tmp_path / "out", SETTINGS, batch_size=2,
+    report = build_feature_store(model, corpus, tmp_path / "out", settings, batch_size=2,
                                  commit_interval=0, progress=False)
     assert report.resumed and report.complete and report.documents == 12
-    build_feature_store(model, corpus, tmp_path / "straight", SETTINGS, batch_size=2, progress=False)
+    build_feature_store(model, corpus, tmp_path / "straight", settings, batch_size=2, progress=False)
     assert dump(tmp_path / "out") == dump(tmp_path / "straight")
 
 
@@ -202,3 +205,28 @@ def test_a_second_builder_on_the_same_store_is_refused(model, tmp_path):
     finally:
         os.close(fd)
     assert isinstance(FeatureStoreError("x"), CircuitAtlasError)
+
+
+def test_the_suggested_encoding_rerun_continues_the_stopped_build(model, helpers, tmp_path, dump):
+    """The error says "pass --encoding-errors replace"; that rerun used to be refused as "built
+    with other inputs or settings". It continues the store, which then equals a fresh replacing
+    build, and records the switch; the opposite switch stays refused."""
+    settings = BuildSettings(context_len=10, top_k=4, n_samples=6, block_documents=2)
+    texts = helpers.word_texts(8, seed=5)
+    texts[5] = b"the cat \xff said caf\xe9 two"
+    corpus = _corpus(tmp_path / "c", texts)
+    with pytest.raises(FeatureBuildError, match="--encoding-errors replace"):
+        build_feature_store(model, corpus, tmp_path / "out", settings, commit_interval=0,
+                            progress=False)
+    with FeatureStore(tmp_path / "out") as partial:
+        assert not partial.complete and partial.meta["progress"]["doc"] > 0
+    replacing = open_feature_corpus(corpus, encoding_errors="replace")
+    report = build_feature_store(model, replacing, tmp_path / "out", settings, progress=False)
+    assert report.resumed and report.complete and report.documents == 8
+    build_feature_store(model, replacing, tmp_path / "fresh", settings, progress=False)
+    assert dump(tmp_path / "out") == dump(tmp_path / "fresh")
+    with FeatureStore(tmp_path / "out") as store:
+        assert store.meta["corpus"]["encoding_errors"] == "replace"
+
+    with pytest.raises(FeatureStoreError, match=r"corpus.encoding_errors: stored 'replace', now 'strict'"):
+        build_feature_store(model, corpus, tmp_path / "fresh", settings, progress=False)

@@ -12,7 +12,7 @@ import pytest
 
 from circuit_atlas.cli.main import main
 from circuit_atlas.features import BuildSettings, FeatureStore, build_feature_store
-from circuit_atlas.features import build as build_module
+from circuit_atlas.features import builder as builder_module
 from circuit_atlas.features.build import KILL_ENV
 
 
@@ -53,7 +53,7 @@ def test_ctrl_c_commits_and_a_rerun_with_a_larger_budget_equals_a_fresh_build(
     new --max-tokens, and then equals a fresh build with that budget."""
     model = saved_inputs.loaded
     settings = BuildSettings(context_len=10, top_k=5, n_samples=8, max_tokens=120)
-    original = build_module._Builder._process
+    original = builder_module.StoreBuilder._process
     calls = []
 
     def process_then_interrupt(self, batch):
@@ -62,12 +62,12 @@ def test_ctrl_c_commits_and_a_rerun_with_a_larger_budget_equals_a_fresh_build(
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(build_module._Builder, "_process", process_then_interrupt)
+    monkeypatch.setattr(builder_module.StoreBuilder, "_process", process_then_interrupt)
     report = build_feature_store(model, saved_inputs.corpus, tmp_path / "a", settings,
                                  batch_size=2, commit_interval=3600, progress=False)
     assert report.stop_reason == "interrupted" and not report.complete
     assert FeatureStore(tmp_path / "a").meta["progress"]["windows"] == 4
-    monkeypatch.setattr(build_module._Builder, "_process", original)
+    monkeypatch.setattr(builder_module.StoreBuilder, "_process", original)
 
     bigger = BuildSettings(context_len=10, top_k=5, n_samples=8, max_tokens=200)
     report = build_feature_store(model, saved_inputs.corpus, tmp_path / "a", bigger, batch_size=2,

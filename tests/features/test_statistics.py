@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
 
 from circuit_atlas.features import BuildSettings, FeatureStore, build_feature_store
+from circuit_atlas.features import builder as builder_module
 from circuit_atlas.features import storage
 from circuit_atlas.features.keys import occurrence_id, sample_keys
 
@@ -33,7 +37,8 @@ def test_top_examples_are_exactly_the_brute_force_maxima(built):
     _, store, brute, _ = built
     checked = 0
     for layer, feature in _features():
-        expected = brute.top(layer, feature, SETTINGS.top_k)
+        expected = brute.top(layer, feature, SETTINGS.top_k, SETTINGS.context_before,
+                             SETTINGS.context_after)
         got = store.card(layer, feature).top_examples
         assert [(e.activation, e.document, e.window, e.position) for e in got] == expected
         checked += bool(expected)
@@ -96,7 +101,7 @@ def test_sample_is_the_bottom_keys_of_all_occurrences(built):
     for layer, feature in [(0, 0), (0, 5), (1, 3), (1, 11)]:
         occ = brute.occurrences(layer, feature)
         oids = torch.tensor([occurrence_id(d, w, p) for _, d, w, p in occ], dtype=torch.long)
-        keys = sample_keys(SETTINGS.seed, layer, torch.full_like(oids, feature), oids).tolist()
+        keys = sample_keys(SETTINGS.seed, oids).tolist()
         expected = sorted(zip(keys, oids.tolist()))[:SETTINGS.n_samples]
         rows = conn.execute("SELECT sample_key, oid FROM examples WHERE layer=? AND feature=? AND "
                             "kind=1", (layer, feature)).fetchall()
@@ -137,27 +142,62 @@ def test_logit_effects_equal_decoder_times_unembedding(clt_model, tmp_path, help
             assert [t.token for t in card.top_logits] == lm.token_strings(order[:7])
 
 
-def test_ties_go_to_the_earliest_window(plt_model, tmp_path, helpers):
-    """Identical documents give identical activations: the earliest documents must win, both
-    across batches (batch size 1, compared with brute force) and inside one batch."""
+def test_ties_go_to_the_earliest_window_and_repeated_contexts_appear_once(plt_model, tmp_path, helpers):
+    """Identical documents give identical activations and identical contexts: the context is kept
+    once, with its earliest window, both across batches (batch size 1, compared with brute force)
+    and inside one batch; the other places of the list go to other contexts."""
     texts = helpers.word_texts(3, seed=9) + ["the big red dog said one two"] * 9
     settings = BuildSettings(context_len=CONTEXT_LEN, top_k=4)
     build_feature_store(plt_model, texts, tmp_path / "a", settings, batch_size=1, progress=False)
     store = FeatureStore(tmp_path / "a")
     brute = helpers.brute_force(plt_model, texts, CONTEXT_LEN)
-    tied = 0
+    repeated = 0
     for layer, feature in _features():
-        got = [(e.activation, e.document, e.window, e.position)
-               for e in store.card(layer, feature).top_examples]
+        top = store.card(layer, feature).top_examples
+        got = [(e.activation, e.document, e.window, e.position) for e in top]
         assert got == brute.top(layer, feature, 4)
-        tied += len({e[0] for e in got}) < len(got)
-    assert tied > 5  # the case under test really happens
+        contexts = [(tuple(e.token_ids), e.focus) for e in top]
+        assert len(set(contexts)) == len(contexts)
+        repeated += any(e.document == 3 for e in top)
+    assert repeated > 5  # the repeated document is among the top contexts of many features
 
-    # all windows the same shape, three per batch: ties inside a batch and across batches
+    # all windows the same, three per batch: one example, the first document's
     build_feature_store(plt_model, texts[3:], tmp_path / "b", settings, batch_size=3, progress=False)
     same = FeatureStore(tmp_path / "b")
     for layer, feature in _features():
         got = same.card(layer, feature).top_examples
         if got:
-            assert [e.document for e in got] == [0, 1, 2, 3]
-            assert len({(e.activation, e.position) for e in got}) == 1
+            assert [e.document for e in got] == [0]
+
+
+def test_distinct_contexts_survive_resume_and_match_brute_force_on_repetitive_text(
+        plt_model, tmp_path, helpers, dump, monkeypatch):
+    """A corpus of a few sentences repeated many times (like the demo's toy world): top lists hold
+    distinct contexts only, equal to brute force, and a build interrupted after every batch (the
+    lists reloaded from the store each time) ends equal to a straight one."""
+    base = helpers.word_texts(5, seed=21, max_words=12)
+    texts = [base[i % 5] for i in range(40)] + helpers.word_texts(6, seed=22)
+    settings = BuildSettings(context_len=CONTEXT_LEN, top_k=5, context_before=4, context_after=2)
+    build_feature_store(plt_model, texts, tmp_path / "straight", settings, batch_size=1, progress=False)
+    brute = helpers.brute_force(plt_model, texts, CONTEXT_LEN)
+    store = FeatureStore(tmp_path / "straight")
+    for layer, feature in _features():
+        got = [(e.activation, e.document, e.window, e.position)
+               for e in store.card(layer, feature).top_examples]
+        assert got == brute.top(layer, feature, 5, 4, 2)
+    original = builder_module.StoreBuilder._process
+    calls = []
+
+    def process_then_interrupt(self, batch):  # a Ctrl-C after every eighth batch
+        original(self, batch)
+        calls.append(1)
+        if len(calls) % 8 == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(builder_module.StoreBuilder, "_process", process_then_interrupt)
+    runs = 0
+    while build_feature_store(plt_model, texts, tmp_path / "steps", settings, batch_size=1,
+                              progress=False).stop_reason == "interrupted":
+        runs += 1
+    assert runs > 3
+    assert dump(tmp_path / "steps") == dump(tmp_path / "straight")

@@ -1,4 +1,4 @@
-"""Reading a store: the frontend JSON (graph-json.md §10.2), labels, and the explorer's provider."""
+"""Reading a store: the frontend JSON (docs/graph-json.md §10.2), labels, and the explorer's provider."""
 
 from __future__ import annotations
 

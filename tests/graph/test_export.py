@@ -1,4 +1,4 @@
-"""Graph JSON export (graph-json.md §2–§9), the JSON schema, and the reader."""
+"""Graph JSON export (docs/graph-json.md §2–§9), the JSON schema, and the reader."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 from circuit_atlas.graph import (
     GraphFileError,
     cantor_pair,
-    cantor_unpair,
     prune,
     random_graph,
     read_graph_json,
@@ -20,7 +19,7 @@ from circuit_atlas.graph import (
 )
 from circuit_atlas.graph.export import SCHEMA_FILE
 
-# graph-json.md §12, the reference writer's output on a synthetic graph (abridged there)
+# circuit-tracer's writer's output on a synthetic 2-layer, 3-token graph (abridged)
 REFERENCE_EXAMPLE = json.loads(r"""
 {
   "metadata": {"slug": "demo", "scan": "org/repo", "transcoder_list": [],
@@ -65,17 +64,10 @@ def validate(data: dict, schema: dict) -> None:
     jsonschema.Draft202012Validator(schema).validate(data)
 
 
-def test_cantor_pairing() -> None:
-    assert cantor_pair(1, 3) == 13  # the documented example
-    for layer in range(0, 40, 3):
-        for feature in (0, 1, 7, 16383, 2**20 - 1):
-            assert cantor_unpair(cantor_pair(layer, feature)) == (layer, feature)
-
-
 def test_export_validates_and_matches_reference_structure(graph, schema) -> None:
     data = to_graph_json(graph, "demo")
     validate(data, schema)
-    validate(REFERENCE_EXAMPLE, schema)  # the schema accepts the reference writer's output
+    validate(REFERENCE_EXAMPLE, schema)  # the schema accepts circuit-tracer's output
     assert list(data) == list(REFERENCE_EXAMPLE)
     ref_meta_keys = list(REFERENCE_EXAMPLE["metadata"])
     assert list(data["metadata"])[: len(ref_meta_keys)] == ref_meta_keys

@@ -170,3 +170,29 @@ def test_inputs_are_coerced_to_cpu_tensors_of_the_documented_dtypes(graph: Graph
     )
     assert other.input_ids.dtype == torch.int64 and other.adjacency.dtype == torch.float32
     assert other == graph
+
+
+def test_a_failed_save_leaves_no_temp_files(graph: Graph, tmp_path) -> None:
+    import dataclasses
+
+    graph.save(tmp_path / "g")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "g").iterdir()}
+    unserialisable = dataclasses.replace(graph)
+    object.__setattr__(unserialisable, "settings", {"when": object()})
+    with pytest.raises(TypeError):
+        unserialisable.save(tmp_path / "g")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "g").iterdir()} == before
+
+
+def test_first_non_finite_names_the_place(graph: Graph) -> None:
+    import dataclasses
+
+    assert graph.first_non_finite() is None
+    broken = dataclasses.replace(graph, adjacency=graph.adjacency.clone())
+    broken.adjacency[2, 3] = float("-inf")
+    assert broken.first_non_finite() == "adjacency[2, 3] is -inf"
+    values = graph.activation_values.clone()
+    values[1] = float("nan")
+    layer, position, feature = (int(v) for v in graph.active_features[1])
+    assert dataclasses.replace(graph, activation_values=values).first_non_finite() == (
+        f"activation_values[1] is nan (layer {layer}, position {position}, feature {feature})")

@@ -1,5 +1,5 @@
-"""Influence and pruning against a dense float64 re-implementation of the reference formulas
-(attribution-algorithm.md §9), written here independently of circuit_atlas.graph.prune."""
+"""Influence and pruning against a dense float64 re-implementation of the formulas
+(docs/algorithm.md §10), written here independently of circuit_atlas.graph.prune."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from circuit_atlas.graph import (
 from circuit_atlas.graph.prune import find_matrix_threshold
 
 
-# ---------------------------------------------------------------- reference, dense, float64
+# ---------------------------------------------------------------- the definition, dense, float64
 def ref_normalize(a: np.ndarray) -> np.ndarray:
     a = np.abs(a)
     return a / np.maximum(a.sum(axis=1, keepdims=True), 1e-10)

@@ -1,4 +1,4 @@
-"""Replacement / completeness scores against dense float64 formulas written here (§10)."""
+"""Replacement / completeness scores against dense float64 formulas written here (docs/algorithm.md §11)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def ref_normalize(a: np.ndarray) -> np.ndarray:
 
 
 def ref_scores(graph, unchosen_features: np.ndarray | None = None) -> tuple[float, float]:
-    """§10 on the dense matrix; unchosen features lose their rows and count as errors."""
+    """§11 on the dense matrix; unchosen features lose their rows and count as errors."""
     a = graph.dense_adjacency().double().numpy()
     w = graph.logit_weights.double().numpy()
     errors = np.zeros(graph.n_nodes, dtype=bool)

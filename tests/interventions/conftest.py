@@ -1,7 +1,8 @@
 """Tiny replacement models and graphs for the intervention tests.
 
-Models are built from seeded configs (no downloads). `graph_for` caches one full graph per case
-(`max_feature_nodes=None`, so adjacency columns are all active features, reference §12.5).
+Models come from the shared seeded builders (`tests/conftest.py`; interventions never change
+weights, so one model per case is shared). `graph_for` caches one full graph per case
+(`max_feature_nodes=None`, so adjacency columns are all active features, docs/algorithm.md §12.5).
 """
 
 from __future__ import annotations
@@ -10,36 +11,19 @@ import pytest
 import torch
 
 import circuit_atlas
-from circuit_atlas.models.tiny import tiny_language_model
-from circuit_atlas.transcoders.random import random_transcoders
 
-CASES = {
-    "llama-plt-skip": ("llama", "plt", True, "mlp.hook_in", "mlp.hook_out"),
-    "llama-clt": ("llama", "clt", False, "hook_resid_mid", "hook_mlp_out"),
-    "gemma2-plt": ("gemma2", "plt", False, "ln2.hook_normalized", "hook_mlp_out"),
-    "gemma2-clt-skip": ("gemma2", "clt", True, "hook_resid_mid", "hook_mlp_out"),
-}
+from ..conftest import prompt_ids, shared_model
 
-_MODELS: dict = {}
+# The intervention cases: a CLT with skips instead of the plain Gemma-2 CLT of attribution.
+INTERVENTION_CASES = ["llama-plt-skip", "llama-clt", "gemma2-plt", "gemma2-clt-skip"]
+
 _GRAPHS: dict = {}
 
 
-def build_model(case: str, n_layers: int = 3, d_model: int = 48, n_features: int = 64, tc_seed: int = 5):
-    key = (case, n_layers, d_model, n_features, tc_seed)
-    if key not in _MODELS:
-        family, kind, skip, input_hook, output_hook = CASES[case]
-        lm = tiny_language_model(family, seed=3, n_layers=n_layers, d_model=d_model)
-        tc = random_transcoders(kind, n_layers=n_layers, d_model=d_model, n_features=n_features, skip=skip,
-                                seed=tc_seed, input_hook=input_hook, output_hook=output_hook)
-        _MODELS[key] = circuit_atlas.load(lm, tc)
-    return _MODELS[key]
-
-
-def prompt_ids(model, length: int = 7, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, model.lm.vocab_size, (length,), generator=generator)
-    ids[0] = model.tokenizer.bos_token_id
-    return ids
+def build_model(case: str, n_layers: int = 3, d_model: int = 48, n_features: int = 64,
+                tc_seed: int = 5):
+    """One shared model per case and size (interventions only read it)."""
+    return shared_model(case, n_layers, d_model, n_features, tc_seed)
 
 
 def graph_for(case: str):
@@ -68,6 +52,6 @@ def centred_logit_readout(model, final_hidden: torch.Tensor, token_ids: torch.Te
     return (vectors @ final_hidden[-1].double()).cpu()
 
 
-@pytest.fixture(params=list(CASES))
+@pytest.fixture(params=INTERVENTION_CASES)
 def case(request):
     return request.param

@@ -2,7 +2,7 @@
 
 With attention, norms and every MLP frozen (all layers constrained), ablating a source feature
 must change each downstream feature's pre-activation, and each target logit, by exactly minus
-its attribution edge (reference §12.5). The readouts here are computed from the raw input-hook
+its attribution edge (docs/algorithm.md §12.5). The readouts here are computed from the raw input-hook
 values and the unembedding, not from anything the intervention code reports about edges.
 """
 

@@ -86,10 +86,13 @@ def test_unknown_norm_class_is_rejected_when_wrapping(lm):
 
 
 def test_norm_kind_ignores_containers_and_non_norms():
-    assert norm_kind(nn.Linear(2, 2)) is None
+    kinds = {"LlamaRMSNorm": "rms"}
+    assert norm_kind(nn.Linear(2, 2), kinds) is None
     container = type("WrapperNorm", (nn.Module,), {})()
     container.inner = nn.Linear(2, 2)  # has children: a container, not a norm implementation
-    assert norm_kind(container) is None
+    assert norm_kind(container, kinds) is None
+    with pytest.raises(UnsupportedArchitectureError, match="'Gemma2RMSNorm'.*LlamaRMSNorm"):
+        norm_kind(type("Gemma2RMSNorm", (nn.Module,), {})(), kinds)  # another family's class
 
 
 def test_norm_without_epsilon_and_unknown_kind():

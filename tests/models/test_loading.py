@@ -14,6 +14,7 @@ from circuit_atlas.errors import (
     UnsupportedArchitectureError,
 )
 from circuit_atlas.models import LanguageModel, load_language_model, supported_architectures
+from circuit_atlas.models.adapters import GEMMA3_CHAT
 from circuit_atlas.models.prompts import special_prefix_id, to_ids
 from circuit_atlas.models.tiny import tiny_language_model
 
@@ -66,16 +67,41 @@ def test_too_long_prompt(lm):
         lm.tokenize([1] * 65)
 
 
-def test_gemma3_it_prefix_and_zeroed_positions():
-    ok = to_ids([2, 105, 2364, 107, 9], None, vocab_size=300_000, max_positions=None,
-                model_name="google/gemma-3-1b-it")
+def test_chat_prefix_is_required_when_given():
+    header = GEMMA3_CHAT.ids
+    ok = to_ids([*header, 9], None, vocab_size=300_000, max_positions=None,
+                model_name="google/gemma-3-1b-it", required_prefix=header)
     assert ok.tolist() == [2, 105, 2364, 107, 9]
     with pytest.raises(PromptError, match="start_of_turn"):
-        to_ids([2, 9, 9, 9], None, vocab_size=300_000, max_positions=None, model_name="google/gemma-3-1b-it")
-    gemma = tiny_language_model("gemma3")
-    assert gemma.n_zeroed_positions == 1
-    renamed = LanguageModel.from_hf(gemma.hf_model, gemma.tokenizer, "google/gemma-3-1b-it")
-    assert renamed.n_zeroed_positions == 4
+        to_ids([2, 9, 9, 9], None, vocab_size=300_000, max_positions=None,
+               model_name="google/gemma-3-1b-it", required_prefix=header)
+    # without a required prefix the same ids are fine, whatever the name says
+    assert to_ids([2, 9, 9, 9], None, vocab_size=300_000, max_positions=None,
+                  model_name="google/gemma-3-1b-it").tolist() == [2, 9, 9, 9]
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gemma3_multimodal"])
+def test_instruction_tuned_gemma3_is_recognised_from_the_checkpoint_not_the_name(family, tmp_path):
+    base = tiny_language_model(family)
+    assert base.chat_prefix is None and base.n_zeroed_positions == 1
+    # The name alone changes nothing (a pretrained checkpoint stays pretrained)...
+    named = LanguageModel.from_hf(base.hf_model, base.tokenizer, "google/gemma-3-1b-it")
+    assert named.n_zeroed_positions == 1
+    # ...what marks an instruction-tuned checkpoint is that generation stops at <end_of_turn>
+    base.hf_model.generation_config.eos_token_id = [1, GEMMA3_CHAT.end_of_turn]
+    tuned = LanguageModel.from_hf(base.hf_model, base.tokenizer, "my-finetune")
+    assert tuned.chat_prefix == GEMMA3_CHAT.ids and tuned.n_zeroed_positions == 4
+    with pytest.raises(PromptError, match="chat header"):
+        tuned.tokenize([1, 5, 6])
+    if family == "gemma3":  # and a saved local copy keeps it, whatever its folder is called
+        tuned.save(tmp_path / "copy")
+        assert load_language_model(tmp_path / "copy").n_zeroed_positions == 4
+
+
+def test_llama_has_no_chat_prefix():
+    llama = tiny_language_model("llama", n_layers=1, d_model=16)
+    llama.hf_model.generation_config.eos_token_id = [2, 106]  # id 106 means nothing to Llama
+    assert LanguageModel.from_hf(llama.hf_model, llama.tokenizer, "x").n_zeroed_positions == 1
 
 
 def test_save_and_load_round_trip(lm, tmp_path):

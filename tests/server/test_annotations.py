@@ -10,8 +10,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from circuit_atlas.server import atomic
-from circuit_atlas.server.annotations import AnnotationError, AnnotationStore
+from circuit_atlas.io import atomic
+from circuit_atlas.server.annotations import AnnotationFileError, AnnotationStore
 from circuit_atlas.server.app import create_app
 from circuit_atlas.server.runner import BackgroundServer
 
@@ -55,20 +55,23 @@ def test_json_only_graph_gets_annotations_beside_its_file(client, data_dir: Path
 @pytest.mark.parametrize(
     "patch, message",
     [
-        ({"colours": {}}, "unknown annotation sections"),
-        ({"node_labels": ["x"]}, "must be an object"),
-        ({"node_labels": {"x": 3}}, "must be a string"),
-        ({"node_labels": {"": "empty key"}}, "non-empty"),
-        ({"supernodes": {"s": {"name": "x", "members": []}}}, "at least one"),
-        ({"supernodes": {"s": {"name": "x", "members": [1]}}}, "invalid node id"),
-        ({"supernodes": {"s": {"name": "x", "members": ["a"], "extra": 1}}}, "unknown fields"),
-        ({"pinned_sets": {"s": "a,b"}}, "list"),
-        ({"node_labels": {"x": "y" * 5000}}, "at most"),
-        ([1, 2, 3], "JSON object"),
+        ({"colours": {}}, "colours: unknown field"),
+        ({"node_labels": ["x"]}, "node_labels: Input should be a valid dictionary"),
+        ({"node_labels": {"x": 3}}, "node_labels.x: Input should be a valid string"),
+        ({"node_labels": {"": "empty key"}}, "node_labels[''] (key): String should have at least 1"),
+        ({"supernodes": {"s": {"name": "x", "members": []}}}, "supernodes.s.members: List should have at least 1"),
+        ({"supernodes": {"s": {"name": "x", "members": [1]}}}, "supernodes.s.members[0]: Input should be a valid string"),
+        ({"supernodes": {"s": {"name": "x", "members": ["a"], "extra": 1}}}, "supernodes.s.extra: unknown field"),
+        ({"pinned_sets": {"s": "a,b"}}, "pinned_sets.s: Input should be a valid list"),
+        ({"node_labels": {"x": "y" * 5000}}, "node_labels.x: String should have at most 2000"),
+        ({"node_labels": {"x": "y\ud800"}}, "node_labels.x: Input should be a valid string, unable to parse raw data as a unicode"),
+        ([1, 2, 3], "the request body must be a JSON object"),
     ],
 )
 def test_invalid_patches_are_400(client, patch, message: str) -> None:
-    response = client.put("/api/graphs/demo/annotations", json=patch)
+    # Sent as ASCII JSON (lone surrogates as \u escapes, as a browser's JSON.stringify does).
+    response = client.put("/api/graphs/demo/annotations", content=json.dumps(patch),
+                          headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert message in response.json()["detail"]
     assert client.get("/api/graphs/demo/annotations").json()["revision"] == 0
@@ -138,7 +141,9 @@ def test_crash_mid_write_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None
     with pytest.raises(OSError, match="disk full"):
         store.patch(path, {"node_labels": {"a": "new"}})
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.annotations.json"]  # no temp files
+    # no temp files (the hidden lock file stays: waiting processes share its inode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".g.annotations.json.lock",
+                                                          "g.annotations.json"]
     monkeypatch.undo()
     assert store.patch(path, {"node_labels": {"b": "later"}})["node_labels"] == {
         "a": "old",
@@ -166,11 +171,14 @@ def test_crash_during_http_save_is_a_clean_500(data_dir: Path, monkeypatch) -> N
 def test_corrupt_annotation_file_is_reported(client, data_dir: Path) -> None:
     (data_dir / "demo" / "demo.annotations.json").write_text("{not json")
     response = client.get("/api/graphs/demo/annotations")
-    assert response.status_code == 400 and "not valid JSON" in response.json()["detail"]
+    # the file is at fault, not the request: 422, naming the file relative to the data folder
+    assert response.status_code == 422 and "not valid JSON" in response.json()["detail"]
+    assert "demo/demo.annotations.json" in response.json()["detail"]
+    assert str(data_dir) not in response.json()["detail"]
 
 
 def test_store_rejects_non_object_files(tmp_path: Path) -> None:
     path = tmp_path / "x.json"
     path.write_text("[1]")
-    with pytest.raises(AnnotationError, match="JSON object"):
+    with pytest.raises(AnnotationFileError, match="JSON object"):
         AnnotationStore().read(path)

@@ -43,7 +43,7 @@ def test_default_thresholds_come_from_the_bundle(client, graph) -> None:
 def test_json_only_view_filters_by_influence(client, data_dir) -> None:
     doc = json.loads((data_dir / "loose" / "jsonly.json").read_text())
     threshold = 0.5
-    # Independent filter: the reference frontend's rule, then drop unlinked features/errors.
+    # Independent filter: circuit-tracer's frontend's rule, then drop unlinked features/errors.
     always = {"embedding", "logit"}
     kept = {
         n["node_id"]
@@ -145,10 +145,12 @@ def test_unknown_graph_and_node_are_404(client) -> None:
     assert client.post("/api/graphs/nope/scores", json={}).status_code == 404
 
 
-def test_bad_thresholds_are_422(client) -> None:
-    for value in ("1.5", "-0.1", "abc"):
-        assert client.get("/api/graphs/demo", params={"node_threshold": value}).status_code == 422
-    assert client.get("/api/graphs/demo/nodes/x", params={"scope": "all"}).status_code == 422
+def test_bad_parameters_are_400_naming_them(client) -> None:
+    for value in ("1.5", "-0.1", "abc", "nan"):
+        response = client.get("/api/graphs/demo", params={"node_threshold": value})
+        assert response.status_code == 400 and "node_threshold" in response.json()["detail"]
+    response = client.get("/api/graphs/demo/nodes/x", params={"scope": "all"})
+    assert response.status_code == 400 and "scope" in response.json()["detail"]
 
 
 def test_openapi_schema_is_published(client) -> None:
@@ -163,6 +165,36 @@ def test_openapi_schema_is_published(client) -> None:
     ):
         assert path in schema["paths"], path
     assert "put" in schema["paths"]["/api/graphs/{graph_id}/annotations"]
+
+
+def test_openapi_declares_bodies_answers_and_limits(client) -> None:
+    """The contract a client (and the schemathesis run) can check: every operation names its
+    response body and its 4xx answers; request bodies carry their limits and value types."""
+    schema = client.get("/openapi.json").json()
+    defs = schema["components"]["schemas"]
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            answers = operation["responses"]
+            assert "$ref" in str(answers["200"]["content"]["application/json"]["schema"]), (method, path)
+            assert "400" in answers, (method, path)
+            for code, answer in answers.items():
+                if code.startswith("4"):
+                    assert answer["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/ErrorBody"}, (method, path, code)
+    put = schema["paths"]["/api/graphs/{graph_id}/annotations"]["put"]
+    assert {"404", "413", "415", "422", "503"} <= set(put["responses"])
+    labels = defs["AnnotationPatch"]["properties"]["node_labels"]["anyOf"][0]
+    assert labels["additionalProperties"] == {"anyOf": [{"type": "string", "maxLength": 2000},
+                                                        {"type": "null"}]}
+    assert defs["AnnotationPatch"]["additionalProperties"] is False
+    assert defs["SupernodePatch"]["properties"]["members"]["minItems"] == 1
+    assert defs["Annotations"]["properties"]["node_labels"]["additionalProperties"] == {"type": "string"}
+    steer = defs["SteerBody"]["properties"]
+    assert steer["interventions"]["minItems"] == 1 and steer["interventions"]["maxItems"] == 256
+    assert steer["top_p"]["exclusiveMinimum"] == 0 and steer["top_p"]["maximum"] == 1
+    assert defs["ValueRow"]["properties"]["value"]["maximum"] == 1e6
+    assert "value" in defs["ValueRow"]["required"] and "value" not in defs["AblateRow"]["properties"]
+    assert defs["AblateRow"]["properties"]["nodes"]["minItems"] == 1
 
 
 def test_index_and_static_files(client) -> None:

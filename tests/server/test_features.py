@@ -12,14 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.graph import cantor_pair as graph_cantor_pair
+from circuit_atlas.io.cantor import cantor_pair
 from circuit_atlas.server.app import create_app
 from circuit_atlas.server.features import (
     BinaryBundleFeatureProvider,
     FeatureProvider,
     JsonDirFeatureProvider,
-    cantor_pair,
-    cantor_unpair,
     load_feature_provider,
 )
 
@@ -49,15 +47,6 @@ def _card(layer: int, index: int) -> dict:
     }
 
 
-def test_cantor_matches_graph_package_and_inverts() -> None:
-    for layer in range(0, 30, 3):
-        for index in (0, 1, 7, 1000, 16383, 524287):
-            value = cantor_pair(layer, index)
-            assert value == graph_cantor_pair(layer, index)
-            assert cantor_unpair(value) == (layer, index)
-    assert cantor_pair(1, 3) == 13  # graph-json.md §6 worked example
-
-
 def test_json_dir_provider_reads_both_layouts(tmp_path: Path) -> None:
     (tmp_path / "2").mkdir()
     (tmp_path / "2" / "5.json").write_text(json.dumps(_card(2, 5)))
@@ -74,7 +63,7 @@ def test_json_dir_provider_reads_both_layouts(tmp_path: Path) -> None:
 
 
 def _write_bundle(root: Path, layers: dict[int, list[dict]]) -> None:
-    """The reference frontend's bundle, written independently from the graph-json.md §10.3 text."""
+    """circuit-tracer's feature bundle, written independently from the docs/graph-json.md §10.3 text."""
     index = {}
     for layer, cards in layers.items():
         blob, offsets = b"", []

@@ -71,7 +71,9 @@ def _features(graph) -> list[tuple[str, tuple[int, int, int], float]]:
 
 
 def _steer(client, graph_id: str, body) -> httpx.Response:
-    return client.post(f"/api/graphs/{graph_id}/steer", json=body)
+    """POST `body` as ASCII JSON (lone surrogates as \\u escapes, as JSON.stringify writes)."""
+    return client.post(f"/api/graphs/{graph_id}/steer", content=json.dumps(body),
+                       headers={"content-type": "application/json"})
 
 
 def test_set_from_node_on_equals_direct_calls(client, model, graph) -> None:
@@ -145,29 +147,35 @@ def _row(**kw):
 
 BAD_BODIES = {
     "unknown node": ({"interventions": [_row(nodes=["99_99_99"])]}, "no node '99_99_99'"),
-    "not a list": ({"interventions": {"a": 1}}, "interventions must be a list"),
-    "empty": ({"interventions": []}, "interventions must be a list"),
-    "no nodes": ({"interventions": [_row(nodes=[])]}, "nodes must be a list"),
-    "op": ({"interventions": [_row(op="double")]}, "op must be one of"),
-    "positions": ({"interventions": [_row(positions="some")]}, "positions must be one of"),
-    "set without value": ({"interventions": [_row(value=None)]}, "needs a value"),
-    "ablate with value": ({"interventions": [_row(op="ablate", value=2)]}, "ablate takes no value"),
-    "string value": ({"interventions": [_row(value="2")]}, "value must be a number"),
-    "huge value": ({"interventions": [_row(value=1e9)]}, "value must lie in"),
-    "row key": ({"interventions": [_row(layer=3)]}, "unknown key(s) ['layer']"),
-    "body key": ({"interventions": [_row()], "max_tokens": 3}, "unknown key(s) ['max_tokens']"),
+    "not a list": ({"interventions": {"a": 1}}, "interventions: Input should be a valid list"),
+    "empty": ({"interventions": []}, "interventions: List should have at least 1 item"),
+    "no nodes": ({"interventions": [_row(nodes=[])]}, "interventions[0].nodes: List should have at least 1"),
+    "op": ({"interventions": [_row(op="double")]}, "interventions[0]: Input tag 'double' found using 'op' does not match"),
+    "positions": ({"interventions": [_row(positions="some")]}, "interventions[0].positions: Input should be"),
+    "set without value": ({"interventions": [_row(value=None)]}, "interventions[0].value: Input should be a valid number"),
+    "set, value missing": ({"interventions": [{"nodes": ["NODE"], "op": "set"}]}, "interventions[0].value: required for op 'set'"),
+    "ablate with value": ({"interventions": [_row(op="ablate", value=2)]}, "interventions[0].value: not a field of op 'ablate'"),
+    "string value": ({"interventions": [_row(value="2")]}, "interventions[0].value: Input should be a valid number"),
+    "huge value": ({"interventions": [_row(value=1e9)]}, "interventions[0].value: Input should be less than"),
+    "huge integer": ({"interventions": [_row(value=10**400)]}, "interventions[0].value: Input should be a valid number"),
+    "row key": ({"interventions": [_row(layer=3)]}, "interventions[0].layer: not a field of op 'set'"),
+    "body key": ({"interventions": [_row()], "max_tokens": 3}, "max_tokens: unknown field"),
+    "long name": ({"interventions": [_row(name="n" * 201)]}, "interventions[0].name: String should have at most"),
+    "surrogate name": ({"interventions": [_row(name="x\ud800")]}, "interventions[0].name: Input should be a valid string, unable to parse"),
     "too many tokens": ({"interventions": [_row()], "max_new_tokens": MAX_NEW_TOKENS + 1}, "max_new_tokens"),
     "negative tokens": ({"interventions": [_row()], "max_new_tokens": -1}, "max_new_tokens"),
     "bool tokens": ({"interventions": [_row()], "max_new_tokens": True}, "max_new_tokens"),
+    "string tokens": ({"interventions": [_row()], "max_new_tokens": "3"}, "max_new_tokens"),
     "top_p 0": ({"interventions": [_row()], "top_p": 0}, "top_p"),
     "top_p 2": ({"interventions": [_row()], "top_p": 2}, "top_p"),
     "temperature": ({"interventions": [_row()], "temperature": -1}, "temperature"),
     "seed": ({"interventions": [_row()], "seed": 1.5}, "seed"),
+    "huge seed": ({"interventions": [_row()], "seed": 10**400}, "seed"),
     "top_k": ({"interventions": [_row()], "top_k": 0}, "top_k"),
-    "mode": ({"interventions": [_row()], "mode": "loose"}, "mode must be one of"),
+    "mode": ({"interventions": [_row()], "mode": "loose"}, "mode: Input should be 'free'"),
     "freeze constrained": ({"interventions": [_row()], "mode": "constrained", "freeze_attention": True},
                            "freeze_attention"),
-    "not an object": ([1, 2], "must be a JSON object"),
+    "not an object": ([1, 2], "the request body must be a JSON object"),
     # The tiny model accepts 64 positions; the prompt plus 64 new tokens does not fit.
     "past max positions": ({"interventions": [_row()], "max_new_tokens": MAX_NEW_TOKENS}, "positions"),
 }
@@ -211,7 +219,7 @@ def test_invalid_json_and_unknown_graph(client) -> None:
     response = client.post("/api/graphs/texas/steer", content=b"{oops",
                            headers={"content-type": "application/json"})
     assert response.status_code == 400 and "not valid JSON" in response.json()["detail"]
-    assert _steer(client, "nope", {"interventions": []}).status_code == 404
+    assert _steer(client, "nope", {"interventions": [{"nodes": ["a"], "op": "ablate"}]}).status_code == 404
     assert client.get("/api/graphs/nope/steer").status_code == 404
 
 
@@ -301,3 +309,36 @@ def test_model_calls_are_serialised_and_the_server_stays_responsive(data_dir, mo
     assert [r.status_code for r in results] == [200, 200]
     assert results[0].json()["intervention"] == results[1].json()["intervention"]
     assert peak[0] == 1
+
+
+@pytest.mark.parametrize("settings", [{"temperature": 1e-300}, {"temperature": 5e-324},
+                                      {"temperature": 1.0, "top_p": 1e-300},
+                                      {"temperature": 5e-324, "top_p": 5e-324}])
+def test_tiny_temperature_and_top_p_mean_greedy(client, graph, settings) -> None:
+    """Tiny positive temperatures are the greedy limit and a tiny top_p keeps the most likely
+    token: both used to overflow into "probability tensor contains inf or nan" (a 500)."""
+    row = {"nodes": [_features(graph)[0][0]], "op": "scale", "value": 2.0}
+    greedy = _steer(client, "texas", {"interventions": [row], "max_new_tokens": 6})
+    tiny = _steer(client, "texas", {"interventions": [row], "max_new_tokens": 6, **settings})
+    assert greedy.status_code == 200 and tiny.status_code == 200, tiny.text
+    for side in ("default", "steered"):
+        assert tiny.json()["generation"][side]["token_ids"] == greedy.json()["generation"][side]["token_ids"]
+
+
+@pytest.mark.parametrize(
+    "raw, needle",
+    [
+        (b'{"interventions": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b'{"interventions": [{"nodes": ["a"], "op": "set", "value": 1' + b"0" * 5000 + b"}]}",
+         "not valid JSON"),
+        (b'{"interventions": [{"nodes": ["a"], "op": "set", "value": 1' + b"0" * 400 + b"}]}",
+         "interventions[0].value: Input should be a valid number"),
+        (b'{"interventions": [{"nodes": ["a\\ud800"], "op": "ablate"}]}', "interventions[0].nodes[0]"),
+    ],
+)
+def test_hostile_bodies_are_400_not_500(client, raw, needle) -> None:
+    response = client.post("/api/graphs/texas/steer", content=raw,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert needle in response.json()["detail"]
+    assert client.get("/api/health").status_code == 200  # and the server still answers

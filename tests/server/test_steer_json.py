@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 import circuit_atlas
 from circuit_atlas.graph import to_graph_json, write_graph_json
-from circuit_atlas.graph.export import cantor_pair
+from circuit_atlas.io.cantor import cantor_pair
 from circuit_atlas.server import write_graph_bundle
 from circuit_atlas.server.app import create_app
 from circuit_atlas.server.json_graph import UNVERIFIED_WARNING, first_difference

@@ -6,7 +6,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from circuit_atlas.training import distributed as dist
+from circuit_atlas.io import distributed as dist
 from circuit_atlas.training.config import ArchitectureConfig, OptimConfig
 from circuit_atlas.training.source import TensorActivationSource
 from circuit_atlas.training.synthetic import planted_data

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from circuit_atlas.training.config import ArchitectureConfig, OptimConfig
-from circuit_atlas.training.corpus import open_corpus
+from circuit_atlas.io.corpus import open_corpus
 from circuit_atlas.training.export import to_transcoders
 from circuit_atlas.training.source import TensorActivationSource
 from circuit_atlas.training.streaming import ModelActivationSource

@@ -145,7 +145,7 @@ def test_starting_from_an_exported_set_reproduces_it(activation):
 
 def test_end_to_end_kl_matches_an_independent_computation_and_has_gradients(tiny_lm,
                                                                              word_texts):
-    from circuit_atlas.training.corpus import open_corpus
+    from circuit_atlas.io.corpus import open_corpus
     from circuit_atlas.training.end_to_end import EndToEndLoss
     from circuit_atlas.training.streaming import pad_windows
     from circuit_atlas.training.architecture import TranscoderStack

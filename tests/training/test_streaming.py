@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from circuit_atlas.training.corpus import open_corpus
+from circuit_atlas.io.corpus import open_corpus
 from circuit_atlas.training.errors import TrainingDataError
 from circuit_atlas.training.streaming import ModelActivationSource, TokenWindows
 

@@ -5,7 +5,7 @@ meaningless loss recovered."""
 import pytest
 import torch
 
-from circuit_atlas.training.corpus import open_corpus
+from circuit_atlas.io.corpus import open_corpus
 from circuit_atlas.training.errors import TrainingDataError
 from circuit_atlas.training.evaluate import EvalReport, evaluate_transcoders
 from circuit_atlas.training.streaming import ModelActivationSource, TokenWindows, pad_windows

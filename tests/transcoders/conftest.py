@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import fnmatch
+import shutil
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
 import yaml
+from huggingface_hub.errors import EntryNotFoundError
 from safetensors.torch import save_file
 
 
@@ -29,7 +33,7 @@ class Raw:
 
 @pytest.fixture
 def make_ct_plt(tmp_path: Path):
-    """circuit-tracer PLT dir (§5): layer_i.safetensors + config.yaml."""
+    """circuit-tracer PLT dir (docs/formats.md §5.3): layer_i.safetensors + config.yaml."""
 
     def make(L: int = 3, d: int = 6, F: int = 10, *, threshold: bool = False, skip: bool = False,
              config_extra: dict | None = None, seed: int = 0, dtype=torch.float32, name: str = "plt") -> tuple[Path, Raw]:
@@ -58,7 +62,7 @@ def make_ct_plt(tmp_path: Path):
 
 @pytest.fixture
 def make_ct_clt(tmp_path: Path):
-    """circuit-tracer CLT dir (§8): W_enc_i / W_dec_i files + config.yaml."""
+    """circuit-tracer CLT dir (docs/formats.md §5.4): W_enc_i / W_dec_i files + config.yaml."""
 
     def make(L: int = 3, d: int = 6, F: int = 10, *, threshold: bool = False, seed: int = 1,
              name: str = "clt") -> tuple[Path, Raw]:
@@ -86,7 +90,7 @@ def make_ct_clt(tmp_path: Path):
 
 @pytest.fixture
 def make_gemmascope_npz(tmp_path: Path):
-    """GemmaScope v1 set (§6): params.npz per layer, W_enc stored [d, F], listed in config."""
+    """GemmaScope v1 set (docs/formats.md §6.1): params.npz per layer, W_enc stored [d, F], listed in config."""
 
     def make(L: int = 2, d: int = 5, F: int = 9, seed: int = 2) -> tuple[Path, Raw]:
         rng = np.random.default_rng(seed)
@@ -113,7 +117,7 @@ def make_gemmascope_npz(tmp_path: Path):
 
 @pytest.fixture
 def make_gemmascope2(tmp_path: Path):
-    """GemmaScope-2 PLT (§7) or CLT (§9) set: lower-case keys, w_enc [d, F], affine skip [d_in, d_out]."""
+    """GemmaScope-2 PLT (docs/formats.md §6.2) or CLT (§6.3) set: lower-case keys, w_enc [d, F], affine skip [d_in, d_out]."""
 
     def make(kind: str = "plt", L: int = 3, d: int = 5, F: int = 8, *, skip: bool = True, seed: int = 3,
              n_listed: int | None = None) -> tuple[Path, Raw]:
@@ -139,3 +143,41 @@ def make_gemmascope2(tmp_path: Path):
         return root, Raw(files=files, L=L, d=d, F=F)
 
     return make
+
+
+# ----------------------------------------------------------------------------- fake hub
+
+
+class FakeHub:
+    """Serves files from `root/<org>/<repo>/...`; records what was requested."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.files, self.patterns = root, [], []
+
+    def repo(self, repo_id: str) -> Path:
+        return self.root / repo_id
+
+    def hf_hub_download(self, repo_id, filename, *, revision=None, **_):
+        path = self.repo(repo_id) / filename
+        self.files.append((repo_id, filename, revision))
+        if not path.is_file():
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        return str(path)
+
+    def snapshot_download(self, repo_id, *, revision=None, allow_patterns=None, **_):
+        self.patterns.append((repo_id, tuple(allow_patterns), revision))
+        snap = self.root.parent / "snapshots" / repo_id.replace("/", "--")
+        for path in self.repo(repo_id).rglob("*"):
+            rel = path.relative_to(self.repo(repo_id)).as_posix()
+            if path.is_file() and any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
+                (snap / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, snap / rel)
+        return str(snap)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    fake = FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake.hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
+    return fake

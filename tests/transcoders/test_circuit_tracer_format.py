@@ -1,4 +1,4 @@
-"""circuit-tracer directories (§5, §8, §11): hand-written files read, our files written compatibly."""
+"""circuit-tracer directories (docs/formats.md §5): hand-written files read, our files written compatibly."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ def test_plt_files_match_reference_formula(make_ct_plt):
     tc = load_transcoders(str(root))
     assert (tc.kind, tc.n_layers, tc.d_model, tc.n_features) == ("plt", 3, 6, 10)
     assert (tc.input_hook, tc.output_hook, tc.activation_name) == ("hook_resid_mid", "mlp.hook_out", "jumprelu")
-    assert tc.model_name == "toy/model" and tc.scan == str(root.resolve())  # local dir: scan = path (§11)
+    assert tc.model_name == "toy/model" and tc.scan == str(root.resolve())  # local dir: scan = path (docs/formats.md §2)
     x = torch.randn(4, 6)
     for layer, t in enumerate(raw.layers):
         h = x @ t["W_enc"].T + t["b_enc"]
         a = h * (h > t["activation_function.threshold"])
         assert torch.allclose(tc.encode(layer, x), a, atol=1e-5)
-        y = a @ t["W_dec"] + t["b_dec"] + x @ t["W_skip"].T  # §5 computation
+        y = a @ t["W_dec"] + t["b_dec"] + x @ t["W_skip"].T  # docs/formats.md §5.3
         assert torch.allclose(tc.reconstruct(layer, {layer: a}, x), y, atol=1e-5)
 
 
@@ -60,6 +60,25 @@ def test_topk_from_config_and_from_k_tensor(make_ct_plt, tmp_path):
     assert load_transcoders(str(root)).k == 3
 
 
+def test_unknown_config_keys_are_warned_about(make_ct_plt):
+    """A misspelt key (`activaton: topk`) used to be accepted silently and change nothing."""
+    from circuit_atlas.errors import TranscoderFormatWarning
+
+    root, _ = make_ct_plt(config_extra={"activaton": "topk", "dtype": "bf16", "revision": "main",
+                                        "repo_id": "org/set", "subfolder": None})
+    with pytest.warns(TranscoderFormatWarning, match=r"config.yaml: ignoring unknown key\(s\) "
+                                                     r"'activaton', 'dtype'; the keys read are"):
+        tc = load_transcoders(str(root))
+    assert tc.activation_name == "relu"
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    for key in ("activaton", "dtype"):
+        del config[key]
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_transcoders(str(root))  # the keys of docs/formats.md §5.1 only: silent
+
+
 def test_config_activation_conflicts_are_errors(make_ct_plt):
     root, _ = make_ct_plt(threshold=True, config_extra={"activation": "relu"})
     with pytest.raises(TranscoderFormatError, match="threshold.*layer_0.safetensors"):
@@ -91,7 +110,7 @@ def test_save_circuit_tracer_round_trip_and_key_layout(tmp_path, kind, activatio
             expected = {"W_enc", "W_dec", "b_enc", "b_dec", "W_skip"}
             if activation == "jumprelu":
                 expected.add("activation_function.threshold")
-            assert set(f.keys()) == expected  # no 'k' key: circuit-tracer's reader rejects it (§14.1)
+            assert set(f.keys()) == expected  # no 'k' key: circuit-tracer's reader rejects it (§5.3)
             assert f.get_tensor("W_dec").shape == (24, 8)
         if activation == "topk":
             assert config["activation"] == "topk" and config["k"] == 3

@@ -19,7 +19,7 @@ except ImportError as exc:  # not installed, or a version whose imports clash wi
     pytest.skip(f"circuit-tracer not importable: {exc}", allow_module_level=True)
 
 def load_theirs(directory, lazy_decoder=True):
-    """What circuit-tracer's local/cache loader does for a directory (reference §11)."""
+    """What circuit-tracer's local/cache loader does for a directory (docs/formats.md §5.5)."""
     cpu = torch.device("cpu")
     hooks = dict(feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out")
     if (directory / "layer_0.safetensors").exists():
@@ -70,7 +70,7 @@ def test_gemmascope2_matches_circuit_tracer(make_gemmascope2, kind):
         theirs = load_transcoder_set(paths, scan="x", feature_input_hook="a", feature_output_hook="b", device=cpu,
                                      special_load_fn="gemma-scope-2", lazy_encoder=False, lazy_decoder=False)
     else:
-        paths[3] = paths[2]  # circuit-tracer reads range(max key) files (§9), so list one extra
+        paths[3] = paths[2]  # circuit-tracer reads range(max key) files (docs/formats.md §6.3), so list one extra
         theirs = load_gemma_scope_2_clt(paths, device=cpu, dtype=torch.float32)
     _ours_vs_theirs(load_transcoders(str(root)), theirs, torch.randn(3, 4, raw.d))
 

@@ -1,4 +1,4 @@
-"""`Transcoders` math against hand-written formulas from the reference (§4, §5, §8)."""
+"""`Transcoders` math against hand-written formulas (docs/formats.md §4, §5.3, §5.4)."""
 
 from __future__ import annotations
 

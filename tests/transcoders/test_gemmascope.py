@@ -1,4 +1,4 @@
-"""GemmaScope layouts (§6, §7, §9): transposed encoders and skips, the CLT off-by-one."""
+"""GemmaScope layouts (docs/formats.md §6): transposed encoders and skips, the CLT off-by-one."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_gemmascope2_plt_affine_skip_applies_untransposed(make_gemmascope2):
         for layer, t in enumerate(raw.files):
             h = x @ t["w_enc"] + t["b_enc"]
             a = h * (h > t["threshold"])
-            y = a @ t["w_dec"] + t["b_dec"] + x @ t["affine_skip_connection"]  # §7: x · affine
+            y = a @ t["w_dec"] + t["b_dec"] + x @ t["affine_skip_connection"]  # §6.2: x · affine
             assert torch.allclose(tc.skip(layer, x), x @ t["affine_skip_connection"], atol=1e-5)
             assert torch.allclose(tc.reconstruct(layer, {layer: tc.encode(layer, x)}, x), y, atol=1e-5)
 
@@ -44,7 +44,7 @@ def test_gemmascope2_clt_reads_all_listed_layers(make_gemmascope2):
     root, raw = make_gemmascope2("clt", L=3)
     eager = load_transcoders(str(root), lazy_decoder=False)
     lazy = load_transcoders(str(root))
-    assert eager.n_layers == 3 and lazy.lazy_decoder  # circuit-tracer would read only 2 (§9)
+    assert eager.n_layers == 3 and lazy.lazy_decoder  # circuit-tracer would read only 2 (§6.3)
     xs = [torch.randn(4, raw.d) for _ in range(3)]
     acts = {}
     for i, t in enumerate(raw.files):

@@ -270,7 +270,7 @@ def test_serve_passes_lazy_encoder_to_load(monkeypatch):
     from circuit_atlas.cli import serve
 
     seen = {}
-    monkeypatch.setattr(circuit_atlas, "load", lambda *a, **kw: seen.update(kw) or "model")
+    monkeypatch.setattr("circuit_atlas.replacement.load", lambda *a, **kw: seen.update(kw) or "model")
     assert serve.load_steering_model("m", "t", "cpu", None, True) == "model"
     assert seen["lazy_encoder"] is True
 

@@ -1,16 +1,15 @@
-"""Reference strings (§1) and the hub code path, driven by a fake hub over local folders."""
+"""Reference strings (docs/formats.md §2) and the hub code path, driven by a fake hub over local
+folders (the `hub` fixture of conftest.py)."""
 
 from __future__ import annotations
 
-import fnmatch
 import shutil
-from pathlib import Path
 
 import huggingface_hub
 import pytest
 import torch
 import yaml
-from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+from huggingface_hub.errors import LocalEntryNotFoundError
 
 from circuit_atlas.errors import TranscoderFormatError
 from circuit_atlas.transcoders import load_transcoders, parse_reference, random_transcoders
@@ -66,50 +65,12 @@ def test_hf_file_uri():
         parse_hf_file_uri("hf://g/r")
 
 
-# ----------------------------------------------------------------------------- fake hub
-
-
-class FakeHub:
-    """Serves files from `root/<org>/<repo>/...`; records what was requested."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.files, self.patterns = root, [], []
-
-    def repo(self, repo_id: str) -> Path:
-        return self.root / repo_id
-
-    def hf_hub_download(self, repo_id, filename, *, revision=None, **_):
-        path = self.repo(repo_id) / filename
-        self.files.append((repo_id, filename, revision))
-        if not path.is_file():
-            raise EntryNotFoundError(f"{filename} not in {repo_id}")
-        return str(path)
-
-    def snapshot_download(self, repo_id, *, revision=None, allow_patterns=None, **_):
-        self.patterns.append((repo_id, tuple(allow_patterns), revision))
-        snap = self.root.parent / "snapshots" / repo_id.replace("/", "--")
-        for path in self.repo(repo_id).rglob("*"):
-            rel = path.relative_to(self.repo(repo_id)).as_posix()
-            if path.is_file() and any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
-                (snap / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(path, snap / rel)
-        return str(snap)
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    fake = FakeHub(tmp_path / "hub")
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake.hf_hub_download)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
-    return fake
-
-
 def test_hub_circuit_tracer_plt_in_subfolder(hub):
     tc = random_transcoders("plt", 2, 4, 8, activation="jumprelu", seed=9)
     tc.save_circuit_tracer(hub.repo("org/sets") / "width_8")
     (hub.repo("org/sets") / "other").mkdir()
     back = load_transcoders("org/sets/width_8@v2")
-    assert back.scan == "org/sets//width_8@v2"  # §1.3, overriding any config value
+    assert back.scan == "org/sets//width_8@v2"  # docs/formats.md §2: overrides any config value
     assert torch.equal(back.encoder_weight(1), tc.encoder_weight(1))
     assert hub.patterns == [("org/sets", ("width_8/config.yaml", "width_8/layer_*.safetensors"), "v2")]
     assert ("org/sets", "width_8/circuit_atlas_transcoders.json", "v2") in hub.files  # native probed first

@@ -12,7 +12,7 @@ import pytest
 
 from circuit_atlas.graph import random_graph, to_graph_json
 from circuit_atlas.server.app import create_app
-from circuit_atlas.server.bundle import write_graph_bundle
+from circuit_atlas.graph.bundle import write_graph_bundle
 from circuit_atlas.server.features import JsonDirFeatureProvider
 from circuit_atlas.server.runner import BackgroundServer
 
@@ -94,7 +94,7 @@ def site(tmp_path_factory):
     write_graph_bundle(graph, data, "demo")
     (data / "loose").mkdir()
     doc = to_graph_json(graph, "jsonly", 1.0, 0.98)
-    # A saved view in the reference frontend's string form (graph-json.md §4).
+    # A saved view in circuit-tracer's frontend's string form (docs/graph-json.md §4).
     saved = [n["node_id"] for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder"][:2]
     doc["qParams"]["pinnedIds"] = ",".join(saved)
     doc["qParams"]["supernodes"] = json.dumps([["saved group", *saved]])

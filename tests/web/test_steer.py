@@ -12,7 +12,7 @@ from circuit_atlas.graph import to_graph_json
 from circuit_atlas.interventions import Intervention, generate, intervene
 from circuit_atlas.models.tiny import tiny_language_model
 from circuit_atlas.server.app import create_app
-from circuit_atlas.server.bundle import write_graph_bundle
+from circuit_atlas.graph.bundle import write_graph_bundle
 from circuit_atlas.server.json_graph import UNVERIFIED_WARNING
 from circuit_atlas.server.runner import BackgroundServer
 from circuit_atlas.transcoders.random import random_transcoders

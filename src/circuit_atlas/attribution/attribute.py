@@ -4,7 +4,7 @@ Phases: (1) a clean run gives active features, errors and the logits; (2) logit 
 resolved; (3) a memory estimate is checked before anything large is allocated; (4) one frozen
 forward pass is built and logit rows, then feature rows, are computed by batched backward passes;
 (5) the rows are assembled into a `Graph` whose columns keep only the features that got rows.
-See `../shared/reference/attribution-algorithm.md` for the definitions followed here.
+See `docs/algorithm.md` for the definitions followed here.
 """
 
 from __future__ import annotations
@@ -17,15 +17,12 @@ from tqdm.auto import tqdm
 from circuit_atlas.attribution.exploration import next_features, partial_influence
 from circuit_atlas.attribution.memory import check_memory, estimate_memory
 from circuit_atlas.attribution.rows import LOGIT_LAYER, Injection, RowComputer, bucket_of
+from circuit_atlas.models.language_model import unembedding_matrix
 from circuit_atlas.models.token_text import token_display_strings
 from circuit_atlas.attribution.sources import AttributionSources, collect_sources, decoder_slots
-from circuit_atlas.attribution.targets import (
-    LogitTargets,
-    TargetSpec,
-    build_logit_targets,
-    unembedding_matrix,
-)
+from circuit_atlas.attribution.targets import LogitTargets, TargetSpec, build_logit_targets
 from circuit_atlas.errors import AttributionError
+from circuit_atlas.graph import Graph
 
 STRATEGIES = ("auto", "vmap", "expand")
 ASSEMBLY_CHUNK = 1024  # rows copied at a time when dropping unselected columns
@@ -253,8 +250,6 @@ def _keep_selected(rows, row_nodes, sources, n_logits):
 
 def _assemble_graph(model, tokens, sources, logit_targets, adjacency, selected, settings):
     """The `Graph` record of one attribution run."""
-    from circuit_atlas.graph import Graph
-
     input_ids = tokens.detach().cpu().long()
     tokenizer = model.tokenizer
     return Graph(

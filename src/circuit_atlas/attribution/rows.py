@@ -8,7 +8,7 @@ vector there, is that source's direct effect. A batch of targets is handled by o
   `torch.autograd.grad(..., is_grads_batched=True)` pushes a batch of cotangents through it with
   vmap. Activations are stored once, not once per batch element.
 - "expand": the prompt is repeated `batch_size` times along the batch axis and batch element `b`
-  carries target `b` (the reference library's approach); used where vmap is unavailable.
+  carries target `b` (circuit-tracer's approach); used where vmap is unavailable.
 
 Only the causal cone is touched. Gradients exist only below the deepest target layer in the
 batch, and nothing after the last target position matters (attention is causal), so each batch

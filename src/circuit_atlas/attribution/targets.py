@@ -51,14 +51,6 @@ class LogitTargets:
         return len(self.labels)
 
 
-def unembedding_matrix(hf_model: torch.nn.Module) -> torch.Tensor:
-    """The `[V, d]` unembedding weight of a Hugging Face causal LM."""
-    head = hf_model.get_output_embeddings()
-    if head is None or not hasattr(head, "weight"):
-        raise AttributionError("the model has no output embedding (lm_head); cannot build logit targets")
-    return head.weight
-
-
 def salient_token_ids(
     last_logits: torch.Tensor, max_n_logits: int, desired_logit_prob: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

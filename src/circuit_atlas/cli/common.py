@@ -10,7 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.errors import CircuitAtlasError, PromptError
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -36,11 +36,15 @@ def add_lazy_encoder_argument(parser: argparse.ArgumentParser | argparse._Argume
     )
 
 
-def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
-    """--prompt TEXT | --token-ids 1,2,3 (one of them required)."""
+def add_prompt_arguments(parser: argparse.ArgumentParser, *, batch: bool = False) -> None:
+    """--prompt TEXT | --token-ids 1,2,3 (one of them required); with `batch`, also
+    --prompts FILE (a JSON Lines file, `cli/prompt_file.py`)."""
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (BOS is prepended when the tokenizer has one)")
     prompt.add_argument("--token-ids", help="comma-separated token ids, used exactly as given")
+    if batch:
+        prompt.add_argument("--prompts", type=Path, metavar="FILE",
+                            help="a JSON Lines file of prompts, one graph each (see below)")
 
 
 def parse_token_ids(text: str) -> list[int]:
@@ -54,8 +58,13 @@ def parse_token_ids(text: str) -> list[int]:
 
 
 def prompt_from_args(args: argparse.Namespace) -> str | list[int]:
-    """The prompt text, or the explicit token ids."""
-    return parse_token_ids(args.token_ids) if args.token_ids else args.prompt
+    """The prompt text, or the explicit token ids (`--token-ids ""` is an empty list, not an
+    absent flag); text that is only whitespace is refused: it would trace a graph of blanks."""
+    if getattr(args, "token_ids", None) is not None:
+        return parse_token_ids(args.token_ids)
+    if not args.prompt.strip():
+        raise PromptError(f"--prompt {args.prompt!r} holds no words; give the text to trace")
+    return args.prompt
 
 
 # ---------------------------------------------------------------------- checks before loading
@@ -76,6 +85,16 @@ def resolve_device(text: str | None) -> str:
     text = str(text).strip()
     check_device(text, what="--device")
     return text
+
+
+def resolve_rank_device(device: str) -> str:
+    """Under torchrun, bare "cuda" becomes this rank's GPU (the one the process group chose), so
+    ranks on one machine never share a card; any other device is kept."""
+    import torch
+
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.current_device()}"
+    return device
 
 
 def _first_existing(path: Path) -> Path:

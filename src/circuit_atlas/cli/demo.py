@@ -57,20 +57,21 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     import time
 
-    import circuit_atlas
+    from circuit_atlas.attribution import attribute
     from circuit_atlas.cli.trace import default_slug, summarise
     from circuit_atlas.demo.bundle import TRANSCODER_REFS, demo_features_path
     from circuit_atlas.graph import graph_scores
-    from circuit_atlas.graph.prune import check_threshold
-    from circuit_atlas.server.bundle import write_graph_bundle
+    from circuit_atlas.io.checks import check_threshold
+    from circuit_atlas.graph.bundle import write_graph_bundle
+    from circuit_atlas.replacement import load
 
     check_threshold(args.node_threshold, "--node-threshold")
     check_threshold(args.edge_threshold, "--edge-threshold")
     started = time.perf_counter()
     features_src = demo_features_path(TRANSCODER_REFS[args.transcoders])
-    model = circuit_atlas.load("demo", args.transcoders, device=args.device)
+    model = load("demo", args.transcoders, device=args.device)
     check_vocabulary(model, args.prompt)
-    graph = circuit_atlas.attribute(model, args.prompt, progress=False)
+    graph = attribute(model, args.prompt, progress=False)
     features_dir = copy_features(features_src, args.out / FEATURES_DIR)
     labels = read_labels(features_dir)
     slug = default_slug(args.prompt)

@@ -80,14 +80,13 @@ def find_graph(folder: Path) -> tuple[Path, str | None]:
     `trace` writes bundles (OUT/<slug>/graph/...), so users naturally pass the bundle or even the
     data folder; both get a message that says where the graph is instead of "graph.json missing".
     """
-    from circuit_atlas.server.bundle import NATIVE_DIR, read_bundle_info
+    from circuit_atlas.graph.bundle import NATIVE_DIR, bundle_settings, read_bundle_info
 
     if not folder.is_dir() or (folder / "graph.json").is_file():
         return folder, None  # Graph.load names a missing or non-folder path itself
     if (folder / NATIVE_DIR / "graph.json").is_file():
-        info = read_bundle_info(folder) or {}
-        slug = info.get("slug") if isinstance(info.get("slug"), str) else None
-        return folder / NATIVE_DIR, slug
+        # a bundle may come from anywhere: an invalid slug in it is not used (folder name instead)
+        return folder / NATIVE_DIR, bundle_settings(read_bundle_info(folder)).slug
     bundles = sorted(c.name for c in folder.iterdir() if (c / NATIVE_DIR / "graph.json").is_file())
     if bundles:
         shown = ", ".join(bundles[:5]) + (", ..." if len(bundles) > 5 else "")
@@ -102,11 +101,20 @@ def find_graph(folder: Path) -> tuple[Path, str | None]:
     )
 
 
+def stored_attention(native_dir: Path):
+    """The attention explanations stored beside a graph (bundle folder or the graph's own), if
+    any: re-exports keep the graph JSON's optional "attention" object."""
+    from circuit_atlas.graph import GraphAttention
+    from circuit_atlas.graph.bundle import NATIVE_DIR
+
+    folder = native_dir.parent if native_dir.name == NATIVE_DIR else native_dir
+    return GraphAttention.load(folder) if GraphAttention.exists(folder) else None
+
+
 def run(args) -> int:
     from circuit_atlas.graph import Graph, write_graph_json
-    from circuit_atlas.graph.export import check_slug
-    from circuit_atlas.graph.prune import check_threshold
-    from circuit_atlas.server.bundle import NATIVE_DIR, read_feature_labels
+    from circuit_atlas.io.checks import check_slug, check_threshold
+    from circuit_atlas.graph.bundle import NATIVE_DIR, read_feature_labels
 
     check_threshold(args.node_threshold, "--node-threshold")
     check_threshold(args.edge_threshold, "--edge-threshold")
@@ -123,6 +131,7 @@ def run(args) -> int:
     path = write_graph_json(
         graph, out_dir, slug, args.node_threshold, args.edge_threshold, labels=labels or None,
         scan=args.scan, update_metadata=not args.no_index, indent=args.indent,
+        attention=stored_attention(native_dir),
     )
     print(f"wrote {path}")
     return 0

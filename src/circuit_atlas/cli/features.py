@@ -7,7 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from circuit_atlas.cli.common import add_lazy_encoder_argument, check_at_least, check_output_dir, resolve_device
+from circuit_atlas.cli.common import (
+    add_lazy_encoder_argument,
+    check_at_least,
+    check_output_dir,
+    resolve_device,
+    resolve_rank_device,
+)
 
 EXAMPLES = """\
 examples:
@@ -20,6 +26,11 @@ examples:
 
 An interrupted build (Ctrl-C, a crash, a killed job) continues where it stopped when the same
 command is run again; the finished store equals one built without interruption.
+
+Several GPUs or machines: run the same command under torchrun; the ranks share the corpus and the
+result equals a one-process build:
+  torchrun --nproc-per-node 4 -m circuit_atlas.cli.main features build --model M \
+      --transcoders T --corpus data.jsonl --out features/ --max-tokens 50000000
 """
 
 
@@ -52,6 +63,16 @@ examples:
       --corpus data.jsonl --out gemma-features --max-tokens 5000000 --device cuda --dtype bfloat16
 
 Running the same command again after an interruption continues the build where it stopped.
+
+Across ranks (GPUs, machines): the same command under torchrun. Rank r builds a shard from blocks
+r, r+N, ... of --block-documents documents; rank 0 merges the shards into --out, and the store
+equals the one a single process builds (same --batch-size, --block-documents and kind of device).
+--out must be on a file system all ranks share. A killed rank: rerun the same torchrun command
+(same number of processes) and every rank continues from its last commit.
+  torchrun --nproc-per-node 8 -m circuit_atlas.cli.main features build --model M \
+      --transcoders T --corpus data.jsonl --out features/ --device cuda
+  torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+      -m circuit_atlas.cli.main features build ...
 """
 
 SHOW_EXAMPLES = """\
@@ -103,6 +124,9 @@ def _register_build(commands) -> None:
     p.add_argument("--n-logits", type=int, default=10,
                    help="promoted / suppressed tokens kept per feature (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling keys (default: 0)")
+    p.add_argument("--block-documents", type=int, default=None,
+                   help="documents per block: batches never span blocks, and ranks under torchrun "
+                        "share out blocks (default: 64)")
     p.add_argument("--commit-interval", type=float, default=60.0,
                    help="minimum seconds between commits (work since the last commit is redone "
                         "after a crash; 0 commits after every batch; default: 60)")
@@ -135,20 +159,11 @@ def _register_label(commands) -> None:
     p.set_defaults(func=run_label)
 
 
-def _model_ref(ref: str) -> str:
-    if ref != "demo":
-        return ref
-    try:
-        from circuit_atlas.demo.bundle import resolve_model_ref
-    except ImportError:  # pragma: no cover - the package ships the demo module
-        return ref
-    return resolve_model_ref(ref)
-
-
 def run_build(args: argparse.Namespace) -> int:
-    import circuit_atlas
+    from circuit_atlas.replacement import load
     from circuit_atlas.features.build import BuildSettings, build_feature_store
     from circuit_atlas.features.sources import open_feature_corpus
+    from circuit_atlas.io import distributed
 
     check_build_numbers(args)
     check_output_dir(args.out, "--out")
@@ -159,22 +174,35 @@ def run_build(args: argparse.Namespace) -> int:
         context_len=args.context_len, top_k=args.top_k, n_samples=args.samples,
         context_before=args.context_before, context_after=args.context_after,
         n_logits=args.n_logits, max_tokens=args.max_tokens, seed=args.seed,
+        **({} if args.block_documents is None else {"block_documents": args.block_documents}),
     )
-    model = circuit_atlas.load(_model_ref(args.model), args.transcoders, device=device, dtype=args.dtype,
+    distributed.init_from_environment()
+    device = resolve_rank_device(device)
+    model = load(args.model, args.transcoders, device=device, dtype=args.dtype,
                                lazy_encoder=args.lazy_encoder)
     report = build_feature_store(model, corpus, args.out, settings, batch_size=args.batch_size,
                                  commit_interval=args.commit_interval, progress=not args.no_progress)
+    rank, world_size = distributed.rank(), distributed.world_size()
+    if report.stop_reason != "interrupted":
+        distributed.shutdown()
+    if rank == 0:
+        print(_summary(report, world_size))
+    return 0 if report.stop_reason != "interrupted" else 130
+
+
+def _summary(report, world_size: int) -> str:
     state = {"corpus": "complete: read the whole corpus",
              "max-tokens": "complete: reached --max-tokens",
              "interrupted": "interrupted: run the same command again to continue"}[report.stop_reason]
-    print(f"feature store: {report.out}")
-    print(f"{state}; {report.tokens:,} tokens from {report.documents:,} documents "
-          f"({report.windows:,} windows)")
+    lines = [f"feature store: {report.out}",
+             f"{state}; {report.tokens:,} tokens from {report.documents:,} documents "
+             f"({report.windows:,} windows)"]
     if report.new_tokens:
-        print(f"this run: {report.new_tokens:,} tokens in {report.seconds:.1f} s "
-              f"({report.tokens_per_second:,.0f} tokens/s)")
-    print(f"browse: circuit-atlas serve GRAPHS_DIR --features {report.out}")
-    return 0 if report.stop_reason != "interrupted" else 130
+        ranks = f" on {world_size} ranks" if world_size > 1 else ""
+        lines.append(f"this run: {report.new_tokens:,} tokens in {report.seconds:.1f} s "
+                     f"({report.tokens_per_second:,.0f} tokens/s{ranks})")
+    lines.append(f"browse: circuit-atlas serve GRAPHS_DIR --features {report.out}")
+    return "\n".join(lines)
 
 
 def check_build_numbers(args: argparse.Namespace) -> None:
@@ -184,6 +212,8 @@ def check_build_numbers(args: argparse.Namespace) -> None:
                                  ("--context-after", args.context_after, 0), ("--n-logits", args.n_logits, 1),
                                  ("--commit-interval", args.commit_interval, 0), ("--seed", args.seed, 0)):
         check_at_least(value, minimum, flag)
+    if args.block_documents is not None:
+        check_at_least(args.block_documents, 1, "--block-documents")
     if args.max_tokens is not None:
         check_at_least(args.max_tokens, 1, "--max-tokens")
     if args.context_len is not None:

@@ -11,14 +11,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import Sequence
 
-from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.errors import CircuitAtlasError, CircuitAtlasWarning
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "trace",
     "serve",
     "export",
+    "attention",
+    "compare",
+    "aggregate",
+    "supernodes",
     "steer",
     "features",
     "train",
@@ -65,6 +70,17 @@ def describe_os_error(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings as one `warning:` line (others as Python shows them)."""
+    if issubclass(category, CircuitAtlasWarning):
+        print(f"warning: {message}", file=file or sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -72,7 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        result = args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            warnings.simplefilter("default", CircuitAtlasWarning)
+            result = args.func(args)
     except CircuitAtlasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

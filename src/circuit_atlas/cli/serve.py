@@ -29,7 +29,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from circuit_atlas.server.runner import DEFAULT_HOST, DEFAULT_PORT
+    from circuit_atlas.server.hosts import DEFAULT_HOST, DEFAULT_PORT
 
     parser = subparsers.add_parser(
         "serve",
@@ -108,12 +108,12 @@ def load_steering_model(
         raise CircuitAtlasError(
             f"serve: steering needs both --model and --transcoders; {missing} is missing"
         )
-    import circuit_atlas
     from circuit_atlas.cli.common import resolve_device
+    from circuit_atlas.replacement import load
 
     device = resolve_device(device)
     print(f"loading {model} with transcoders {transcoders} for steering…", flush=True)
-    return circuit_atlas.load(model, transcoders, device=device, dtype=dtype, lazy_encoder=lazy_encoder)
+    return load(model, transcoders, device=device, dtype=dtype, lazy_encoder=lazy_encoder)
 
 
 def run(args: argparse.Namespace) -> int:

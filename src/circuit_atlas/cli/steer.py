@@ -155,12 +155,12 @@ def run(args) -> int:
     interventions = collect_interventions(args)
     layers = parse_layers(args.constrained_layers)
     check_sampling(args)
-    import circuit_atlas
+    from circuit_atlas.replacement import load
     from circuit_atlas.interventions import generate, intervene
 
     prompt = prompt_from_args(args)
     device = resolve_device(args.device)
-    model = circuit_atlas.load(args.model, args.transcoders, device=device, dtype=args.dtype,
+    model = load(args.model, args.transcoders, device=device, dtype=args.dtype,
                                lazy_encoder=args.lazy_encoder)
     prompt_only = _prompt_interventions(model, prompt, interventions)
     result = intervene(model, prompt, prompt_only, mode=args.mode, constrained_layers=layers,

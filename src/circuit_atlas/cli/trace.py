@@ -14,6 +14,7 @@ from circuit_atlas.cli.common import (
     prompt_from_args,
     resolve_device,
 )
+from circuit_atlas.cli.prompt_file import default_slug
 from circuit_atlas.errors import CircuitAtlasError
 
 EXAMPLE = """\
@@ -23,6 +24,17 @@ examples:
   circuit-atlas trace --model google/gemma-2-2b --transcoders gemma \\
       --prompt "Fact: the capital of the state containing Dallas is" --out graphs/dallas \\
       --logit-diff " Austin" " Dallas" --max-feature-nodes 4096 --dtype bfloat16 --device cuda
+
+many prompts, one graph each (a rerun skips the lines already traced):
+  circuit-atlas trace --model demo --transcoders demo --prompts cities.jsonl --out graphs
+  torchrun --nproc-per-node 8 -m circuit_atlas.cli.main trace --model M --transcoders T \\
+      --prompts prompts.jsonl --out graphs --device cuda        # lines dealt out to 8 GPUs
+
+prompts file (JSON Lines): a JSON string per line, or an object with "prompt" or "token_ids",
+and optionally "slug", "targets" (list of tokens) or "logit_diff" ([POS, NEG]):
+  "the capital of the region containing dallas is"
+  {"prompt": "the capital of the region containing oakland is", "slug": "oakland"}
+  {"prompt": "the capital of the region containing dallas is", "logit_diff": [" austin", " sacramento"], "slug": "dallas-diff"}
 """
 
 
@@ -35,7 +47,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_arguments(parser)
-    add_prompt_arguments(parser)
+    add_prompt_arguments(parser, batch=True)
     parser.add_argument("--out", required=True, type=Path, help="data folder; the graph goes to OUT/<slug>/ (serve OUT shows every graph in it)")
     parser.add_argument("--slug", help="graph name (default: derived from the prompt)")
     parser.add_argument("--targets", nargs="+", metavar="TOKEN", help="explain these tokens (strings or ids) instead of the most likely ones")
@@ -47,6 +59,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--node-threshold", type=float, default=0.8, help="cumulative influence kept by node pruning")
     parser.add_argument("--edge-threshold", type=float, default=0.98, help="cumulative influence kept by edge pruning")
     parser.add_argument("--features", type=Path, metavar="DIR", help="feature dashboards (features build): labels go into the graph, details into the explorer")
+    parser.add_argument("--force", action="store_true", help="with --prompts: trace every line again, also those already traced")
     parser.add_argument("--serve", action="store_true", help="start the explorer on the output folder afterwards")
     parser.add_argument("--port", type=int, default=8041, help="explorer port with --serve (default 8041)")
     parser.add_argument("--no-browser", action="store_true", help="with --serve: do not open a browser")
@@ -82,15 +95,9 @@ def feature_labels(folder: Path | None) -> dict | None:
     return store.labels()
 
 
-def default_slug(prompt_text: str) -> str:
-    words = re.findall(r"[A-Za-z0-9]+", prompt_text.lower())
-    slug = "-".join(words)[:60].strip("-")
-    return slug or "graph"
-
-
 def check_numbers(args) -> None:
     """Settings attribution would only reject after the model is loaded."""
-    from circuit_atlas.graph.prune import check_threshold
+    from circuit_atlas.io.checks import check_threshold
 
     check_threshold(args.node_threshold, "--node-threshold")
     check_threshold(args.edge_threshold, "--edge-threshold")
@@ -106,7 +113,8 @@ def check_numbers(args) -> None:
 def check_destination(out: Path, slug: str | None) -> None:
     """Fail before attribution when the bundle could not be written: --out is a file, the slug
     is not a safe file name, or OUT/<slug> holds something that is not a graph bundle."""
-    from circuit_atlas.server.bundle import BUNDLE_FILE, check_slug, read_bundle_info
+    from circuit_atlas.graph.bundle import BUNDLE_FILE, read_bundle_info
+    from circuit_atlas.io.checks import check_slug
 
     check_output_dir(out, "--out")
     if slug is None:
@@ -126,20 +134,26 @@ def check_destination(out: Path, slug: str | None) -> None:
 
 
 def run(args) -> int:
-    import circuit_atlas
+    from circuit_atlas.attribution import attribute
+    from circuit_atlas.replacement import load
     from circuit_atlas.graph import graph_scores
-    from circuit_atlas.server.bundle import write_graph_bundle
+    from circuit_atlas.graph.bundle import write_graph_bundle
 
+    if args.prompts is not None:
+        from circuit_atlas.cli.batch_trace import run_batch
+
+        return run_batch(args, check_numbers=check_numbers, check_destination=check_destination,
+                         feature_labels=feature_labels)
     check_numbers(args)
     prompt = prompt_from_args(args)
     targets = parse_targets(args)
     # With --token-ids the default slug needs the decoded prompt; it is valid by construction.
-    check_destination(args.out, args.slug or (None if args.token_ids else default_slug(args.prompt)))
+    check_destination(args.out, args.slug or (None if isinstance(prompt, list) else default_slug(prompt)))
     labels = feature_labels(args.features)
     device = resolve_device(args.device)
-    model = circuit_atlas.load(args.model, args.transcoders, device=device, dtype=args.dtype,
+    model = load(args.model, args.transcoders, device=device, dtype=args.dtype,
                                lazy_encoder=args.lazy_encoder)
-    graph = circuit_atlas.attribute(
+    graph = attribute(
         model,
         prompt,
         targets=targets,
@@ -148,7 +162,7 @@ def run(args) -> int:
         max_feature_nodes=args.max_feature_nodes,
         batch_size=args.batch_size,
     )
-    slug = args.slug or default_slug(graph.prompt if args.token_ids else args.prompt)
+    slug = args.slug or default_slug(graph.prompt if isinstance(prompt, list) else prompt)
     folder = write_graph_bundle(graph, args.out, slug, args.node_threshold, args.edge_threshold, labels=labels)
     print(summarise(graph, graph_scores(graph), folder, slug))
     if args.serve:

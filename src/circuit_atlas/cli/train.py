@@ -216,7 +216,7 @@ def run_train(args) -> int:
     hooks = parse_hooks(args.input_hook, args.output_hook)
     check_model_shape(args, merge_layer_choices(layers, hooks.layers))
     result = run_training_job(job)
-    from circuit_atlas.training import distributed as dist
+    from circuit_atlas.io import distributed as dist
 
     if dist.is_main():
         print(report_text(result))

@@ -35,9 +35,13 @@ from typing import Sequence
 import torch
 
 from circuit_atlas.demo import bundle, toyworld
+from circuit_atlas.demo.labels import label_store
 from circuit_atlas.demo.transcoders import (TranscoderSettings, collect_pairs, evaluate_on_lines,
                                             report_entry, train_transcoders)
 from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.features import BuildSettings, FeatureStore, build_feature_store
+from circuit_atlas.models import load_language_model
+from circuit_atlas.replacement import load
 
 TRAIN_SEED, EVAL_SEED, DASHBOARD_SEED = 101, 202, 303
 
@@ -45,7 +49,6 @@ TRAIN_SEED, EVAL_SEED, DASHBOARD_SEED = 101, 202, 303
 @dataclass
 class BuildConfig:
     """Sizes of one build; `quick()` is the CI variant."""
-
     train_lines: int = 16_000
     eval_lines: int = 2_000
     dashboard_lines: int = 20_000
@@ -73,9 +76,6 @@ class BuildConfig:
 def build(out: Path, cfg: BuildConfig, *, work: Path, model_dir: Path | None = None,
           progress: bool = True) -> dict:
     """Run every step into `out`; returns the report written to `transcoders/report.json`."""
-    import circuit_atlas
-    from circuit_atlas.models import load_language_model
-
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
     model_dir = Path(model_dir or bundle.demo_model_path())
@@ -106,7 +106,7 @@ def build(out: Path, cfg: BuildConfig, *, work: Path, model_dir: Path | None = N
     (out / "transcoders" / bundle.TRANSCODER_REPORT).write_text(json.dumps(report, indent=1) + "\n")
     dashboards = toyworld.generate_corpus(world, cfg.dashboard_lines, seed=DASHBOARD_SEED)
     for kind in cfg.dashboard_kinds:
-        model = circuit_atlas.load(str(model_dir), str(out / "transcoders" / kind), device="cpu")
+        model = load(str(model_dir), str(out / "transcoders" / kind), device="cpu")
         n_labels = build_dashboards(model, dashboards, out / "features" / kind, cfg, world,
                                     progress=progress)
         report["sets"][kind]["labelled_features"] = n_labels
@@ -122,15 +122,13 @@ def rebuild_dashboards(out: Path, cfg: BuildConfig, *, model_dir: Path | None = 
     Each store is built in a sibling folder and swapped in when complete, so readers never see a
     half-built store.
     """
-    import circuit_atlas
-
     torch.set_num_threads(cfg.threads)
     model_dir = Path(model_dir or bundle.demo_model_path())
     world = bundle.demo_world()
     lines = toyworld.generate_corpus(world, cfg.dashboard_lines, seed=DASHBOARD_SEED)
     counts = {}
     for kind in cfg.dashboard_kinds:
-        model = circuit_atlas.load(str(model_dir), str(out / "transcoders" / kind), device="cpu")
+        model = load(str(model_dir), str(out / "transcoders" / kind), device="cpu")
         target = out / "features" / kind
         fresh = target.with_name(kind + ".rebuilding")
         counts[kind] = build_dashboards(model, lines, fresh, cfg, world, progress=progress)
@@ -143,8 +141,6 @@ def rebuild_dashboards(out: Path, cfg: BuildConfig, *, model_dir: Path | None = 
 def build_dashboards(model, lines: list[str], folder: Path, cfg: BuildConfig, world, *,
                      progress: bool = True) -> int:
     """A fresh feature store over `lines` in `folder`, auto-labelled; returns the label count."""
-    from circuit_atlas.features import BuildSettings, build_feature_store
-
     if folder.exists():
         shutil.rmtree(folder)  # a store built for other transcoders cannot be resumed
     settings = BuildSettings(context_len=model.lm.max_positions, top_k=cfg.top_k,
@@ -157,9 +153,6 @@ def build_dashboards(model, lines: list[str], folder: Path, cfg: BuildConfig, wo
 
 def relabel(folder: Path, world, *, progress: bool = True) -> int:
     """(Re)write the automatic labels of the store in `folder`; returns how many were set."""
-    from circuit_atlas.demo.labels import label_store
-    from circuit_atlas.features import FeatureStore
-
     with FeatureStore(folder) as store:
         count = len(label_store(store, world, progress=progress))
     for lock in (".build.lock", ".labels.lock"):  # lock files of a finished build: not assets

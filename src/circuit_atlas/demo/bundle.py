@@ -9,7 +9,8 @@ uses) and the accuracies measured when the model was trained. Both are written b
 by `circuit_atlas.demo.build_assets`. This module only reads them.
 
 Reference strings: `--model demo` is the bundled model; `--transcoders demo` its cross-layer
-transcoder, `demo-clt` / `demo-plt` name a kind explicitly.
+transcoder, `demo-clt` / `demo-plt` name a kind explicitly. Those names are entries of the preset
+table every loader consults (`circuit_atlas.io.presets`); this module reads through it.
 """
 
 from __future__ import annotations
@@ -20,26 +21,29 @@ from pathlib import Path
 
 from circuit_atlas.demo import toyworld
 from circuit_atlas.errors import ModelLoadError
+from circuit_atlas.io.presets import (
+    BUNDLED_ASSETS,
+    DEMO,
+    DEMO_MODEL,
+    DEMO_TRANSCODERS,
+    TRANSCODER_PRESETS,
+    model_preset,
+)
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-DEMO_REF = "demo"
+ASSETS_DIR = BUNDLED_ASSETS
+DEMO_REF = DEMO
 DEFAULT_CITY = "dallas"
 DEFAULT_PROMPT = toyworld.TWO_HOP_FRAME.format(city=DEFAULT_CITY)
-TRANSCODER_KINDS = ("clt", "plt")
+TRANSCODER_KINDS = tuple(DEMO_TRANSCODERS)
 DEFAULT_TRANSCODER_KIND = "clt"
-TRANSCODER_REFS = {DEMO_REF: DEFAULT_TRANSCODER_KIND, **{f"{DEMO_REF}-{k}": k for k in TRANSCODER_KINDS}}
+TRANSCODER_REFS = {name: preset.path.name for name, preset in TRANSCODER_PRESETS.items()
+                   if name.startswith(DEMO) and not isinstance(preset, str)}
 TRANSCODER_REPORT = "report.json"
 
 
 def demo_model_path() -> Path:
     """Directory of the bundled model + tokenizer, loadable with `from_pretrained`."""
-    path = ASSETS_DIR / "model"
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"the bundled demo model is missing: {path / 'config.json'} not found "
-                             "(reinstall circuit-atlas, or retrain with "
-                             "`python -m circuit_atlas.demo.train --out "
-                             f"{ASSETS_DIR}`)")
-    return path
+    return DEMO_MODEL.resolve()
 
 
 def demo_world_path() -> Path:
@@ -52,7 +56,7 @@ def demo_world_path() -> Path:
 
 def resolve_model_ref(ref: str) -> str:
     """`"demo"` becomes the bundled model's directory; any other hub id or path is unchanged."""
-    return str(demo_model_path()) if ref == DEMO_REF else ref
+    return model_preset(ref)
 
 
 def demo_transcoders_path(kind: str = DEFAULT_TRANSCODER_KIND) -> Path:
@@ -60,12 +64,7 @@ def demo_transcoders_path(kind: str = DEFAULT_TRANSCODER_KIND) -> Path:
     if kind not in TRANSCODER_KINDS:
         raise ModelLoadError(f"demo transcoders come in kinds {', '.join(TRANSCODER_KINDS)}, "
                              f"not {kind!r}")
-    path = ASSETS_DIR / "transcoders" / kind
-    if not path.is_dir() or not any(path.iterdir()):
-        raise ModelLoadError(f"the bundled demo transcoders are missing: {path} is empty "
-                             "(reinstall circuit-atlas, or rebuild them with "
-                             "`python -m circuit_atlas.demo.build_assets`)")
-    return path
+    return DEMO_TRANSCODERS[kind].resolve()
 
 
 def demo_features_path(kind: str = DEFAULT_TRANSCODER_KIND) -> Path:

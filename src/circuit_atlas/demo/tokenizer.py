@@ -5,7 +5,7 @@ prediction and graph nodes read as whole words. Digits are split one per token (
 isolated) because addition is far easier to learn digit by digit. Words carry a leading "▁" as in
 SentencePiece, so decoding restores the spaces exactly.
 
-Special ids: <pad>=0, <bos>=1, <eos>=2, <unk>=3. BOS is deliberately non-zero: the reference
+Special ids: <pad>=0, <bos>=1, <eos>=2, <unk>=3. BOS is deliberately non-zero: the prompt
 tokenisation rule prepends the first *truthy* id among bos/pad/eos, so an id of 0 would be skipped.
 """
 

@@ -2,14 +2,23 @@
 
 Per feature it keeps: the number of positive and of negative activations, the sum of positive
 activations in fixed point (integer, so the total is exact and independent of batch order), the
-log-bin histogram (`histogram.py`), the top-k *windows* by their maximum activation, and a
-bottom-k sample of all active occurrences by hash key (`keys.py`).
+log-bin histogram (`histogram.py`), the top-k *windows* by their maximum activation, with
+distinct contexts, and a bottom-k sample of all active occurrences by hash key (`keys.py`).
+
+Distinct contexts: a window enters the top list through the context around its maximum (the
+tokens a dashboard shows, `keys.context_hashes`); when a context is already in the list, only the
+better of the two occurrences stays. So the list is the top k of {best occurrence of each distinct
+context}: a corpus that repeats a sentence many times shows it once, next to other contexts,
+instead of k copies of it.
 
 Every piece is merge-order independent: counts are integers; the top list is ordered by
 (activation desc, occurrence id asc) and the sample by (key asc, occurrence id asc), which are
 total orders on occurrences, so the kept set is a function of the occurrences seen, not of how
-they were batched. Occurrence ids grow in corpus order, so "earlier occurrence first" is obtained
-with stable sorts of [kept entries, new candidates] without comparing ids.
+they were batched or split into shards (`merge.py` merges shards by the same orders). For the
+top list with distinct contexts: an occurrence pushed out of the list had k better distinct
+contexts above it, which stay above it, so a context never needs to come back with a worse
+occurrence. Occurrence ids grow in corpus order, so "earlier occurrence first" is obtained with
+stable sorts of [kept entries, new candidates] without comparing ids.
 
 `update` returns the example rows to insert (new entries, with their context: token ids and this
 feature's activation on each) and to delete (entries pushed out); the builder writes both in the
@@ -24,7 +33,7 @@ import numpy as np
 import torch
 
 from circuit_atlas.features.histogram import bin_index
-from circuit_atlas.features.keys import EMPTY_KEY, EMPTY_OID, combine, feature_hashes, occurrence_hashes
+from circuit_atlas.features.keys import EMPTY_KEY, EMPTY_OID, context_hashes, sample_keys, stored_context_hashes
 
 KIND_TOP = 0
 KIND_SAMPLE = 1
@@ -92,10 +101,10 @@ class LayerAccumulator:
         self.histograms = torch.zeros(F, self.n_bins, dtype=torch.long, device=device)
         self.top_val = torch.full((F, top_k), -torch.inf, dtype=torch.float32, device=device)
         self.top_oid = torch.full((F, top_k), EMPTY_OID, dtype=torch.long, device=device)
+        self.top_context = torch.zeros((F, top_k), dtype=torch.long, device=device)
         self.sample_key = torch.full((F, n_samples), EMPTY_KEY, dtype=torch.long, device=device)
         self.sample_oid = torch.full((F, n_samples), EMPTY_OID, dtype=torch.long, device=device)
         self.dirty = torch.zeros(F, dtype=torch.bool, device=device)
-        self.feature_halves = feature_hashes(seed, layer, torch.arange(F, device=device))
 
     # ------------------------------------------------------------------ batch update
     @torch.no_grad()
@@ -138,14 +147,25 @@ class LayerAccumulator:
         cand_val = torch.where(cand_val > 0, cand_val, torch.full_like(cand_val, -torch.inf))
         cand_pos = where[:, touched].T
         cand_oid = oids.gather(1, where[:, touched]).T
+        contexts = self.window_contexts(tokens, lengths)  # [B, P]
+        cand_ctx = contexts.gather(1, where[:, touched]).T
         old_val, old_oid = self.top_val[touched], self.top_oid[touched]
         merged_val = torch.cat([old_val, cand_val], 1)
-        order = torch.argsort(-merged_val, dim=1, stable=True)[:, :k]
-        new_val = merged_val.gather(1, order)
-        new_oid = torch.cat([old_oid, cand_oid], 1).gather(1, order)
-        self.top_val[touched], self.top_oid[touched] = new_val, new_oid
-        removed = self._pushed_out(KIND_TOP, touched, order < k, old_val > -torch.inf, old_oid)
-        row, slot = ((order >= k) & (new_val > -torch.inf)).nonzero(as_tuple=True)
+        merged_ctx = torch.cat([self.top_context[touched], cand_ctx], 1)
+        order, valid = _distinct_top(merged_val, merged_ctx, k)
+        new_val = torch.where(valid, merged_val.gather(1, order), torch.full_like(order, -torch.inf,
+                                                                                   dtype=torch.float32))
+        new_oid = torch.where(valid, torch.cat([old_oid, cand_oid], 1).gather(1, order),
+                              torch.full_like(order, EMPTY_OID))
+        new_ctx = torch.where(valid, merged_ctx.gather(1, order), torch.zeros_like(order))
+        self.top_val[touched], self.top_oid[touched], self.top_context[touched] = new_val, new_oid, new_ctx
+        from_old = valid & (order < k)
+        kept_old = torch.zeros(old_oid.shape[0], k + 1, dtype=torch.bool, device=order.device)
+        kept_old.scatter_(1, torch.where(from_old, order, k), True)  # column k catches the rest
+        gone = (old_val > -torch.inf) & ~kept_old[:, :k]
+        row, slot = gone.nonzero(as_tuple=True)
+        removed = RemovedRows(KIND_TOP, touched[row].cpu().numpy(), old_oid[row, slot].cpu().numpy())
+        row, slot = (valid & (order >= k)).nonzero(as_tuple=True)
         window = order[row, slot] - k
         feature = touched[row]
         position = cand_pos[row, window]
@@ -154,11 +174,19 @@ class LayerAccumulator:
                           new_val[row, slot], new_oid[row, slot], keys)
         return rows, removed
 
+    def window_contexts(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """int64 `[B, P]`: the context hash of every position of every window of a batch."""
+        B, P = tokens.shape
+        offsets = torch.arange(self.before + self.after + 1, device=tokens.device) - self.before
+        index = torch.arange(P, device=tokens.device)[:, None] + offsets[None]  # [P, W]
+        inside = (index >= 0)[None] & (index[None] < lengths.to(tokens.device)[:, None, None])
+        gathered = tokens[:, index.clamp(0, P - 1)]  # [B, P, W]
+        padded = torch.where(inside, gathered, torch.full_like(gathered, -1))
+        return context_hashes(padded.reshape(B * P, -1)).reshape(B, P)
+
     def _update_samples(self, acts, tokens, flat_oids, lengths, rows, cols, values):
         R, P = self.n_samples, acts.shape[1]
-        occurrence = occurrence_hashes(self.seed, flat_oids)
-        keys = combine((self.feature_halves[0][cols], self.feature_halves[1][cols]),
-                       (occurrence[0][rows], occurrence[1][rows]))
+        keys = sample_keys(self.seed, flat_oids)[rows]
         # only keys below a feature's current R-th key can enter (equal keys lose: older oids)
         entering = keys < self.sample_key[cols, -1]
         cols, rows, values, keys = cols[entering], rows[entering], values[entering], keys[entering]
@@ -243,25 +271,30 @@ class LayerAccumulator:
             histograms=self.histograms[features].cpu().numpy(),
         )
 
-    def load(self, stats: StatsRows, tops: tuple[np.ndarray, np.ndarray, np.ndarray],
+    def load(self, stats: StatsRows, tops: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
              samples: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        """Restore the state a build committed: stats rows, (feature, activation, oid) of the top
-        lists and (feature, key, oid) of the samples."""
+        """Restore the state a build committed: stats rows, (feature, activation, oid, context
+        hash) of the top lists and (feature, key, oid) of the samples."""
         dev = self.device
         features = torch.as_tensor(stats.features, dtype=torch.long, device=dev)
         self.n_active[features] = torch.as_tensor(stats.n_active, device=dev)
         self.n_negative[features] = torch.as_tensor(stats.n_negative, device=dev)
         self.sum_fixed[features] = torch.as_tensor(stats.sum_fixed, device=dev)
         self.histograms[features] = torch.as_tensor(stats.histograms, device=dev)
-        feature, value, oid = tops
+        feature, value, oid, context = tops
         order = np.lexsort((oid, -value.astype(np.float64), feature))
-        self._fill(self.top_val, self.top_oid, feature[order], value[order], oid[order])
+        self._fill(self.top_val, self.top_oid, feature[order], value[order], oid[order],
+                   self.top_context, context[order])
         feature, key, oid = samples
         order = np.lexsort((oid, key, feature))
         self._fill(self.sample_key, self.sample_oid, feature[order], key[order], oid[order])
         self.dirty.zero_()
 
-    def _fill(self, values_t, oids_t, feature, value, oid) -> None:
+    def stored_contexts(self, focus: np.ndarray, tokens: list[bytes]) -> np.ndarray:
+        """Context hashes of stored example rows, as `window_contexts` computed them."""
+        return stored_context_hashes(focus, tokens, self.before, self.after)
+
+    def _fill(self, values_t, oids_t, feature, value, oid, extra_t=None, extra=None) -> None:
         if len(feature) == 0:
             return
         starts = np.r_[0, np.flatnonzero(np.diff(feature)) + 1]
@@ -273,3 +306,29 @@ class LayerAccumulator:
         r = torch.as_tensor(rank, dtype=torch.long, device=self.device)
         values_t[f, r] = torch.as_tensor(value, device=self.device).to(values_t.dtype)
         oids_t[f, r] = torch.as_tensor(oid, dtype=torch.long, device=self.device)
+        if extra_t is not None:
+            extra_t[f, r] = torch.as_tensor(extra, dtype=torch.long, device=self.device)
+
+
+def _distinct_top(values: torch.Tensor, contexts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of `values` `[U, M]` (entries in (activation desc, then column) tie order: kept
+    entries first, then candidates in corpus order): the columns of the best `k` entries with
+    distinct `contexts`, and whether each of those is a real entry (`[U, k]` each).
+
+    An entry is dropped when an entry of the same context ranks above it. Entries of value -inf
+    are empty slots and never count as a context.
+    """
+    ranked = torch.argsort(-values, dim=1, stable=True)
+    ranked_ctx = contexts.gather(1, ranked)
+    real = values.gather(1, ranked) > -torch.inf
+    # group equal contexts (stable: the best-ranked entry of a context comes first in its group)
+    by_ctx = torch.argsort(ranked_ctx, dim=1, stable=True)
+    grouped = ranked_ctx.gather(1, by_ctx)
+    repeat = torch.zeros_like(real)
+    repeat[:, 1:] = grouped[:, 1:] == grouped[:, :-1]
+    # empty slots rank last, so a real entry never repeats an empty one's context
+    duplicate = torch.zeros_like(real).scatter_(1, by_ctx, repeat) & real
+    keep_first = torch.argsort(duplicate.to(torch.int8), dim=1, stable=True)[:, :k]
+    order = ranked.gather(1, keep_first)
+    valid = (real & ~duplicate).gather(1, keep_first)
+    return order, valid

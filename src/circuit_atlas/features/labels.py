@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from circuit_atlas.features.errors import FeatureStoreError
-from circuit_atlas.server.atomic import atomic_write_json
+from circuit_atlas.io.atomic import atomic_write_json
 
 LABELS_FILE = "labels.json"
 MAX_LABEL_CHARS = 2000

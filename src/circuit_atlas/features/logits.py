@@ -5,7 +5,7 @@ where the sum runs over the layers the feature writes to (`target_layers(l)`: ju
 per-layer transcoder, l..L-1 for a cross-layer one). Summing is the natural choice for CLTs
 because every decoder output is added to the same residual stream, so the sum is what reaches
 the unembedding; the last layer's decoder alone would miss the (often larger) early writes.
-As in the reference dashboards, the final norm and any logit soft-cap are left out (the norm is
+As in circuit-tracer's dashboards, the final norm and any logit soft-cap are left out (the norm is
 a per-token rescaling; the soft-cap is monotone), so these are directions, not exact logit changes.
 """
 

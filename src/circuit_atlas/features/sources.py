@@ -1,12 +1,14 @@
-"""Where dashboard text comes from: the training part's corpus readers, plus two additions.
+"""Where dashboard text comes from: the shared corpus readers, plus two additions.
 
-`circuit_atlas.training.corpus` reads a folder of .txt files, a .txt file (blank-line separated
+`circuit_atlas.io.corpus` (also used by training) reads a folder of .txt files, a .txt file (blank-line separated
 documents) or a JSONL file, with `documents(start)` resuming at a document index; it is reused
 as is. Added here:
 
 * `encoding_errors="replace"`: bytes that are not UTF-8 become U+FFFD instead of stopping the
-  build (the training readers always raise, naming file and line, which stays the default:
-  silently replacing could hide a corpus in the wrong encoding).
+  build (the shared readers always raise, naming file and line, which stays the default:
+  silently replacing could hide a corpus in the wrong encoding). Such corpora have
+  `encoding_errors = "replace"`, recorded in the store beside the unchanged description, so a
+  build stopped by a bad byte continues under `--encoding-errors replace`.
 * Hugging Face datasets (`hf:NAME` or a name that is not a local path), streamed with the
   `datasets` package, imported only when used.
 """
@@ -18,7 +20,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from circuit_atlas.training.corpus import (
+from circuit_atlas.io.corpus import (
     Corpus,
     CorpusError,
     JsonlCorpus,
@@ -73,9 +75,7 @@ def _replaced_lines(path: Path) -> Iterator[tuple[int, str]]:
 class _ReplacingFolder(TextFolderCorpus):
     """A .txt folder whose undecodable bytes become U+FFFD."""
 
-    def __init__(self, folder: Path) -> None:
-        super().__init__(folder)
-        self.description = f"{folder} (non-UTF-8 bytes replaced)"
+    encoding_errors = "replace"
 
     def _raw_documents(self) -> Iterator[str]:
         for path in self.files:
@@ -89,9 +89,7 @@ class _ReplacingFolder(TextFolderCorpus):
 class _ReplacingJsonl(JsonlCorpus):
     """A JSONL file whose undecodable bytes become U+FFFD."""
 
-    def __init__(self, path: Path, text_field: str) -> None:
-        super().__init__(path, text_field)
-        self.description += " (non-UTF-8 bytes replaced)"
+    encoding_errors = "replace"
 
     def _raw_documents(self) -> Iterator[str]:
         for number, line in _replaced_lines(self.path):
@@ -102,9 +100,7 @@ class _ReplacingJsonl(JsonlCorpus):
 class _ReplacingTextFile(TextFileCorpus):
     """A blank-line separated .txt file whose undecodable bytes become U+FFFD."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.description = f"{path} (non-UTF-8 bytes replaced)"
+    encoding_errors = "replace"
 
     def _raw_documents(self) -> Iterator[str]:
         paragraph: list[str] = []

@@ -174,7 +174,8 @@ def unpack_histogram(offset: int, blob: bytes, n_bins: int) -> np.ndarray:
 
 
 def read_layer_state(conn: sqlite3.Connection, layer: int, n_bins: int):
-    """(StatsRows, top (feature, activation, oid), samples (feature, key, oid)) of one layer."""
+    """(StatsRows, top (feature, activation, oid, focus, token blobs), samples (feature, key, oid))
+    of one layer."""
     stats = conn.execute(
         "SELECT feature, n_active, n_negative, sum_fixed, hist_offset, histogram FROM stats "
         "WHERE layer = ? ORDER BY feature", (layer,)).fetchall()
@@ -186,12 +187,16 @@ def read_layer_state(conn: sqlite3.Connection, layer: int, n_bins: int):
         histograms=np.stack([unpack_histogram(r[4], r[5], n_bins) for r in stats])
         if stats else np.zeros((0, n_bins), dtype=np.int64),
     )
-    lists = []
-    for kind, column in ((0, "activation"), (1, "sample_key")):
-        found = conn.execute(f"SELECT feature, {column}, oid FROM examples WHERE layer = ? AND "
-                             "kind = ?", (layer, kind)).fetchall()
-        dtype = np.float32 if kind == 0 else np.int64
-        lists.append((np.array([r[0] for r in found], dtype=np.int64),
-                      np.array([r[1] for r in found], dtype=dtype),
-                      np.array([r[2] for r in found], dtype=np.int64)))
-    return rows, lists[0], lists[1]
+    found = conn.execute("SELECT feature, activation, oid, focus, tokens FROM examples WHERE "
+                         "layer = ? AND kind = 0", (layer,)).fetchall()
+    tops = (np.array([r[0] for r in found], dtype=np.int64),
+            np.array([r[1] for r in found], dtype=np.float32),
+            np.array([r[2] for r in found], dtype=np.int64),
+            np.array([r[3] for r in found], dtype=np.int64),
+            [r[4] for r in found])
+    found = conn.execute("SELECT feature, sample_key, oid FROM examples WHERE layer = ? AND "
+                         "kind = 1", (layer,)).fetchall()
+    samples = (np.array([r[0] for r in found], dtype=np.int64),
+               np.array([r[1] for r in found], dtype=np.int64),
+               np.array([r[2] for r in found], dtype=np.int64))
+    return rows, tops, samples

@@ -156,6 +156,49 @@ class FeatureStore:
     def complete(self) -> bool:
         return bool(self.meta.get("complete"))
 
+    @property
+    def has_occurrence_sketches(self) -> bool:
+        """Whether the samples are bottom-k sketches under one occurrence hash (stores built
+        since `keys.py` keyed samples by occurrence alone), so they estimate co-activation."""
+        return (self._meta.get("builder") or {}).get("sample_keys") == "occurrence"
+
+    @property
+    def n_samples(self) -> int:
+        """The size of each feature's sample (the build's `n_samples`)."""
+        return int(self._meta["settings"]["n_samples"])
+
+    def activation_count(self, layer: int, feature: int) -> int:
+        """How many tokens of the corpus the feature fires on (positive activations)."""
+        self._check(layer, feature)
+        with self._lock:
+            row = self._conn.execute("SELECT n_active FROM stats WHERE layer = ? AND feature = ?",
+                                     (layer, feature)).fetchone()
+        return int(row[0]) if row else 0
+
+    def sample_keys(self, layer: int, feature: int) -> np.ndarray:
+        """The sampling keys of a feature's sampled occurrences, ascending (int64)."""
+        self._check(layer, feature)
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT sample_key FROM examples WHERE layer = ? AND feature = ? AND kind = ? "
+                "ORDER BY sample_key", (layer, feature, KIND_SAMPLE)).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def logit_effects(self, layer: int, feature: int) -> dict[int, float]:
+        """{token id: direct logit effect} of the feature's top and bottom output tokens."""
+        self._check(layer, feature)
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT top_ids, top_values, bottom_ids, bottom_values FROM logits "
+                "WHERE layer = ? AND feature = ?", (layer, feature)).fetchone()
+        if row is None:
+            return {}
+        out = {}
+        for ids_blob, values_blob in ((row[0], row[1]), (row[2], row[3])):
+            ids = np.frombuffer(ids_blob, dtype="<i4").tolist()
+            out.update(zip(ids, np.frombuffer(values_blob, dtype="<f4").astype(float).tolist()))
+        return out
+
     def _check(self, layer: int, feature: int) -> None:
         if not 0 <= layer < self.n_layers:
             raise FeatureStoreError(f"layer {layer} is out of range 0..{self.n_layers - 1}")
@@ -253,7 +296,7 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ frontend JSON
     def to_frontend_json(self, layer: int, feature: int) -> dict[str, Any]:
-        """The graph-json.md §10.2 object (plus `label`, `layer`, `n_tokens`, `mean_activation`)."""
+        """The `docs/graph-json.md` §10.2 object (plus `label`, `layer`, `n_tokens`, `mean_activation`)."""
         card = self.card(layer, feature)
         groups, seen = [], set()
 

@@ -2,7 +2,7 @@
 
 Each document is tokenised without special tokens and cut into consecutive windows of at most
 `context_len` tokens; every window starts with the model's special prefix token (BOS, by the
-reference rule `models.prompts.special_prefix_id`), so every window looks like a prompt the
+prompt rule `models.prompts.special_prefix_id`, `docs/algorithm.md` §2.1), so every window looks like a prompt the
 tracer sees, and position 0 is the BOS attention sink. The first `n_zeroed` positions of every
 window (position 0; 0-3 for Gemma-3 `-it`) carry no feature statistics, exactly as attribution
 has no feature nodes there. A window whose tokens are all zeroed positions is skipped. When the

@@ -1,31 +1,34 @@
-"""Export a pruned graph to the frontend / Neuronpedia JSON format (`graph-json.md`), maintain
-the `graph-metadata.json` index, and read such files back.
+"""Export a pruned graph to the frontend / Neuronpedia JSON format (`docs/graph-json.md`),
+maintain the `graph-metadata.json` index, and read such files back.
 
-The writer follows the reference writer field by field (key order, types, link order), with one
+The writer follows circuit-tracer's writer field by field (key order, types, link order), with one
 deliberate change: error nodes use the collision-free id `{l}_-1_{p}` / `{l}_-1-{p}` that later
-upstream versions and Neuronpedia's graph server use. The reader accepts both error-id forms and
-both the list and the string forms of `qParams`.
+upstream versions and Neuronpedia's graph server use (`docs/graph-json.md` §5.2). The reader
+accepts both error-id forms and both the list and the string forms of `qParams` (§4).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import json
-import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from circuit_atlas.graph.graph import Graph, GraphFileError
+from circuit_atlas._version import __version__
+from circuit_atlas.errors import GraphFileError
+from circuit_atlas.graph.graph import Graph
 from circuit_atlas.graph.prune import PrunedGraph, prune
+from circuit_atlas.io.atomic import atomic_write_json
+from circuit_atlas.io.cantor import cantor_pair
+from circuit_atlas.io.checks import check_slug
+from circuit_atlas.io.untrusted import UntrustedJsonError, parse_json, read_json
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "graph-metadata.json"
 SCHEMA_FILE = Path(__file__).with_name("graph_schema.json")
 FEATURE_TYPES = {
-    "feature": "cross layer transcoder",  # also for PLT features, as the reference writes
+    "feature": "cross layer transcoder",  # also for PLT features, as circuit-tracer writes
     "error": "mlp reconstruction error",
     "token": "embedding",
     "logit": "logit",
@@ -37,22 +40,8 @@ DEFAULT_QPARAMS: dict[str, Any] = {
     "clickedId": "",
     "sg_pos": "",
 }
-_SLUG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 Labels = Mapping[Any, str]  # node_id -> label, or (layer, feature) -> label for every position
-
-
-# ---------------------------------------------------------------------- feature index encoding
-def cantor_pair(layer: int, feature: int) -> int:
-    """`schema_version` 1 node `feature` value: (l + f)(l + f + 1)/2 + f."""
-    return (layer + feature) * (layer + feature + 1) // 2 + feature
-
-
-def cantor_unpair(value: int) -> tuple[int, int]:
-    """Inverse of `cantor_pair`: (layer, feature). Exact integer arithmetic."""
-    w = (math.isqrt(8 * value + 1) - 1) // 2
-    feature = value - w * (w + 1) // 2
-    return w - feature, feature
 
 
 # ---------------------------------------------------------------------- writer
@@ -65,29 +54,42 @@ def to_graph_json(
     *,
     scan: str | None = None,
     pruned: PrunedGraph | None = None,
+    attention: Any | None = None,
 ) -> dict[str, Any]:
     """The pruned graph as a graph-JSON dict (`metadata`, `qParams`, `nodes`, `links`).
 
     Args:
         slug: graph identifier (also the file stem when written).
-        node_threshold, edge_threshold: pruning thresholds in [0, 1] (reference §9).
+        node_threshold, edge_threshold: pruning thresholds in [0, 1] (`docs/algorithm.md` §10).
         labels: optional clerps, keyed by node id or by `(layer, feature)` (every position);
             a node-id key wins. Logit nodes always get `Output "<token>" (p=…)`.
         scan: overrides `graph.transcoder_scan`; when both are missing the model name is used.
         pruned: reuse an existing `prune(graph, …)` result (its thresholds are then used).
+        attention: precomputed attention explanations (`graph.attention.GraphAttention`); its
+            edges between written nodes go into the optional top-level `attention` object.
     """
     check_slug(slug)
+    problem = graph.first_non_finite()
+    if problem is not None:
+        raise GraphFileError(
+            f"the graph holds a non-finite number ({problem}), which graph JSON cannot carry; "
+            "it comes from numerical trouble while tracing (try float32) or from an edited file"
+        )
     if pruned is None:
         pruned = prune(graph, node_threshold, edge_threshold)
     elif pruned.graph is not graph:
         raise GraphFileError("to_graph_json: `pruned` was computed for another graph")
     links, touched = _links(graph, pruned)
-    return {
+    nodes = _nodes(graph, pruned, touched, labels or {})
+    data = {
         "metadata": _metadata(graph, slug, pruned, scan),
         "qParams": copy.deepcopy(DEFAULT_QPARAMS),
-        "nodes": _nodes(graph, pruned, touched, labels or {}),
+        "nodes": nodes,
         "links": links,
     }
+    if attention is not None:
+        data["attention"] = attention.to_json(nodes=[node["node_id"] for node in nodes])
+    return data
 
 
 def _scan_fields(graph: Graph, scan: str | None) -> tuple[str, list[str]]:
@@ -102,8 +104,6 @@ def _scan_fields(graph: Graph, scan: str | None) -> tuple[str, list[str]]:
 
 
 def _metadata(graph: Graph, slug: str, pruned: PrunedGraph, scan: str | None) -> dict[str, Any]:
-    from circuit_atlas import __version__
-
     scan_value, transcoder_list = _scan_fields(graph, scan)
     return {
         "slug": slug,
@@ -196,16 +196,6 @@ def _node(graph: Graph, index: int, pruned: PrunedGraph, labels: Labels) -> dict
     }
 
 
-def check_slug(slug: str) -> str:
-    """A slug is also a file stem and a URL parameter: letters, digits, `.`, `_`, `-`."""
-    if not isinstance(slug, str) or not _SLUG_PATTERN.match(slug):
-        raise GraphFileError(
-            f"slug {slug!r} is not valid: use letters, digits, '.', '_' and '-', starting with a "
-            "letter or digit"
-        )
-    return slug
-
-
 def write_graph_json(
     graph: Graph,
     out_dir: str | os.PathLike[str],
@@ -217,10 +207,12 @@ def write_graph_json(
     scan: str | None = None,
     update_metadata: bool = True,
     indent: int | None = None,
+    attention: Any | None = None,
 ) -> Path:
     """Write `<out_dir>/<slug>.json` and (by default) add it to `<out_dir>/graph-metadata.json`.
-    Returns the graph file's path."""
-    data = to_graph_json(graph, slug, node_threshold, edge_threshold, labels, scan=scan)
+    Returns the graph file's path. `attention`: see `to_graph_json`."""
+    data = to_graph_json(graph, slug, node_threshold, edge_threshold, labels, scan=scan,
+                         attention=attention)
     directory = _ensure_directory(Path(out_dir))
     path = directory / f"{slug}.json"
     _write_json_atomic(path, data, indent=indent)
@@ -230,7 +222,7 @@ def write_graph_json(
 
 
 def update_graph_metadata(directory: str | os.PathLike[str], metadata: Mapping[str, Any]) -> Path:
-    """Add a graph's metadata to `<directory>/graph-metadata.json` (graph-json.md §9): an entry
+    """Add a graph's metadata to `<directory>/graph-metadata.json` (`docs/graph-json.md` §9): an entry
     with the same slug is removed and the new one appended at the end."""
     slug = metadata.get("slug") if isinstance(metadata, Mapping) else None
     if not isinstance(slug, str):
@@ -259,23 +251,21 @@ def _ensure_directory(directory: Path) -> Path:
 
 
 def _write_json_atomic(path: Path, data: Any, indent: int | None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    """Strict JSON (no NaN), written atomically; a file system error names the file."""
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=indent, ensure_ascii=False, allow_nan=False)
-        os.replace(tmp, path)
+        atomic_write_json(path, data, indent=indent, allow_nan=False)
     except OSError as exc:
         raise GraphFileError(f"cannot write {path}: {exc}") from exc
 
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path)
     except FileNotFoundError:
         raise GraphFileError(f"graph JSON file {path} does not exist") from None
     except IsADirectoryError:
         raise GraphFileError(f"{path} is a directory, not a graph JSON file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UntrustedJsonError) as exc:
         raise GraphFileError(f"{path} is not valid JSON: {exc}") from exc
 
 
@@ -380,8 +370,8 @@ def _parse_json_text(file: Path, key: str, value: Any) -> Any:
     if not value.strip():
         return []
     try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
+        return parse_json(value)
+    except UntrustedJsonError as exc:
         raise GraphFileError(f"{file}: qParams.{key} is a string but not JSON: {exc}") from exc
 
 

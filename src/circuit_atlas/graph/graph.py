@@ -4,7 +4,7 @@ The attribution engine builds a `Graph`; pruning, scores, export and the web ser
 It is immutable (a frozen dataclass whose tensors nobody should modify in place), so a graph can
 be shared between threads of the server without copies.
 
-Node order (the reference library's dense order, `attribution-algorithm.md` §3.2)::
+Node order (circuit-tracer's dense order too, `docs/algorithm.md` §4)::
 
     [ selected features (n_sel) | errors L·P (layer-major) | tokens P | logits n_logits ]
 
@@ -33,18 +33,17 @@ from typing import Any, Mapping
 
 import torch
 
-from circuit_atlas.errors import CircuitAtlasError, ShapeMismatchError
+from circuit_atlas.errors import CircuitAtlasError, GraphFileError, ShapeMismatchError
+from circuit_atlas.io.untrusted import UntrustedJsonError, read_json
+from circuit_atlas.viewer import get_viewer
 
 GRAPH_FORMAT = "circuit-atlas-graph"
 GRAPH_FORMAT_VERSION = 1
 TENSORS_FILE = "graph.safetensors"
 META_FILE = "graph.json"
+MAX_META_BYTES = 256 * 1024 * 1024  # prompts of a million tokens fit; a hostile file does not
 
 NODE_KINDS = ("feature", "error", "token", "logit")
-
-
-class GraphFileError(CircuitAtlasError):
-    """A graph directory or graph JSON file is missing, corrupt, or of an unknown format."""
 
 
 # Tensor fields: name -> (dtype, required rank). Values are coerced to these dtypes on CPU.
@@ -160,6 +159,19 @@ class Graph:
                 f"Graph.tokens has {len(self.tokens)} strings but input_ids has "
                 f"{self.n_positions} positions"
             )
+        for name in ("prompt", "model_name"):
+            if not isinstance(getattr(self, name), str):
+                raise ShapeMismatchError(
+                    f"Graph.{name} must be a string, got {type(getattr(self, name)).__name__}")
+        scan = self.transcoder_scan
+        if isinstance(scan, tuple):
+            scan = list(scan)
+            object.__setattr__(self, "transcoder_scan", scan)
+        if not (scan is None or isinstance(scan, str)
+                or (isinstance(scan, list) and all(isinstance(s, str) for s in scan))):
+            raise ShapeMismatchError(
+                f"Graph.transcoder_scan must be a string, a list of strings or None, got "
+                f"{type(scan).__name__}")
         if self.transcoder_kind not in ("plt", "clt"):
             raise ShapeMismatchError(
                 f"Graph.transcoder_kind must be 'plt' or 'clt', got {self.transcoder_kind!r}"
@@ -326,7 +338,7 @@ class Graph:
 
     @cached_property
     def logit_weights(self) -> torch.Tensor:
-        """float32 [N]: logit probabilities on logit nodes, 0 elsewhere (reference §9)."""
+        """float32 [N]: logit probabilities on logit nodes, 0 elsewhere (`docs/algorithm.md` §10)."""
         w = torch.zeros(self.n_nodes, dtype=torch.float32)
         w[self.n_sources :] = self.logit_probabilities
         return w
@@ -349,7 +361,7 @@ class Graph:
         return "logit"
 
     def node_id(self, node: int) -> str:
-        """The graph-JSON `node_id` (graph-json.md §5.2), errors in the `{l}_-1_{p}` form."""
+        """The graph-JSON `node_id` (`docs/graph-json.md` §5.2), errors in the `{l}_-1_{p}` form."""
         kind = self.node_kind(node)
         if kind == "feature":
             layer, pos, feat = (int(v) for v in self.feature_coords[node])
@@ -404,20 +416,27 @@ class Graph:
         raise KeyError(f"no node with id {node_id!r} in this graph")
 
     # ------------------------------------------------------------------ display
-    def show(self, **options: Any):
+    def show(self, **options: Any) -> Any:
         """Render this graph in the explorer inline in a Jupyter notebook.
 
         Starts (once per kernel) a local explorer server on 127.0.0.1 and returns a view that
-        Jupyter displays as an iframe; `options` go to `circuit_atlas.graph.notebook.show_graph`
-        (slug, node_threshold, edge_threshold, height, url_template for remote notebooks).
+        Jupyter displays as an iframe; `options` go to `circuit_atlas.server.notebook.show_graph`
+        (slug, node_threshold, edge_threshold, height, url_template for remote notebooks). The
+        explorer is the viewer the package installs in `circuit_atlas.viewer`; the graph layer
+        itself does not depend on the server.
         """
-        from circuit_atlas.graph.notebook import show_graph
-
-        return show_graph(self, **options)
+        viewer = get_viewer()
+        if viewer is None:
+            raise CircuitAtlasError(
+                "Graph.show needs a viewer and none is installed; call "
+                "circuit_atlas.viewer.set_viewer(circuit_atlas.show_graph) or use "
+                "circuit_atlas.show_graph(graph)"
+            )
+        return viewer(self, **options)
 
     # ------------------------------------------------------------------ matrices
     def dense_adjacency(self) -> torch.Tensor:
-        """float32 [N, N] in the reference order [features | errors | tokens | logits].
+        """float32 [N, N] in the dense order [features | errors | tokens | logits].
 
         Error and token rows and logit columns are zero. Costs 4·N² bytes.
         """
@@ -462,13 +481,45 @@ class Graph:
             tensors["error_norms"] = self.error_norms
         meta = {"format": GRAPH_FORMAT, "format_version": GRAPH_FORMAT_VERSION}
         meta.update({name: getattr(self, name) for name in _META_FIELDS})
-        # Write to temporary names first so an interrupted save never leaves a half graph.
+        # Write to temporary names first so an interrupted save never leaves a half graph, and
+        # remove them when a write fails, so a failure leaves nothing behind either.
         tmp_tensors, tmp_meta = path / (TENSORS_FILE + ".tmp"), path / (META_FILE + ".tmp")
-        save_file(tensors, str(tmp_tensors), metadata={"format": GRAPH_FORMAT})
-        tmp_meta.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp_tensors, path / TENSORS_FILE)
-        os.replace(tmp_meta, path / META_FILE)
+        try:
+            save_file(tensors, str(tmp_tensors), metadata={"format": GRAPH_FORMAT})
+            tmp_meta.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+            os.replace(tmp_tensors, path / TENSORS_FILE)
+            os.replace(tmp_meta, path / META_FILE)
+        except BaseException:
+            tmp_tensors.unlink(missing_ok=True)
+            tmp_meta.unlink(missing_ok=True)
+            raise
         return path
+
+    def first_non_finite(self) -> str | None:
+        """Where the graph holds a NaN or infinite number, in words, or None when it holds none.
+
+        Such values come from numerical trouble while tracing (or an edited file); strict JSON
+        cannot carry them, so the graph-JSON writer and the explorer refuse the graph with this
+        text instead of failing somewhere inside. One cheap sum per tensor finds them (NaN and
+        infinities survive a sum); only then is the first one located."""
+        for name in ("activation_values", "logit_probabilities", "adjacency", "error_norms"):
+            tensor = getattr(self, name)
+            if tensor is None or tensor.numel() == 0 or bool(torch.isfinite(tensor.sum())):
+                continue
+            flat = tensor.reshape(-1)
+            for start in range(0, flat.numel(), 1 << 24):
+                bad = torch.nonzero(~torch.isfinite(flat[start:start + (1 << 24)]))
+                if bad.numel():
+                    index = start + int(bad[0])
+                    where = [int(i) for i in torch.unravel_index(torch.tensor(index), tensor.shape)]
+                    return f"{name}{where} is {float(flat[index])}" + self._feature_at(name, where)
+        return None
+
+    def _feature_at(self, name: str, where: list[int]) -> str:
+        if name != "activation_values":
+            return ""
+        layer, position, feature = (int(v) for v in self.active_features[where[0]])
+        return f" (layer {layer}, position {position}, feature {feature})"
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> "Graph":
@@ -517,8 +568,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise GraphFileError(f"graph metadata file {path} is missing")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        meta = read_json(path, max_bytes=MAX_META_BYTES)
+    except (OSError, UntrustedJsonError) as exc:
         raise GraphFileError(f"graph metadata file {path} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != GRAPH_FORMAT:
         raise GraphFileError(f"{path} is not a circuit-atlas graph file (format field missing)")

@@ -1,4 +1,4 @@
-"""Node influence and graph pruning, exactly as defined in `attribution-algorithm.md` §9.
+"""Node influence and graph pruning, exactly as defined in `docs/algorithm.md` §10.
 
 Definitions (N nodes in dense order, `A[t, s]` = direct effect of source s on target t):
 
@@ -9,14 +9,14 @@ Definitions (N nodes in dense order, `A[t, s]` = direct effect of source s on ta
 - `find_threshold(scores, τ)`: the smallest top set whose share of the total reaches τ, plus
   ties; everything `≥` the returned value is kept.
 
-`prune` runs the three steps of the reference: node threshold on influence (tokens and logits
+`prune` runs the three steps of the definition: node threshold on influence (tokens and logits
 always kept), edge threshold on `Â'[t,s]·(I'[t] + w[t])` of the node-pruned graph, then clean-up
 passes until every kept feature has kept input and output edges and every kept error has a kept
 output edge.
 
-For τ < 1 on a graph with some positive score the masks are the reference's, up to float
-rounding at exact ties. Deliberate differences from the reference's float32 code: cumulative
-shares are summed in float64, and zero scores are never kept. The reference keeps every zero
+For τ < 1 on a graph with some positive score the masks are circuit-tracer's, up to float
+rounding at exact ties. Deliberate differences from circuit-tracer's float32 code: cumulative
+shares are summed in float64, and zero scores are never kept. circuit-tracer keeps every zero
 entry whenever rounding leaves its float32 cumulative share just short of τ = 1; here `τ = 1`
 keeps exactly the nodes/edges with positive scores, i.e. everything on a path to the logits.
 
@@ -42,22 +42,14 @@ import torch
 
 from circuit_atlas.errors import AttributionError
 from circuit_atlas.graph.graph import Graph
+from circuit_atlas.io.checks import check_threshold
 
 NORM_EPS = 1e-10
 MAX_INFLUENCE_ITERATIONS = 1000
 _BLOCK_ELEMENTS = 1 << 22  # row-block size (elements) for chunked reductions over the rectangle
 
 
-# ---------------------------------------------------------------------- reference primitives
-def check_threshold(value: float, name: str) -> float:
-    """Thresholds are shares of the total influence, so they must lie in [0, 1]."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise AttributionError(f"{name} must be a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= number <= 1.0:  # also rejects NaN
-        raise AttributionError(f"{name} must lie in [0, 1], got {value!r}")
-    return number
+# ---------------------------------------------------------------------- the definitions
 
 
 def normalize_matrix(matrix: torch.Tensor) -> torch.Tensor:
@@ -77,7 +69,7 @@ def compute_influence(
     logit_weights: torch.Tensor,
     max_iter: int = MAX_INFLUENCE_ITERATIONS,
 ) -> torch.Tensor:
-    """`w·Â + w·Â² + …` on a square normalised matrix (the reference definition).
+    """`w·Â + w·Â² + …` on a square normalised matrix (the definition, `docs/algorithm.md` §10).
 
     Raises AttributionError when the series has not ended after `max_iter` terms, which means
     the adjacency has a cycle (attribution graphs are DAGs).
@@ -124,7 +116,7 @@ def _row_blocks(n_rows: int, n_cols: int):
 
 
 def storage_influence(graph: Graph, normalized: torch.Tensor) -> torch.Tensor:
-    """Influence (reference §9) of every dense node, from the normalised stored rectangle.
+    """Influence (`docs/algorithm.md` §10) of every dense node, from the normalised stored rectangle.
 
     Only feature rows propagate influence further (error and token rows are zero; logits have
     no outputs), so after the first step `q` lives on the feature columns alone.
@@ -152,7 +144,7 @@ def node_influence(graph: Graph) -> torch.Tensor:
 
 
 def cumulative_scores(influence: torch.Tensor) -> torch.Tensor:
-    """Reference §9 step 4: each node's share of the total influence of nodes ranked at or
+    """`docs/algorithm.md` §10 step 4: each node's share of the total influence of nodes ranked at or
     above it (descending, stable sort). Smaller is more important; zero influence gives 1."""
     values = influence.detach().to(torch.float64)
     order = torch.sort(values, descending=True, stable=True).indices
@@ -235,7 +227,7 @@ class PrunedGraph:
     - `node_mask` bool [N]: kept nodes, dense order.
     - `storage_edge_mask` bool [n_sel + n_logits, n_sel + (L+1)·P]: kept edges in the stored
       rectangle's layout (`edge_mask` gives the dense N×N form).
-    - `cumulative_scores` float32 [N]: reference §9 step 4 (the graph JSON `influence`).
+    - `cumulative_scores` float32 [N]: `docs/algorithm.md` §10 step 4 (the graph JSON `influence`).
     - `node_influence` float32 [N]: raw influence on the unpruned graph (step 1).
     """
 
@@ -276,7 +268,7 @@ class PrunedGraph:
 def prune(
     graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98
 ) -> PrunedGraph:
-    """Prune an attribution graph (reference §9 steps 1–4); see the module docstring."""
+    """Prune an attribution graph (`docs/algorithm.md` §10 steps 1–4); see the module docstring."""
     node_threshold = check_threshold(node_threshold, "node_threshold")
     edge_threshold = check_threshold(edge_threshold, "edge_threshold")
     buffer = graph.adjacency.abs()

@@ -1,4 +1,4 @@
-"""Replacement and completeness scores (`attribution-algorithm.md` §10), for the whole graph or
+"""Replacement and completeness scores (`docs/algorithm.md` §11), for the whole graph or
 for a chosen subgraph.
 
 Whole graph, with `Â = normalize(A)`, `I = influence(Â, w)`, errors ℰ and tokens 𝒯::
@@ -18,7 +18,7 @@ not in K is merged into the error nodes. Concretely, each unchosen feature `u`
    pass *through* it to the tokens or to other features, and
 2. joins the error set: ℰ' = ℰ ∪ {unchosen features}; its outgoing edges count as error input.
 
-The §10 formulas are then evaluated unchanged on this modified graph, with ℰ' for ℰ. Error,
+The §11 formulas are then evaluated unchanged on this modified graph, with ℰ' for ℰ. Error,
 token and logit nodes are part of every subgraph. Choosing all features gives exactly the
 whole-graph scores; choosing none gives the scores of a graph whose features are all errors.
 """

@@ -1,6 +1,6 @@
 """Random but valid attribution graphs, for tests and for developing the viewer without a model.
 
-The graphs respect the structure a real attribution produces (`attribution-algorithm.md` §3):
+The graphs respect the structure a real attribution produces (`docs/algorithm.md` §4):
 
 - no feature or error at position 0 (the zeroed BOS position), but a token node there;
 - feature → feature and error → feature edges only from a strictly lower layer and a position

@@ -10,7 +10,14 @@ at some positions; a `Supernode` applies one operation to several features.
 """
 
 from circuit_atlas.interventions.generate import Continuation, GenerationResult, generate
-from circuit_atlas.interventions.intervene import FeatureChanges, InterventionResult, TokenProb, intervene
+from circuit_atlas.interventions.intervene import (
+    MODES,
+    FeatureChanges,
+    InterventionResult,
+    Mode,
+    TokenProb,
+    intervene,
+)
 from circuit_atlas.interventions.spec import Intervention, Supernode
 from circuit_atlas.interventions.validate import NodeValidation, ValidationReport, validate_graph
 
@@ -20,6 +27,8 @@ __all__ = [
     "GenerationResult",
     "Intervention",
     "InterventionResult",
+    "MODES",
+    "Mode",
     "NodeValidation",
     "Supernode",
     "TokenProb",

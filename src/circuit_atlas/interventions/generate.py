@@ -1,25 +1,27 @@
 """`generate(model, prompt, interventions, ...)`: default and steered continuations side by side.
 
-Generation runs the model's own KV cache one token at a time (reference §12.6). The prompt pass
-applies every intervention at the prompt positions it selects; each incremental pass applies the
-interventions whose positions cover the new position (open-ended slices `slice(k, None)` and
-`position=None`, or slices whose stop lies past the prompt), with deltas taken from that
-position's freshly computed activations (free mode; attention and MLPs live). Both continuations
-draw from their own generator seeded with `seed`, so the same seed gives the same output and the
-two differ only where the steering changed the distribution.
+Generation runs the model's own KV cache one token at a time (`docs/algorithm.md` §12.6). The
+prompt pass applies every intervention at the prompt positions it selects; each incremental pass
+applies the interventions whose positions cover the new position (open-ended slices
+`slice(k, None)` and `position=None`, or slices whose stop lies past the prompt), with deltas
+taken from that position's freshly computed activations (free mode; attention and MLPs live).
+Both continuations draw from their own generator seeded with `seed`, so the same seed gives the
+same output and the two differ only where the steering changed the distribution.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 
 from circuit_atlas.errors import InterventionError
+from circuit_atlas.interventions.intervene import Interventions
 from circuit_atlas.interventions.plan import ClampPlan
-from circuit_atlas.interventions.spec import CheckedIntervention, Intervention, Supernode, check_interventions
+from circuit_atlas.interventions.spec import CheckedIntervention, Intervention, check_interventions
+from circuit_atlas.models.prompts import Prompt
+from circuit_atlas.replacement import ReplacementModel
 
 
 @dataclass
@@ -63,9 +65,9 @@ class GenerationResult:
 
 
 def generate(
-    model,
-    prompt,
-    interventions: Iterable[Intervention | Supernode] | Intervention | Supernode = (),
+    model: ReplacementModel,
+    prompt: Prompt,
+    interventions: Interventions = (),
     max_new_tokens: int = 20,
     *,
     temperature: float = 0.0,
@@ -76,7 +78,8 @@ def generate(
     """Continue `prompt` with and without `interventions` (free mode, KV cache).
 
     temperature 0 is greedy decoding; otherwise tokens are sampled from `softmax(logits / T)`
-    restricted to the smallest top set whose probability reaches `top_p`.
+    restricted to the smallest top set whose probability reaches `top_p` (`sample_token`: tiny
+    temperatures approach greedy decoding, tiny `top_p` keeps the most likely token).
     """
     _check_sampling(max_new_tokens, temperature, top_p, seed)
     tokens = model.tokenize(prompt)
@@ -162,16 +165,28 @@ def _continue(model, tokens: torch.Tensor, checked: list[CheckedIntervention], *
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     """Greedy for temperature 0; else nucleus sampling from `softmax(logits / temperature)`.
 
-    Sampling happens on the CPU with a CPU generator, so a seed gives the same tokens on any device.
+    Any positive temperature and top_p is well defined: the softmax is taken of
+    `(logits − max) / temperature` in float64, so a tiny temperature (1e-300, even the smallest
+    subnormal) puts all the mass on the most likely token(s) — the greedy limit — instead of
+    overflowing to NaN, and the nucleus always keeps the most likely token, however small
+    `top_p` is. Non-finite logits (a steering value too large for the model's precision) are an
+    `InterventionError`. Sampling happens on the CPU with a CPU generator, so a seed gives the
+    same tokens on any device.
     """
-    logits = logits.float().cpu()
+    logits = logits.double().cpu()
+    if not bool(torch.isfinite(logits).all()):
+        raise InterventionError(
+            "the model's next-token logits are not finite (NaN or infinite); the intervention "
+            "values are too large for this model's precision")
     if temperature == 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
+    probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)
     if top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)
         before = torch.cumsum(sorted_probs, dim=0) - sorted_probs  # mass of strictly better tokens
-        sorted_probs[before >= top_p] = 0
+        drop = before >= top_p
+        drop[0] = False  # the most likely token is always in the nucleus
+        sorted_probs[drop] = 0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
 

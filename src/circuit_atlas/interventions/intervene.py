@@ -1,6 +1,6 @@
 """`intervene(model, prompt, interventions, mode=...)`: one intervened pass, compared with the clean one.
 
-Modes (reference attribution-algorithm.md §12.2):
+Modes (`docs/algorithm.md` §12.2):
 
 - ``"free"``: the real model runs with the features clamped; every later layer (attention, norms,
   MLPs, and so the features they encode) is recomputed from the perturbed residual stream.
@@ -19,16 +19,39 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 
 from circuit_atlas.errors import InterventionError
 from circuit_atlas.interventions.plan import Applied, ClampPlan, HeldOutputs
-from circuit_atlas.interventions.spec import Intervention, Supernode, check_interventions
-from circuit_atlas.models import FreezeSpec
+from circuit_atlas.interventions.spec import (
+    CheckedIntervention,
+    Intervention,
+    Supernode,
+    check_interventions,
+)
+from circuit_atlas.models import ForwardRecord, FreezeSpec
 from circuit_atlas.models.freeze import LIVE, REPLAY
+from circuit_atlas.models.prompts import Prompt
+from circuit_atlas.replacement import ReplacementModel, ReplacementRun
 
-MODES = ("free", "constrained")
+# "free": the real model runs on with the features clamped; "constrained": attention, norms and
+# the MLP outputs of the constrained layers are held at their clean values (module docstring).
+Mode = Literal["free", "constrained"]
+MODES: tuple[str, ...] = get_args(Mode)
+Interventions = Iterable[Intervention | Supernode] | Intervention | Supernode
+
+
+@dataclass(frozen=True)
+class InterventionSettings:
+    """How one `intervene` call runs, once checked: the mode, the constrained layers (None in
+    free mode), whether attention is frozen (free mode only), how many top tokens to report."""
+
+    mode: Mode
+    constrained_layers: tuple[int, ...] | None
+    freeze_attention: bool
+    top_k: int
 
 
 @dataclass(frozen=True)
@@ -72,8 +95,8 @@ class InterventionResult:
     - `top_before` / `top_after`: most likely next tokens at the last position.
     - `applied`: each intervention as applied (positions, features, value it had, value set).
     - `activations_before` / `activations_after`: sparse `[L, P, F]`. After = the activations the
-      intervened pass's inputs encode to (reference §12.4), except that intervened entries hold
-      the value they were set to. In constrained mode the other features of constrained layers
+      intervened pass's inputs encode to (`docs/algorithm.md` §12.4), except that intervened
+      entries hold the value they were set to. In constrained mode the other features of constrained layers
       were held at their clean values during the pass; their "after" shows the direct effect.
     - `changes`: the entries where before and after differ.
     - `mlp_inputs` / `clean_mlp_inputs` `[L, P, d]` (input-hook values) and `final_hidden` /
@@ -83,7 +106,7 @@ class InterventionResult:
 
     tokens: torch.Tensor
     token_strings: list[str]
-    mode: str
+    mode: Mode
     constrained_layers: tuple[int, ...] | None
     freeze_attention: bool
     logits: torch.Tensor = field(repr=False)
@@ -124,15 +147,15 @@ class InterventionResult:
 
 
 def intervene(
-    model,
-    prompt,
-    interventions: Iterable[Intervention | Supernode] | Intervention | Supernode,
+    model: ReplacementModel,
+    prompt: Prompt,
+    interventions: Interventions,
     *,
-    mode: str = "free",
+    mode: Mode = "free",
     constrained_layers: Iterable[int] | None = None,
     freeze_attention: bool = False,
     top_k: int = 10,
-    run=None,
+    run: ReplacementRun | None = None,
 ) -> InterventionResult:
     """Run `prompt` through `model` (a `ReplacementModel`) with `interventions` applied.
 
@@ -168,10 +191,12 @@ def intervene(
             tokens[None], input_hook=model.input_hook, output_hook=model.output_hook, freeze=freeze,
             output_edit=plan, record_internals=False,
         )
-    return _result(model, run, record, plan, checked, mode, layers, freeze_attention, top_k)
+    settings = InterventionSettings(mode, layers, freeze_attention and mode == "free", top_k)
+    return _result(model, run, record, plan, checked, settings)
 
 
-def check_mode(mode: str, constrained_layers, n_layers: int) -> tuple[str, tuple[int, ...] | None]:
+def check_mode(mode: Mode, constrained_layers: Iterable[int] | None,
+               n_layers: int) -> tuple[Mode, tuple[int, ...] | None]:
     """Validate the mode and resolve the constrained range (None in free mode)."""
     if mode not in MODES:
         raise InterventionError(f"mode must be one of {MODES}, got {mode!r}")
@@ -195,7 +220,8 @@ def check_mode(mode: str, constrained_layers, n_layers: int) -> tuple[str, tuple
     return mode, layers
 
 
-def clean_run(model, tokens: torch.Tensor, run=None):
+def clean_run(model: ReplacementModel, tokens: torch.Tensor,
+              run: ReplacementRun | None = None) -> ReplacementRun:
     """The clean `ReplacementRun` of `tokens`, reusing `run` when it is for the same tokens."""
     if run is None:
         return model.run(tokens)
@@ -204,7 +230,7 @@ def clean_run(model, tokens: torch.Tensor, run=None):
     return run
 
 
-def _freeze(mode: str, freeze_attention: bool, record) -> FreezeSpec:
+def _freeze(mode: Mode, freeze_attention: bool, record: ForwardRecord) -> FreezeSpec:
     if mode == "constrained":
         return FreezeSpec.replayed(record)
     if freeze_attention:
@@ -212,7 +238,7 @@ def _freeze(mode: str, freeze_attention: bool, record) -> FreezeSpec:
     return FreezeSpec.live()
 
 
-def top_tokens(model, logits: torch.Tensor, k: int) -> list[TokenProb]:
+def top_tokens(model: ReplacementModel, logits: torch.Tensor, k: int) -> list[TokenProb]:
     """The `k` most likely tokens of a `[V]` logit vector."""
     probs = torch.softmax(logits.float(), dim=-1)
     values, ids = torch.topk(probs, min(k, probs.shape[-1]))
@@ -220,20 +246,21 @@ def top_tokens(model, logits: torch.Tensor, k: int) -> list[TokenProb]:
     return [TokenProb(int(i), s, float(p), float(logits[i])) for i, s, p in zip(ids.tolist(), strings, values)]
 
 
-def _result(model, run, record, plan: ClampPlan, checked, mode, layers, freeze_attention, top_k) -> InterventionResult:
+def _result(model: ReplacementModel, run: ReplacementRun, record: ForwardRecord, plan: ClampPlan,
+            checked: Sequence[CheckedIntervention], settings: InterventionSettings) -> InterventionResult:
     inputs = torch.stack([x[0] for x in record.inputs])
     after, changes = _activations(model, run, inputs, plan.applied)
     logits = record.logits[0]
     return InterventionResult(
         tokens=run.tokens,
         token_strings=model.lm.token_strings(run.tokens),
-        mode=mode,
-        constrained_layers=layers,
-        freeze_attention=freeze_attention and mode == "free",
+        mode=settings.mode,
+        constrained_layers=settings.constrained_layers,
+        freeze_attention=settings.freeze_attention,
         logits=logits,
         clean_logits=run.logits,
-        top_before=top_tokens(model, run.logits[-1], top_k),
-        top_after=top_tokens(model, logits[-1], top_k),
+        top_before=top_tokens(model, run.logits[-1], settings.top_k),
+        top_after=top_tokens(model, logits[-1], settings.top_k),
         applied=plan.applied,
         activations_before=run.activations,
         activations_after=after,
@@ -246,7 +273,8 @@ def _result(model, run, record, plan: ClampPlan, checked, mode, layers, freeze_a
     )
 
 
-def _activations(model, run, inputs: torch.Tensor, applied: Sequence[Applied]):
+def _activations(model: ReplacementModel, run: ReplacementRun, inputs: torch.Tensor,
+                 applied: Sequence[Applied]) -> tuple[torch.Tensor, FeatureChanges]:
     """Sparse `[L, P, F]` activations of the intervened pass (set values shown) and the changes.
 
     One layer at a time, so only one dense `[P, F]` slice exists at once (F can be ~10⁵–10⁶).

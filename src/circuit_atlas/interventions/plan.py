@@ -1,6 +1,6 @@
 """Applying checked interventions inside one forward pass, as the model's `output_edit`.
 
-Mechanics (reference attribution-algorithm.md §12.3): at the output hook of each layer `l` that
+Mechanics (`docs/algorithm.md` §12.3): at the output hook of each layer `l` that
 has interventions, take the current activations of the intervened features (recomputed in this
 pass from the input hook in free mode; the clean ones in constrained mode), form
 `δ = target − current`, and queue `δ · W_dec^{(k)}` for every layer `k` the feature writes to
@@ -11,7 +11,7 @@ all other features' contributions stay as they were.
 
 Constrained layers hold `Y_clean + skip(x) − skip(x_clean)`: the MLP is frozen but the
 transcoder's linear skip path stays live, exactly the local replacement model of attribution
-(§4, §12.3 point 6). Writes into layers outside the constrained range are dropped.
+(§5, §12.3 point 5). Writes into layers outside the constrained range are dropped.
 """
 
 from __future__ import annotations

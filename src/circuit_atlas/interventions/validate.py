@@ -27,8 +27,10 @@ import torch
 from tqdm.auto import tqdm
 
 from circuit_atlas.errors import InterventionError
-from circuit_atlas.interventions.intervene import check_mode, intervene
+from circuit_atlas.graph import Graph, node_influence
+from circuit_atlas.interventions.intervene import Mode, check_mode, intervene
 from circuit_atlas.interventions.spec import Supernode, graph_feature
+from circuit_atlas.replacement import ReplacementModel
 
 ACTIVATION_RTOL = 1e-3
 
@@ -61,7 +63,7 @@ class NodeValidation:
 class ValidationReport:
     """Per-node results and the summary correlations (Pearson; None when undefined)."""
 
-    mode: str
+    mode: Mode
     constrained_layers: tuple[int, ...] | None
     target: str
     nodes: list[NodeValidation]
@@ -123,11 +125,11 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float | None:
 
 
 def validate_graph(
-    model,
-    graph,
+    model: ReplacementModel,
+    graph: Graph,
     nodes: Iterable[int | str | Supernode | Iterable[int | str]],
     *,
-    mode: str = "constrained",
+    mode: Mode = "constrained",
     constrained_layers: Iterable[int] | None = None,
     freeze_attention: bool = False,
     target: int = 0,
@@ -238,8 +240,6 @@ class _GraphContext:
         self.feature_edges = graph.adjacency[:n_sel, :n_sel]
         self.logit_edges = graph.adjacency[n_sel + target, :n_sel]
         self.total = _total_effect(self.logit_edges, self.feature_edges).double()
-        from circuit_atlas.graph import node_influence
-
         self.influence = node_influence(graph)[:n_sel].double()
         coords = graph.feature_coords
         tc = model.transcoders
@@ -249,9 +249,7 @@ class _GraphContext:
             self.encoders[members] = tc.encoder_rows(layer, coords[members, 2]).float().cpu()
         self.logit_vector = None
         if not graph.is_virtual_logit(target):
-            from circuit_atlas.attribution.targets import unembedding_matrix
-
-            w_u = unembedding_matrix(model.lm.hf_model).detach().double().cpu()
+            w_u = model.lm.unembedding.detach().double().cpu()
             self.logit_vector = w_u[int(graph.logit_token_ids[target])] - w_u.mean(0)
 
     def compare(self, label: str, columns: torch.Tensor, supernode: Supernode, result) -> NodeValidation:

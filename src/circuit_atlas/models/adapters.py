@@ -1,20 +1,22 @@
-"""Per-family adapter table: where each family keeps the modules we hook.
+"""Per-family adapter table: where each family keeps the modules we hook, and its quirks.
 
-Every supported family is one `FamilyAdapter` row. The rest of the model layer only talks to
-modules through these paths, so adding a family that follows an existing layout is a few lines
-here (plus a norm class in `norms.NORM_KINDS` if it brings a new norm class).
+Every supported family is one `FamilyAdapter` row in `ADAPTERS`: module paths, the norm classes
+it uses (and how each computes), and quirks decided from the checkpoint itself (the chat prefix
+of instruction-tuned Gemma-3). The rest of the model layer only talks to modules through a row,
+so adding a family is one entry here plus its test (`tests/models/test_adapters.py` adds one).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from circuit_atlas.errors import UnsupportedArchitectureError
 
-# Block-relative TransformerLens hook names (reference transcoder-formats.md §3).
+# Block-relative TransformerLens hook names (`docs/formats.md` §3).
 HOOK_RESID_MID = "hook_resid_mid"
 HOOK_LN2_NORMALIZED = "ln2.hook_normalized"
 HOOK_MLP_IN = "mlp.hook_in"
@@ -27,12 +29,50 @@ INPUT_HOOKS = (HOOK_RESID_MID, HOOK_LN2_NORMALIZED, HOOK_MLP_IN)
 OUTPUT_HOOKS = (HOOK_MLP_OUT_RAW, HOOK_MLP_OUT)
 
 
+# How a norm class computes (`models/norms.py`): Llama-style RMSNorm, Gemma's x·(1 + w) RMSNorm,
+# and LayerNorm.
+NORM_COMPUTATIONS = ("rms", "rms_one_plus", "layernorm")
+
+
+@dataclass(frozen=True)
+class ChatPrefix:
+    """Instruction-tuned checkpoints of a family whose prompts must open with a fixed chat header.
+
+    Those header positions carry no feature or error nodes (`docs/algorithm.md` §2). Whether a
+    checkpoint is instruction-tuned is read from the checkpoint, not from its name: such
+    checkpoints end generation at the end-of-turn token, so their generation config (or model
+    config) lists `end_of_turn` among the eos ids. A local copy or a renamed folder therefore
+    behaves like the hub original.
+    """
+
+    ids: tuple[int, ...]
+    end_of_turn: int
+
+    def applies_to(self, hf_model: nn.Module) -> bool:
+        config = hf_model.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        for source in (getattr(hf_model, "generation_config", None), config, text):
+            eos = getattr(source, "eos_token_id", None)
+            listed = eos if isinstance(eos, (list, tuple)) else (eos,)
+            if self.end_of_turn in listed:
+                return True
+        return False
+
+
+# <bos><start_of_turn>user\n, and <end_of_turn>, in Gemma-3's vocabulary.
+GEMMA3_CHAT = ChatPrefix(ids=(2, 105, 2364, 107), end_of_turn=106)
+
+
 @dataclass(frozen=True)
 class FamilyAdapter:
-    """Module paths of one model family (dotted, relative to the `*ForCausalLM` module).
+    """One model family: module paths (dotted, relative to the `*ForCausalLM` module), norm
+    classes, and quirks.
 
     `layer_*` paths are relative to one decoder layer. `post_mlp_norm` is set for families with a
     norm between the MLP and the residual add (Gemma-2/3); their `hook_mlp_out` is after it.
+    `norms` maps each norm class name the family uses (pre/post-sublayer, final, q/k norms) to
+    how it computes (`NORM_COMPUTATIONS`); a norm-like module of another class is refused, since
+    its denominator could not be frozen. `chat_prefix`: see `ChatPrefix`.
     """
 
     family: str
@@ -46,9 +86,24 @@ class FamilyAdapter:
     layer_pre_mlp_norm: str
     layer_mlp: str
     layer_post_mlp_norm: str | None = None
+    norms: Mapping[str, str] = field(default_factory=dict)
     position_embedding: str | None = None  # learned absolute positions added before layer 0 (GPT-2)
-    norm_kind: str = "rms"  # "rms" | "rms_one_plus" (Gemma's x·(1+w)) | "layernorm"
+    # Attention explanations decompose the residual stream per head: the norm before attention,
+    # the output projection (its input is the heads' outputs, concatenated head-major) and, for
+    # families with one, the norm between attention and the residual add (Gemma-2/3).
+    layer_pre_attention_norm: str = "input_layernorm"
+    layer_attention_output: str = "self_attn.o_proj"
+    layer_post_attention_norm: str | None = None
     softcap_attr: str | None = None  # config attribute holding the final-logit soft-cap
+    chat_prefix: ChatPrefix | None = None
+
+    def __post_init__(self) -> None:
+        unknown = {cls: how for cls, how in self.norms.items() if how not in NORM_COMPUTATIONS}
+        if unknown:
+            raise UnsupportedArchitectureError(
+                f"family {self.family!r}: norm computation(s) {unknown} unknown; use one of "
+                f"{', '.join(NORM_COMPUTATIONS)}"
+            )
 
     # --- module access -------------------------------------------------------------------------
     def get(self, hf_model: nn.Module, path: str) -> nn.Module:
@@ -124,8 +179,14 @@ class FamilyAdapter:
     def supported_hooks(self) -> tuple[str, ...]:
         return ALL_HOOKS
 
+    def chat_prefix_of(self, hf_model: nn.Module) -> tuple[int, ...] | None:
+        """The chat header this checkpoint's prompts must start with, or None."""
+        if self.chat_prefix is not None and self.chat_prefix.applies_to(hf_model):
+            return self.chat_prefix.ids
+        return None
 
-def _llama_like(family: str, architectures: tuple[str, ...]) -> FamilyAdapter:
+
+def _llama_like(family: str, architectures: tuple[str, ...], norm_class: str) -> FamilyAdapter:
     """Llama layout: input_layernorm → attn → post_attention_layernorm (pre-MLP) → mlp."""
     return FamilyAdapter(
         family=family,
@@ -138,11 +199,13 @@ def _llama_like(family: str, architectures: tuple[str, ...]) -> FamilyAdapter:
         layer_attention="self_attn",
         layer_pre_mlp_norm="post_attention_layernorm",
         layer_mlp="mlp",
+        norms={norm_class: "rms"},
     )
 
 
-def _gemma_like(family: str, architectures: tuple[str, ...], base: str = "model",
-                softcap_attr: str | None = "final_logit_softcapping") -> FamilyAdapter:
+def _gemma_like(family: str, architectures: tuple[str, ...], norm_class: str, base: str = "model",
+                softcap_attr: str | None = "final_logit_softcapping",
+                chat_prefix: ChatPrefix | None = None) -> FamilyAdapter:
     """Gemma layout: sandwich norms; pre_feedforward_layernorm feeds the MLP, post_* follows it."""
     return FamilyAdapter(
         family=family,
@@ -156,8 +219,10 @@ def _gemma_like(family: str, architectures: tuple[str, ...], base: str = "model"
         layer_pre_mlp_norm="pre_feedforward_layernorm",
         layer_mlp="mlp",
         layer_post_mlp_norm="post_feedforward_layernorm",
-        norm_kind="rms_one_plus",
+        norms={norm_class: "rms_one_plus"},
+        layer_post_attention_norm="post_attention_layernorm",
         softcap_attr=softcap_attr,
+        chat_prefix=chat_prefix,
     )
 
 
@@ -174,32 +239,44 @@ ADAPTERS: dict[str, FamilyAdapter] = {
         layer_pre_mlp_norm="ln_2",
         layer_mlp="mlp",
         position_embedding="transformer.wpe",
-        norm_kind="layernorm",
+        norms={"LayerNorm": "layernorm"},
+        layer_pre_attention_norm="ln_1",
+        layer_attention_output="attn.c_proj",
     ),
-    "llama": _llama_like("llama", ("LlamaForCausalLM",)),
-    "mistral": _llama_like("mistral", ("MistralForCausalLM",)),
-    "qwen2": _llama_like("qwen2", ("Qwen2ForCausalLM",)),
-    "qwen3": _llama_like("qwen3", ("Qwen3ForCausalLM",)),
-    "gemma2": _gemma_like("gemma2", ("Gemma2ForCausalLM",)),
-    "gemma3": _gemma_like("gemma3", ("Gemma3ForCausalLM",)),
+    "llama": _llama_like("llama", ("LlamaForCausalLM",), "LlamaRMSNorm"),
+    "mistral": _llama_like("mistral", ("MistralForCausalLM",), "MistralRMSNorm"),
+    "qwen2": _llama_like("qwen2", ("Qwen2ForCausalLM",), "Qwen2RMSNorm"),
+    "qwen3": _llama_like("qwen3", ("Qwen3ForCausalLM",), "Qwen3RMSNorm"),
+    "gemma2": _gemma_like("gemma2", ("Gemma2ForCausalLM",), "Gemma2RMSNorm"),
+    "gemma3": _gemma_like("gemma3", ("Gemma3ForCausalLM",), "Gemma3RMSNorm",
+                          chat_prefix=GEMMA3_CHAT),
     # Gemma-3 4B and larger ship as image-text models; we use the text tower only. Transformers
     # applies no final soft-cap in this class's forward, so none is declared.
     "gemma3_multimodal": _gemma_like(
-        "gemma3_multimodal", ("Gemma3ForConditionalGeneration",), base="model.language_model",
-        softcap_attr=None,
+        "gemma3_multimodal", ("Gemma3ForConditionalGeneration",), "Gemma3RMSNorm",
+        base="model.language_model", softcap_attr=None, chat_prefix=GEMMA3_CHAT,
     ),
 }
 
-_BY_ARCHITECTURE = {arch: a for a in ADAPTERS.values() for arch in a.architectures}
+
+def register_adapter(adapter: FamilyAdapter) -> FamilyAdapter:
+    """Add a family (or replace the row of the same name): the one step that supports a new
+    architecture whose modules fit a `FamilyAdapter`."""
+    ADAPTERS[adapter.family] = adapter
+    return adapter
+
+
+def _by_architecture() -> dict[str, FamilyAdapter]:
+    return {arch: a for a in ADAPTERS.values() for arch in a.architectures}
 
 
 def supported_architectures() -> list[str]:
-    return sorted(_BY_ARCHITECTURE)
+    return sorted(_by_architecture())
 
 
 def adapter_for_architecture(architecture: str) -> FamilyAdapter:
     """Look up the adapter for a transformers class name such as `LlamaForCausalLM`."""
-    adapter = _BY_ARCHITECTURE.get(architecture)
+    adapter = _by_architecture().get(architecture)
     if adapter is None:
         raise UnsupportedArchitectureError(
             f"architecture {architecture!r} is not supported; supported architectures: "

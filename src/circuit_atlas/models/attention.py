@@ -11,8 +11,9 @@ attention, so a model left with this implementation still works.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -29,6 +30,46 @@ class PatternSink(Protocol):
 _ACTIVE_SINK: contextvars.ContextVar[PatternSink | None] = contextvars.ContextVar(
     "circuit_atlas_attention_sink", default=None
 )
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """What one call of the attention function saw: one layer of one pass.
+
+    Why: explaining attention (per-head edges, QK attribution) needs the per-head tensors that
+    transformers' module hands to the attention function, after its own projections, q/k norms
+    and RoPE. Heads are query heads: `key` and `value` are already repeated for grouped-query
+    attention. `output` is the tensor the pass goes on with (still in the autograd graph), so a
+    gradient can be taken with respect to it.
+    """
+
+    layer: int
+    query: torch.Tensor  # [B, H, Q, hd]: after q norm and RoPE, before `scaling`
+    key: torch.Tensor  # [B, H, K, hd]
+    value: torch.Tensor  # [B, H, K, hd]
+    pattern: torch.Tensor  # [B, H, Q, K]: the softmax output used (live, detached or replayed)
+    output: torch.Tensor  # [B, H, Q, hd]: pattern @ value, before the output projection
+    mask: torch.Tensor | None  # boolean (True = may attend) or additive, broadcast to [B,1,Q,K]
+    scaling: float
+    softcap: float | None
+
+
+AttentionObserver = Callable[[AttentionCall], None]
+
+_ACTIVE_OBSERVER: contextvars.ContextVar[AttentionObserver | None] = contextvars.ContextVar(
+    "circuit_atlas_attention_observer", default=None
+)
+
+
+@contextmanager
+def observe_attention(observer: AttentionObserver) -> Iterator[None]:
+    """Call `observer` with an `AttentionCall` for every attention call of our passes inside the
+    block. An exception it raises propagates out of the pass (a probe can stop a pass early)."""
+    token = _ACTIVE_OBSERVER.set(observer)
+    try:
+        yield
+    finally:
+        _ACTIVE_OBSERVER.reset(token)
 
 
 def _live_pattern(query, key, attention_mask, scaling, softcap) -> torch.Tensor:
@@ -78,6 +119,10 @@ def circuit_atlas_attention(
     shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
     pattern = compute() if sink is None else sink.pattern(int(module.layer_idx), compute, shape)
     output = apply_pattern(pattern.to(value.dtype), value)
+    observer = _ACTIVE_OBSERVER.get()
+    if observer is not None:
+        observer(AttentionCall(int(module.layer_idx), query, key, value, pattern, output,
+                               attention_mask, float(scaling), softcap))
     return output.transpose(1, 2).contiguous(), pattern
 
 

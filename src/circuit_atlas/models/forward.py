@@ -20,23 +20,10 @@ from circuit_atlas.models import adapters as A
 from circuit_atlas.models.adapters import FamilyAdapter
 from circuit_atlas.models.attention import use_attention
 from circuit_atlas.models.freeze import DETACH, REPLAY, ForwardRecord, FreezeSpec, broadcast_replay
-from circuit_atlas.models.norms import apply_norm, inverse_scale, norm_kind
+from circuit_atlas.models.norms import apply_norm, inverse_scale
 
 OutputEdit = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 EmbeddingEdit = Callable[[torch.Tensor], torch.Tensor]
-
-
-def find_norms(hf_model: nn.Module, base: str) -> dict[str, tuple[nn.Module, str]]:
-    """Every norm module of the decoder stack at `base`, by full dotted path, with its kind.
-
-    Only the language model is searched: image towers of multimodal checkpoints are never run.
-    """
-    found = {}
-    for path, module in hf_model.get_submodule(base).named_modules():
-        kind = norm_kind(module)
-        if kind is not None:
-            found[f"{base}.{path}" if path else base] = (module, kind)
-    return found
 
 
 class _Pass:
@@ -278,4 +265,4 @@ def _path_of(root: nn.Module, target: nn.Module) -> str:
     raise KeyError("module not found under the model")
 
 
-__all__ = ["find_norms", "OutputEdit", "EmbeddingEdit"]
+__all__ = ["OutputEdit", "EmbeddingEdit"]

@@ -3,45 +3,38 @@
 from __future__ import annotations
 
 import inspect
-from contextlib import ExitStack, contextmanager
-
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from circuit_atlas.errors import CircuitAtlasError, ModelLoadError, UnsupportedArchitectureError
+from circuit_atlas.io.dtypes import resolve_dtype
+from circuit_atlas.io.presets import model_preset
 from circuit_atlas.models import adapters as A
 from circuit_atlas.models.adapters import FamilyAdapter, adapter_for_architecture
 from circuit_atlas.models.attention import use_attention
-from circuit_atlas.models.forward import EmbeddingEdit, OutputEdit, _Pass, find_norms
+from circuit_atlas.models.forward import EmbeddingEdit, OutputEdit, _Pass
 from circuit_atlas.models.freeze import ForwardRecord, FreezeSpec
-from circuit_atlas.models.prompts import is_gemma3_it, to_ids
+from circuit_atlas.models.norms import find_norms
+from circuit_atlas.models.prompts import Prompt, to_ids
 from circuit_atlas.models.token_text import token_display_strings
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
 
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """Accept "float32"/"bfloat16"/"float16" (or torch dtypes); None keeps the default."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise CircuitAtlasError(
-            f"dtype {dtype!r} is not supported; use one of float32, bfloat16, float16"
+def unembedding_matrix(hf_model: nn.Module) -> torch.Tensor:
+    """The `[V, d]` unembedding (LM head) weight of a transformers causal LM: row `v` is token
+    `v`'s output direction. The one definition logit targets, dashboards and validation use."""
+    head = hf_model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise UnsupportedArchitectureError(
+            f"{type(hf_model).__name__} has no output embedding (lm_head) weight, so logits cannot "
+            "be attributed"
         )
-    return _DTYPES[key]
-
+    return weight
 
 def available_devices() -> list[str]:
     """Devices this process can use, for error messages: cpu, then each CUDA GPU, then mps."""
@@ -114,7 +107,10 @@ class LanguageModel:
         self.tokenizer = tokenizer
         self.name = name
         self.adapter = adapter
-        self._norms = find_norms(hf_model, adapter.base)
+        self._norms = find_norms(hf_model, adapter.base, adapter.norms)
+        # The chat header prompts must start with (instruction-tuned Gemma-3), read from the
+        # checkpoint so that a local copy behaves like the hub original.
+        self.chat_prefix = adapter.chat_prefix_of(hf_model)
         config = self.text_config
         self.n_layers = len(adapter.layer_modules(hf_model))
         self.d_model = int(config.hidden_size)
@@ -167,8 +163,9 @@ class LanguageModel:
 
     @property
     def n_zeroed_positions(self) -> int:
-        """Leading positions without feature or error nodes (reference §2.2)."""
-        return 4 if is_gemma3_it(self.name) else 1
+        """Leading positions without feature or error nodes (`docs/algorithm.md` §2.2): the
+        chat header when the checkpoint requires one, else position 0."""
+        return len(self.chat_prefix) if self.chat_prefix else 1
 
     @property
     def final_softcap(self) -> float | None:
@@ -187,10 +184,10 @@ class LanguageModel:
     @property
     def unembedding(self) -> torch.Tensor:
         """LM head weight `[V, d]` (rows are token output vectors)."""
-        return self.module(self.adapter.lm_head).weight
+        return unembedding_matrix(self.hf_model)
 
     # --- tokens ------------------------------------------------------------------------------
-    def tokenize(self, prompt: str | Sequence[int] | torch.Tensor) -> torch.Tensor:
+    def tokenize(self, prompt: Prompt) -> torch.Tensor:
         """Token ids `[P]` on the model's device; see `prompts.to_ids` for the BOS rule."""
         ids = to_ids(
             prompt,
@@ -198,6 +195,7 @@ class LanguageModel:
             vocab_size=self.vocab_size,
             max_positions=self.max_positions,
             model_name=self.name,
+            required_prefix=self.chat_prefix,
         )
         return ids.to(self.device)
 
@@ -356,12 +354,15 @@ def load_language_model(
     dtype: str | torch.dtype | None = None,
 ) -> LanguageModel:
     """Load a causal LM and its tokenizer from a local directory or a Hugging Face hub id
-    (`"demo"`: the bundled toy-world model)."""
+    (or a preset of `io.presets.MODEL_PRESETS`: `"demo"` is the bundled toy-world model).
+
+    The model's `name` is `ref` exactly as given ("demo", a hub id, the path as typed): it is
+    recorded in graphs and stores that get shared, so it must never become a path the user did
+    not type (the package's install location, an expanded home folder)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from circuit_atlas.demo.bundle import resolve_model_ref
-
-    ref = resolve_model_ref(str(ref))
+    given = str(ref)
+    ref = model_preset(given)
     torch_dtype = resolve_dtype(dtype)
     device = check_device(device)  # before reading anything: a missing GPU fails fast
     if _looks_like_path(ref):
@@ -386,5 +387,4 @@ def load_language_model(
         raise ModelLoadError(f"could not load the tokenizer of {ref!r}: {exc}") from None
     if device is not None:
         hf_model = hf_model.to(device)
-    lm = LanguageModel.from_hf(hf_model, tokenizer, name=ref)
-    return lm
+    return LanguageModel.from_hf(hf_model, tokenizer, name=given)

@@ -1,14 +1,16 @@
 """Norm layers with a freezable denominator.
 
 Attribution needs the model to be linear in the residual stream, so a norm's data-dependent
-denominator must become a constant (reference attribution-algorithm.md §4). We re-implement each
-supported norm class's forward with the exact dtype handling transformers uses (so live results
-match bit-for-bit in practice), split into: inverse scale `1/sqrt(var + eps)` (recordable,
-detachable, replayable), pre-gain normalised value (`ln2.hook_normalized`), and gain/bias.
+denominator must become a constant (`docs/algorithm.md` §5). We re-implement each supported norm
+computation with the exact dtype handling transformers uses (so live results match bit-for-bit in
+practice), split into: inverse scale `1/sqrt(var + eps)` (recordable, detachable, replayable),
+pre-gain normalised value (`ln2.hook_normalized`), and gain/bias. Which class computes which way
+is part of each family's adapter row (`FamilyAdapter.norms`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -16,29 +18,34 @@ from torch import nn
 
 from circuit_atlas.errors import UnsupportedArchitectureError
 
-# transformers norm class name -> computation kind
-NORM_KINDS: dict[str, str] = {
-    "LayerNorm": "layernorm",
-    "LlamaRMSNorm": "rms",
-    "MistralRMSNorm": "rms",
-    "Qwen2RMSNorm": "rms",
-    "Qwen3RMSNorm": "rms",
-    "Gemma2RMSNorm": "rms_one_plus",
-    "Gemma3RMSNorm": "rms_one_plus",
-}
 
-
-def norm_kind(module: nn.Module) -> str | None:
-    """Kind of a norm module, None if the module is not a norm, error if an unknown norm."""
+def norm_kind(module: nn.Module, kinds: Mapping[str, str]) -> str | None:
+    """How `module` computes according to `kinds` (class name -> computation), None if it is not
+    a norm, and an error for a norm-like leaf module of a class the family does not declare."""
     name = type(module).__name__
-    if name in NORM_KINDS:
-        return NORM_KINDS[name]
+    if name in kinds:
+        return kinds[name]
     if "Norm" in name and not list(module.children()):
         raise UnsupportedArchitectureError(
-            f"norm class {name!r} has no frozen-denominator implementation; known norm classes: "
-            f"{', '.join(sorted(NORM_KINDS))}"
+            f"norm class {name!r} has no frozen-denominator implementation in this family's "
+            f"adapter; known norm classes: {', '.join(sorted(kinds))} (add it to the family's "
+            "FamilyAdapter.norms in circuit_atlas/models/adapters.py)"
         )
     return None
+
+
+def find_norms(hf_model: nn.Module, base: str,
+               kinds: Mapping[str, str]) -> dict[str, tuple[nn.Module, str]]:
+    """Every norm module of the decoder stack at `base`, by full dotted path, with its kind.
+
+    Only the language model is searched: image towers of multimodal checkpoints are never run.
+    """
+    found = {}
+    for path, module in hf_model.get_submodule(base).named_modules():
+        kind = norm_kind(module, kinds)
+        if kind is not None:
+            found[f"{base}.{path}" if path else base] = (module, kind)
+    return found
 
 
 def _eps(module: nn.Module) -> float:

@@ -8,8 +8,11 @@ and freezing bugs would go unnoticed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -57,11 +60,25 @@ def tiny_tokenizer():
     )
 
 
-def _config(family: str, n_layers: int, d_model: int, n_heads: int, n_kv_heads: int,
-            d_mlp: int, vocab: int, max_positions: int):
+@dataclass(frozen=True)
+class TinySize:
+    """The dimensions of a tiny model."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_mlp: int
+    vocab: int
+    max_positions: int
+
+
+def _config(family: str, size: TinySize):
     """A small config that still exercises each family's peculiarities."""
     import transformers as T
 
+    n_layers, d_model, n_heads, n_kv_heads = size.n_layers, size.d_model, size.n_heads, size.n_kv_heads
+    d_mlp, vocab, max_positions = size.d_mlp, size.vocab, size.max_positions
     head_dim = d_model // n_heads
     common = dict(
         vocab_size=vocab,
@@ -101,7 +118,7 @@ def _config(family: str, n_layers: int, d_model: int, n_heads: int, n_kv_heads: 
     if family == "gemma3_multimodal":
         # text tower as for "gemma3"; a one-layer vision tower that is never run. Image special
         # tokens get ids past the tokenizer's vocabulary, so text prompts never contain them.
-        text = _config("gemma3", n_layers, d_model, n_heads, n_kv_heads, d_mlp, vocab + 3, max_positions)
+        text = _config("gemma3", dataclasses.replace(size, vocab=vocab + 3))
         vision = T.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                       num_attention_heads=2, image_size=28, patch_size=14)
         return T.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
@@ -112,8 +129,9 @@ def _config(family: str, n_layers: int, d_model: int, n_heads: int, n_kv_heads: 
     )
 
 
-def _reinit(model: nn.Module, generator: torch.Generator) -> None:
-    """O(1) activations: 1/sqrt(fan_in) projections, unit-ish embeddings, varied norm gains."""
+def _reinit(model: nn.Module, generator: torch.Generator, norms: Mapping[str, str]) -> None:
+    """O(1) activations: 1/sqrt(fan_in) projections, unit-ish embeddings, varied norm gains
+    (`norms`: the family's norm classes and how they compute, from its adapter row)."""
     from transformers.pytorch_utils import Conv1D
 
     def normal(t: torch.Tensor, std: float, mean: float = 0.0) -> None:
@@ -135,9 +153,9 @@ def _reinit(model: nn.Module, generator: torch.Generator) -> None:
         elif isinstance(module, nn.LayerNorm):
             normal(module.weight, 0.3, 1.0)
             normal(module.bias, 0.1)
-        elif cls.startswith("Gemma") and cls.endswith("RMSNorm"):
+        elif norms.get(cls) == "rms_one_plus":
             normal(module.weight, 0.3)  # gain is (1 + w)
-        elif cls.endswith("RMSNorm"):
+        elif norms.get(cls) == "rms":
             normal(module.weight, 0.3, 1.0)
 
 
@@ -168,12 +186,12 @@ def tiny_language_model(
     from transformers import AutoModelForCausalLM
 
     tokenizer = tiny_tokenizer()
-    config = _config(family, n_layers, d_model, n_heads, n_kv_heads, d_mlp or 4 * d_model,
-                     len(tokenizer), max_positions)
+    config = _config(family, TinySize(n_layers, d_model, n_heads, n_kv_heads, d_mlp or 4 * d_model,
+                                      len(tokenizer), max_positions))
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     hf_model = AutoModelForCausalLM.from_config(config)
     generator = torch.Generator().manual_seed(seed)
-    _reinit(hf_model, generator)
+    _reinit(hf_model, generator, ADAPTERS[family].norms)
     hf_model = hf_model.to(dtype=dtype, device=device or os.environ.get(TEST_DEVICE_VARIABLE, "cpu"))
     return LanguageModel.from_hf(hf_model, tokenizer, name=f"tiny-{family}")

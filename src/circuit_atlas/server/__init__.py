@@ -7,10 +7,12 @@ Public API (imported lazily, so `import circuit_atlas.server` stays cheap):
 - `serve(data_dir, *, host="127.0.0.1", port=8041, open_browser=True, features_dir=None,
   model=None)`
 - `BackgroundServer(app, host="127.0.0.1", port=0)` (`.start()`, `.url`, `.stop()`)
-- `write_graph_bundle(graph, out_dir, slug, node_threshold=0.8, edge_threshold=0.98)` -> Path
+- `show_graph(graph_or_folder, ...)`: the explorer inline in a notebook (what `Graph.show` uses)
 - `FeatureProvider` protocol and `load_feature_provider(path)`
+- `write_graph_bundle` (defined in `circuit_atlas.graph.bundle`, re-exported for convenience)
 
-The data-folder layout is documented in `circuit_atlas.server.bundle`.
+The data-folder layout is documented in `circuit_atlas.graph.bundle`. Inside the server every
+graph is a `graphs.ServedGraph` (native bundle or graph-JSON file).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ _EXPORTS = {
     "create_app": "circuit_atlas.server.app",
     "serve": "circuit_atlas.server.runner",
     "BackgroundServer": "circuit_atlas.server.runner",
-    "write_graph_bundle": "circuit_atlas.server.bundle",
+    "write_graph_bundle": "circuit_atlas.graph.bundle",
+    "show_graph": "circuit_atlas.server.notebook",
     "FeatureProvider": "circuit_atlas.server.features",
     "load_feature_provider": "circuit_atlas.server.features",
 }

@@ -1,35 +1,64 @@
 """The FastAPI application: JSON API under ``/api`` plus the static web app.
 
-Every error a client can cause is answered with a 4xx and ``{"detail": message}``; unexpected
+The request and response bodies are the pydantic models of `schemas.py`, so FastAPI validates
+every request and documents every answer in ``/openapi.json`` (the contract the web app and
+`tests/server/test_contract.py` check). Every error a client can cause is answered with a 4xx
+and ``{"detail": message}``, the message naming the field or file at fault (without the data
+folder's absolute path); unsupported methods answer 405 with an ``Allow`` header; unexpected
 failures give a 500 with a one-line message (logged server-side), never a traceback.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import FastAPI, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
-import circuit_atlas
+from circuit_atlas._version import __version__
 from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.io.untrusted import printable
+from circuit_atlas.server import schemas as s
+from circuit_atlas.server.annotations import AnnotationBusy, AnnotationFileError
 from circuit_atlas.server.catalog import GraphNotFound, GraphUnreadable
-from circuit_atlas.server.explorer import Explorer, NodeNotFound, ScoresUnavailable
-from circuit_atlas.server.features import FeatureProvider
+from circuit_atlas.server.explorer import Explorer
+from circuit_atlas.server.features import FeatureDataError, FeatureProvider
+from circuit_atlas.server.graphs import NodeNotFound, ScoresUnavailable, ServedGraph
 from circuit_atlas.server.hosts import AllowedHostsMiddleware
 from circuit_atlas.server.limits import DEFAULT_MAX_BODY_BYTES, RequestLimitsMiddleware
-from circuit_atlas.server.steer import MAX_NEW_TOKENS, OPS, POSITIONS, SteerBusy, Steerer, SteerUnavailable
+from circuit_atlas.server.responses import SafeJSONResponse
+from circuit_atlas.server.steer import SteerBusy, Steerer, SteerUnavailable
 
 log = logging.getLogger("circuit_atlas.server")
 
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
-MAX_NODE_IDS = 5000
+MAX_NODE_IDS = s.MAX_NODE_IDS
+MAX_GRAPH_ID_CHARS = 256
+
+# What each 4xx means; every operation declares the ones it can give (`_answers`).
+ANSWERS = {
+    400: "a parameter or body field is invalid (the message names it), or the Host header is "
+         "not a loopback name",
+    404: "no graph (or node) with this id",
+    409: "the request is fine but the server cannot do it as it stands (no model to steer with, "
+         "a graph of another model, scores of a JSON-only graph)",
+    413: "the request body is larger than the server accepts",
+    415: "the request body is not sent as application/json",
+    422: "a file in the data folder (graph, annotations, feature data) cannot be read",
+    503: "busy: too many steering requests are waiting, or another process holds the "
+         "annotations lock",
+}
+
+
+def _answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": s.ErrorBody, "description": ANSWERS[code]} for code in (400, *codes)}
 
 
 def web_dir() -> Path:
@@ -42,51 +71,22 @@ def _status_for(exc: CircuitAtlasError) -> int:
         return 404
     if isinstance(exc, (ScoresUnavailable, SteerUnavailable)):
         return 409
-    if isinstance(exc, SteerBusy):
+    if isinstance(exc, (SteerBusy, AnnotationBusy)):
         return 503
-    if isinstance(exc, GraphUnreadable):
+    if isinstance(exc, (GraphUnreadable, AnnotationFileError, FeatureDataError)):
         return 422
     return 400
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    if not raw:
-        raise CircuitAtlasError("the request needs a JSON body")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CircuitAtlasError(f"the request body is not valid JSON: {exc}") from exc
-
-
-_NODE_IDS_BODY = {
-    "requestBody": {
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"node_ids": {"type": "array", "items": {"type": "string"}}},
-                }
-            }
-        }
-    }
-}
-
-
-def _node_ids(body: Any, *, required: bool) -> list[str] | None:
-    """Validate a ``{"node_ids": [...]}`` body."""
-    if not isinstance(body, dict):
-        raise CircuitAtlasError("the request body must be a JSON object")
-    node_ids = body.get("node_ids")
-    if node_ids is None and not required:
-        return None
-    if (
-        not isinstance(node_ids, list)
-        or len(node_ids) > MAX_NODE_IDS
-        or not all(isinstance(n, str) and 0 < len(n) <= 200 for n in node_ids)
-    ):
-        raise CircuitAtlasError(f"node_ids must be a list of at most {MAX_NODE_IDS} node-id strings")
-    return node_ids
+def _body_error(exc: HTTPException) -> str:
+    """FastAPI answers a body it cannot parse with a bare "There was an error parsing the body";
+    say why (the JSON error is the exception's cause)."""
+    cause = exc.__cause__
+    if isinstance(cause, RecursionError):
+        return "the request body is not valid JSON: it is nested too deeply"
+    if isinstance(cause, (ValueError, UnicodeDecodeError)):
+        return f"the request body is not valid JSON: {cause}"
+    return str(exc.detail)
 
 
 def create_app(
@@ -108,8 +108,9 @@ def create_app(
     steerer = Steerer(model)
     app = FastAPI(
         title="circuit-atlas explorer",
-        version=circuit_atlas.__version__,
-        description="Browse attribution graphs, annotate them and score pinned subgraphs.",
+        version=__version__,
+        description="Browse attribution graphs, annotate them, score pinned subgraphs and steer "
+                    "their features. Every 4xx answer is `{\"detail\": message}`.",
     )
     app.state.explorer = explorer
     app.state.steerer = steerer
@@ -117,16 +118,28 @@ def create_app(
     if allowed_hosts:
         app.add_middleware(AllowedHostsMiddleware, allowed_hosts=allowed_hosts)
 
+    def answer(status: int, detail: str, headers: dict[str, str] | None = None) -> SafeJSONResponse:
+        return SafeJSONResponse({"detail": explorer.shown(printable(detail))}, status_code=status,
+                                headers=headers)
+
     @app.exception_handler(CircuitAtlasError)
-    async def _user_error(request: Request, exc: CircuitAtlasError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=_status_for(exc))
+    async def _user_error(request: Request, exc: CircuitAtlasError) -> SafeJSONResponse:
+        return answer(_status_for(exc), str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> SafeJSONResponse:
+        return answer(400, s.describe_errors(list(exc.errors())))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return answer(exc.status_code, _body_error(exc), dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> SafeJSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            {"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500
-        )
+        return answer(500, f"internal error: {type(exc).__name__}: {exc}")
 
     _add_api_routes(app, explorer)
     _add_steer_routes(app, explorer, steerer)
@@ -134,17 +147,23 @@ def create_app(
     return app
 
 
+GraphId = Annotated[str, PathParam(min_length=1, max_length=MAX_GRAPH_ID_CHARS,
+                                   description="a graph id from GET /api/graphs")]
+NodeIdParam = Annotated[str, PathParam(min_length=1, max_length=s.MAX_ID_CHARS,
+                                       description="a node id of the graph")]
+Threshold = Annotated[float | None, Query(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
 def _add_api_routes(app: FastAPI, explorer: Explorer) -> None:
-    thresholds = {
-        "node_threshold": Query(None, ge=0.0, le=1.0, description="cumulative node influence kept"),
-        "edge_threshold": Query(None, ge=0.0, le=1.0, description="cumulative edge score kept"),
-    }
+    json = SafeJSONResponse
 
-    @app.get("/api/health", tags=["meta"])
+    @app.get("/api/health", tags=["meta"], response_model=s.Health, response_class=json,
+             responses=_answers())
     def health() -> dict[str, Any]:
-        return {"ok": True, "version": circuit_atlas.__version__}
+        return {"ok": True, "version": __version__}
 
-    @app.get("/api/graphs", tags=["graphs"], summary="List the graphs in the data folder")
+    @app.get("/api/graphs", tags=["graphs"], summary="List the graphs in the data folder",
+             response_model=s.GraphList, response_class=json, responses=_answers())
     def list_graphs() -> dict[str, Any]:
         return {
             "graphs": explorer.list_graphs(),
@@ -156,12 +175,17 @@ def _add_api_routes(app: FastAPI, explorer: Explorer) -> None:
         "/api/graphs/{graph_id}",
         tags=["graphs"],
         summary="One graph, pruned at the given thresholds (graph-JSON format plus 'view')",
+        response_model=None,
+        responses={200: {"model": s.GraphView, "description": "the pruned graph"},
+                   **_answers(404, 422)},
     )
     def get_graph(
-        graph_id: str,
-        node_threshold: float | None = thresholds["node_threshold"],
-        edge_threshold: float | None = thresholds["edge_threshold"],
+        graph_id: GraphId,
+        node_threshold: Threshold = None,
+        edge_threshold: Threshold = None,
     ) -> Response:
+        # The body is serialised once per view and cached (`Explorer.view`); the nodes of
+        # JSON-only graphs were checked against `GraphNode` when the file was read.
         view = explorer.view(graph_id, node_threshold, edge_threshold)
         return Response(view.body, media_type="application/json")
 
@@ -169,14 +193,15 @@ def _add_api_routes(app: FastAPI, explorer: Explorer) -> None:
         "/api/graphs/{graph_id}/nodes/{node_id}",
         tags=["graphs"],
         summary="A node's incoming and outgoing edges, sorted by |weight|, with labels",
+        response_model=s.Neighbourhood, response_class=json, responses=_answers(404, 422),
     )
     def get_node(
-        graph_id: str,
-        node_id: str,
-        node_threshold: float | None = thresholds["node_threshold"],
-        edge_threshold: float | None = thresholds["edge_threshold"],
-        scope: str = Query("view", pattern="^(view|full)$"),
-        limit: int | None = Query(None, ge=1, le=5000),
+        graph_id: GraphId,
+        node_id: NodeIdParam,
+        node_threshold: Threshold = None,
+        edge_threshold: Threshold = None,
+        scope: Literal["view", "full"] = "view",
+        limit: Annotated[int | None, Query(ge=1, le=5000)] = None,
     ) -> dict[str, Any]:
         return explorer.node(
             graph_id,
@@ -187,62 +212,50 @@ def _add_api_routes(app: FastAPI, explorer: Explorer) -> None:
             limit=limit,
         )
 
-    @app.get("/api/graphs/{graph_id}/annotations", tags=["annotations"])
-    def get_annotations(graph_id: str) -> dict[str, Any]:
+    @app.get("/api/graphs/{graph_id}/annotations", tags=["annotations"],
+             response_model=s.Annotations, response_class=json, responses=_answers(404, 422))
+    def get_annotations(graph_id: GraphId) -> dict[str, Any]:
         return explorer.read_annotations(graph_id)
 
     @app.put(
         "/api/graphs/{graph_id}/annotations",
         tags=["annotations"],
         summary="Merge a patch into the annotations (null or '' deletes a key)",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "node_labels": {"type": "object"},
-                                "feature_labels": {"type": "object"},
-                                "supernodes": {"type": "object"},
-                                "pinned_sets": {"type": "object"},
-                            },
-                        }
-                    }
-                },
-            }
-        },
+        response_model=s.Annotations, response_class=json,
+        responses=_answers(404, 413, 415, 422, 503),
     )
-    async def put_annotations(graph_id: str, request: Request) -> dict[str, Any]:
-        patch = await _json_body(request)
+    async def put_annotations(graph_id: GraphId, patch: s.AnnotationPatch) -> dict[str, Any]:
         return await run_in_threadpool(explorer.patch_annotations, graph_id, patch)
 
     @app.post(
         "/api/graphs/{graph_id}/scores",
         tags=["graphs"],
-        summary="Replacement and completeness of the graph or of a subgraph of pinned nodes",
-        openapi_extra=_NODE_IDS_BODY,
+        summary="Replacement and completeness of the graph, or of the subgraph of the given "
+                "nodes (no body, or no node_ids: the whole graph)",
+        response_model=s.Scores, response_class=json,
+        responses=_answers(404, 409, 413, 415, 422),
     )
-    async def post_scores(graph_id: str, request: Request) -> dict[str, Any]:
-        has_body = request.headers.get("content-length", "0") != "0"
-        node_ids = _node_ids(await _json_body(request) if has_body else {}, required=False)
+    async def post_scores(graph_id: GraphId,
+                          body: s.OptionalNodeIds | None = None) -> dict[str, Any]:
+        node_ids = None if body is None else body.node_ids
         return await run_in_threadpool(explorer.scores, graph_id, node_ids)
 
     @app.post(
         "/api/graphs/{graph_id}/subgraph",
         tags=["graphs"],
         summary="The given nodes and every edge among them, from the unpruned graph",
-        openapi_extra=_NODE_IDS_BODY,
+        response_model=s.Subgraph, response_class=json,
+        responses=_answers(404, 413, 415, 422),
     )
-    async def post_subgraph(graph_id: str, request: Request) -> dict[str, Any]:
-        node_ids = _node_ids(await _json_body(request), required=True)
-        return await run_in_threadpool(explorer.subgraph, graph_id, node_ids)
+    async def post_subgraph(graph_id: GraphId, body: s.NodeIds) -> dict[str, Any]:
+        return await run_in_threadpool(explorer.subgraph, graph_id, body.node_ids)
 
-    @app.get("/api/features/{layer}/{index}", tags=["features"])
-    def get_feature(layer: int, index: int) -> dict[str, Any]:
-        if layer < 0 or index < 0:
-            raise CircuitAtlasError("layer and index must be non-negative")
+    @app.get("/api/features/{layer}/{index}", tags=["features"], response_model=s.Feature,
+             response_class=json, responses=_answers(422))
+    def get_feature(
+        layer: Annotated[int, PathParam(ge=0, le=s.MAX_FEATURE_COORD)],
+        index: Annotated[int, PathParam(ge=0, le=s.MAX_FEATURE_COORD)],
+    ) -> dict[str, Any]:
         record = explorer.feature(layer, index)
         return {
             "available": explorer.features is not None,
@@ -252,55 +265,18 @@ def _add_api_routes(app: FastAPI, explorer: Explorer) -> None:
         }
 
 
-_STEER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["interventions"],
-                    "properties": {
-                        "interventions": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["nodes", "op"],
-                                "properties": {
-                                    "nodes": {"type": "array", "items": {"type": "string"}},
-                                    "op": {"enum": list(OPS)},
-                                    "value": {"type": "number"},
-                                    "positions": {"enum": list(POSITIONS)},
-                                    "name": {"type": "string"},
-                                },
-                            },
-                        },
-                        "mode": {"enum": ["free", "constrained"]},
-                        "freeze_attention": {"type": "boolean"},
-                        "max_new_tokens": {"type": "integer", "minimum": 0, "maximum": MAX_NEW_TOKENS},
-                        "temperature": {"type": "number", "minimum": 0},
-                        "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                        "seed": {"type": "integer", "minimum": 0},
-                        "top_k": {"type": "integer", "minimum": 1},
-                    },
-                }
-            }
-        },
-    }
-}
-
-
 def _add_steer_routes(app: FastAPI, explorer: Explorer, steerer: Steerer) -> None:
-    def steerable_graph(graph_id: str) -> Any | None:
-        """The native graph, else the graph-JSON document (404 for unknown ids); not loaded
-        when there is no model to use it."""
+    json = SafeJSONResponse
+
+    def steerable_graph(graph_id: str) -> ServedGraph | None:
+        """The served graph (404 for unknown ids); not loaded when there is no model to use it."""
         if not steerer.available:
             explorer.catalog.get(graph_id)
             return None
-        graph = explorer.native_graph(graph_id)
-        return graph if graph is not None else explorer.json_document(graph_id)
+        return explorer.served(graph_id)
 
-    @app.get("/api/steer", tags=["steer"], summary="Whether the server holds a model to steer")
+    @app.get("/api/steer", tags=["steer"], summary="Whether the server holds a model to steer",
+             response_model=s.SteerInfo, response_class=json, responses=_answers())
     def steer_info() -> dict[str, Any]:
         return steerer.info()
 
@@ -308,19 +284,19 @@ def _add_steer_routes(app: FastAPI, explorer: Explorer, steerer: Steerer) -> Non
         "/api/graphs/{graph_id}/steer",
         tags=["steer"],
         summary="Whether this graph can be steered with the loaded model, and why not",
+        response_model=s.SteerStatus, response_class=json, responses=_answers(404, 422),
     )
-    def steer_status(graph_id: str) -> dict[str, Any]:
+    def steer_status(graph_id: GraphId) -> dict[str, Any]:
         return steerer.graph_status(steerable_graph(graph_id), graph_id)
 
     @app.post(
         "/api/graphs/{graph_id}/steer",
         tags=["steer"],
         summary="Ablate, scale or set feature nodes; top tokens and generated text before/after",
-        openapi_extra=_STEER_BODY,
+        response_model=s.SteerResult, response_class=json,
+        responses=_answers(404, 409, 413, 415, 422, 503),
     )
-    async def post_steer(graph_id: str, request: Request) -> dict[str, Any]:
-        body = await _json_body(request)
-
+    async def post_steer(graph_id: GraphId, body: s.SteerBody) -> dict[str, Any]:
         def work() -> dict[str, Any]:
             return steerer.steer(steerable_graph(graph_id), graph_id, body)
 

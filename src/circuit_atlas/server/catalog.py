@@ -18,16 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable
 
-from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.server.bundle import (
+from circuit_atlas.errors import CircuitAtlasError, GraphFileError
+from circuit_atlas.graph import read_graph_json
+from circuit_atlas.graph.bundle import (
     ANNOTATIONS_SUFFIX,
     DEFAULT_EDGE_THRESHOLD,
     DEFAULT_NODE_THRESHOLD,
     NATIVE_DIR,
     NOT_GRAPH_FILES,
     annotations_path_for,
+    bundle_settings,
     read_bundle_info,
 )
+from circuit_atlas.io.checks import check_slug
+from circuit_atlas.io.untrusted import printable
 
 MAX_GRAPH_JSON_BYTES = 1024 * 1024 * 1024
 _METADATA_PREFIX_BYTES = 1 << 20
@@ -54,6 +58,7 @@ class GraphEntry:
     annotations_path: Path
     node_threshold: float = DEFAULT_NODE_THRESHOLD
     edge_threshold: float = DEFAULT_EDGE_THRESHOLD
+    warnings: tuple[str, ...] = ()
     summary: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def stamp(self) -> tuple:
@@ -117,7 +122,7 @@ def resolve_inside(path: Path, root: Path) -> Path | None:
 def read_json_metadata(path: Path) -> dict[str, Any]:
     """The ``metadata`` object of a graph-JSON file without parsing the whole file.
 
-    Writers put ``metadata`` first (graph-json.md §1), so decoding from the key onwards in the
+    Writers put ``metadata`` first (`docs/graph-json.md` §1), so decoding from the key onwards in the
     first MiB usually suffices; otherwise the whole file is parsed.
     """
     with open(path, "rb") as handle:
@@ -128,17 +133,43 @@ def read_json_metadata(path: Path) -> dict[str, Any]:
             value, _ = json.JSONDecoder().raw_decode(head, match.end())
             if isinstance(value, dict):
                 return value
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # cut off, or not JSON we can use: parse it all
             pass
     doc = load_graph_json(path)
-    return doc.get("metadata", {})
+    metadata = doc.get("metadata", {})
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def list_summary(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The graph-list fields of a graph's metadata, each of the type the API promises: the
+    metadata comes from a file anyone may have written."""
+    prompt = metadata.get("prompt")
+    tokens = metadata.get("prompt_tokens")
+    scan = metadata.get("scan")
+    return {
+        "prompt": printable(prompt) if isinstance(prompt, str) else "",
+        "prompt_tokens": ([printable(t) for t in tokens]
+                          if isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)
+                          else []),
+        "scan": printable(scan) if isinstance(scan, str) else None,
+    }
+
+
+def usable_slug(name: str) -> str:
+    """A valid slug (`io.checks.check_slug`) made from a folder name: itself when valid, else
+    with the unsafe characters replaced, else "graph"."""
+    candidates = (name, _ID_UNSAFE.sub("-", printable(name)).strip("-.")[:128].removesuffix(".json"))
+    for candidate in candidates:
+        try:
+            return check_slug(candidate)
+        except CircuitAtlasError:
+            continue
+    return "graph"
 
 
 def load_graph_json(path: Path) -> dict[str, Any]:
     """Parse a graph-JSON file, normalised by the graph package's reader (both qParams forms,
     both error-id forms)."""
-    from circuit_atlas.graph import GraphFileError, read_graph_json
-
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -149,7 +180,7 @@ def load_graph_json(path: Path) -> dict[str, Any]:
         return read_graph_json(path)
     except GraphFileError as exc:
         raise GraphUnreadable(str(exc)) from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise GraphUnreadable(f"graph file {path} is not readable JSON: {exc}") from exc
 
 
@@ -185,10 +216,12 @@ class GraphCatalog:
         native = resolve_inside(folder / NATIVE_DIR, self.root)
         if native is not None and not native.is_dir():
             native = None
-        slug = (info or {}).get("slug") or folder.name
-        json_path = resolve_inside(folder / f"{slug}.json", self.root)
         if info is None and native is None:
             return None
+        # Every field of bundle.json is checked: its slug names the files we read and write.
+        settings = bundle_settings(info)
+        slug = settings.slug or usable_slug(folder.name)
+        json_path = resolve_inside(folder / f"{slug}.json", self.root)
         return GraphEntry(
             id=slug,
             slug=slug,
@@ -196,8 +229,9 @@ class GraphCatalog:
             native_dir=native,
             json_path=json_path if json_path and json_path.is_file() else None,
             annotations_path=annotations_path_for(folder, slug),
-            node_threshold=float((info or {}).get("node_threshold", DEFAULT_NODE_THRESHOLD)),
-            edge_threshold=float((info or {}).get("edge_threshold", DEFAULT_EDGE_THRESHOLD)),
+            node_threshold=settings.node_threshold,
+            edge_threshold=settings.edge_threshold,
+            warnings=settings.problems,
         )
 
     def _loose_entries(self, folder: Path) -> list[GraphEntry]:
@@ -258,8 +292,15 @@ class GraphCatalog:
             with self._lock:
                 entry = self._entries.get(graph_id)
         if entry is None:
-            raise GraphNotFound(f"no graph with id {graph_id!r} in {self.root}")
+            raise GraphNotFound(f"no graph with id {printable(graph_id)[:200]!r} in the data folder")
         return entry
+
+    def shown(self, text: str) -> str:
+        """`text` with the data folder's absolute path removed (paths become relative to it):
+        messages go to browsers and shared screenshots, and the server's location is nobody's
+        business there."""
+        root = str(self.root)
+        return text.replace(root + os.sep, "").replace(root, ".")
 
     # -- summaries ---------------------------------------------------------------------------
     def summary(self, entry: GraphEntry, load_native_metadata: Callable[[Path], dict]) -> dict:
@@ -274,20 +315,19 @@ class GraphCatalog:
                 elif entry.native_dir is not None:
                     metadata = load_native_metadata(entry.native_dir)
                 error = None
-            except (CircuitAtlasError, OSError, ValueError) as exc:
-                error = str(exc)
+            except (CircuitAtlasError, OSError, ValueError, RecursionError) as exc:
+                error = self.shown(printable(str(exc)))
             cached = {
                 "id": entry.id,
-                "slug": entry.slug,
-                "prompt": metadata.get("prompt", ""),
-                "prompt_tokens": metadata.get("prompt_tokens", []),
-                "scan": metadata.get("scan"),
+                "slug": printable(entry.slug),
+                **list_summary(metadata),
                 "has_native": entry.native_dir is not None,
                 "has_json": entry.json_path is not None,
                 "node_threshold": entry.node_threshold,
                 "edge_threshold": entry.edge_threshold,
-                "folder": os.path.relpath(entry.folder, self.root),
+                "folder": printable(os.path.relpath(entry.folder, self.root)),
                 "error": error,
+                "warnings": [self.shown(w) for w in entry.warnings],
             }
             self._meta_cache[key] = cached
         return cached

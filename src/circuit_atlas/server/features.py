@@ -1,24 +1,22 @@
 """Optional feature details (top examples, promoted/suppressed tokens) for the feature panel.
 
 The explorer works without feature data; `serve --features DIR` plugs a provider in. The
-provider protocol is one method, so the dashboards part (`circuit_atlas.features`) can supply
-its own store later without the server knowing its internals. Two stores are read here directly
-because they are plain files other tools already write (graph-json.md §10):
+provider protocol is one method, `feature(layer, index)`, which our dashboards store
+(`circuit_atlas.features.FeatureStore`) implements itself. Two more stores are read here because
+they are plain files other tools already write (`docs/graph-json.md` §10):
 
 * a folder of per-feature JSON files, ``DIR/<layer>/<index>.json`` or ``DIR/<feature>.json``
-  (``<feature>`` = Cantor pair of layer and index, the reference frontend's naming);
-* the reference binary bundle, ``DIR/index.json.gz`` + data files of length-prefixed
-  zlib-compressed JSON records.
+  (``<feature>`` = Cantor pair of layer and index, circuit-tracer's frontend naming);
+* circuit-tracer's binary bundle, ``DIR/index.json.gz`` + data files of length-prefixed
+  zlib-compressed JSON records (§10.3).
 
-Records are returned as dicts in the graph-json §10.2 shape (``examples_quantiles``,
-``top_logits``, ``bottom_logits``, ``act_min``, ``act_max``, ...), which the web panel renders.
+Records are dicts in the §10.2 shape (``examples_quantiles``, ``top_logits``, ``bottom_logits``,
+``act_min``, ``act_max``, ...), which the web panel renders.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
-import math
 import struct
 import threading
 import zlib
@@ -26,8 +24,16 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.features.store import open_feature_store
+from circuit_atlas.io.cantor import cantor_pair
+from circuit_atlas.io.untrusted import UntrustedJsonError, parse_json, read_json
 
 MAX_FEATURE_RECORD_BYTES = 32 * 1024 * 1024
+
+
+class FeatureDataError(CircuitAtlasError):
+    """A feature file or record of the store is unreadable: the data is at fault, not the
+    request (HTTP 422)."""
 
 
 @runtime_checkable
@@ -35,20 +41,6 @@ class FeatureProvider(Protocol):
     """Looks up one feature's details; ``None`` when the store has nothing for it."""
 
     def feature(self, layer: int, index: int) -> dict[str, Any] | None: ...
-
-
-def cantor_pair(layer: int, index: int) -> int:
-    """The node ``feature`` value of schema_version 1 graphs (graph-json.md §6)."""
-    s = layer + index
-    return s * (s + 1) // 2 + index
-
-
-def cantor_unpair(value: int) -> tuple[int, int]:
-    """Inverse of :func:`cantor_pair`: ``(layer, index)``."""
-    w = (math.isqrt(8 * value + 1) - 1) // 2
-    t = (w * w + w) // 2
-    index = value - t
-    return w - index, index
 
 
 class JsonDirFeatureProvider:
@@ -66,12 +58,10 @@ class JsonDirFeatureProvider:
             return None
         if not resolved.is_relative_to(self.root) or not resolved.is_file():
             return None
-        if resolved.stat().st_size > MAX_FEATURE_RECORD_BYTES:
-            raise CircuitAtlasError(f"feature file {resolved} is too large to serve")
         try:
-            data = json.loads(resolved.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CircuitAtlasError(f"feature file {resolved} is not valid JSON: {exc}") from exc
+            data = read_json(resolved, max_bytes=MAX_FEATURE_RECORD_BYTES)
+        except (OSError, UntrustedJsonError) as exc:
+            raise FeatureDataError(f"feature file {resolved} is not valid JSON: {exc}") from exc
         return data if isinstance(data, dict) else None
 
     def feature(self, layer: int, index: int) -> dict[str, Any] | None:
@@ -86,14 +76,14 @@ class JsonDirFeatureProvider:
 
 
 class BinaryBundleFeatureProvider:
-    """The reference frontend's ``index.json.gz`` + ``.bin`` bundle (graph-json.md §10.3)."""
+    """circuit-tracer's ``index.json.gz`` + ``.bin`` bundle (`docs/graph-json.md` §10.3)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         try:
             raw = gzip.decompress((self.root / "index.json.gz").read_bytes())
-            index = json.loads(raw)
-        except (OSError, EOFError, zlib.error, json.JSONDecodeError) as exc:
+            index = parse_json(raw)
+        except (OSError, EOFError, zlib.error, UntrustedJsonError) as exc:
             raise CircuitAtlasError(
                 f"feature bundle index {self.root / 'index.json.gz'} is unreadable: {exc}"
             ) from exc
@@ -108,68 +98,47 @@ class BinaryBundleFeatureProvider:
         entry = self._index.get(str(layer))
         if not isinstance(entry, dict):
             return None
-        offsets = entry.get("offsets") or []
+        offsets = entry.get("offsets")
         filename = entry.get("filename")
-        if not isinstance(filename, str) or not 0 <= index < len(offsets) - 1:
+        if (not isinstance(filename, str) or not isinstance(offsets, list)
+                or not 0 <= index < len(offsets) - 1):
             return None
+        start = offsets[index]
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < 2**62:
+            raise FeatureDataError(f"feature bundle index: offset {str(start)[:40]!r} of "
+                                   f"{layer}/{index} is not a file position")
         path = (self.root / filename).resolve()
         if not path.is_relative_to(self.root):
-            raise CircuitAtlasError(f"feature bundle entry {filename!r} points outside {self.root}")
-        start = int(offsets[index])
-        with self._lock, open(path, "rb") as handle:
-            handle.seek(start)
-            header = handle.read(4)
-            if len(header) < 4:
-                return None
-            (length,) = struct.unpack("<I", header)
-            if length > MAX_FEATURE_RECORD_BYTES:
-                raise CircuitAtlasError(f"feature record {layer}/{index} in {path} is too large")
-            payload = handle.read(length)
+            raise FeatureDataError(f"feature bundle entry {filename!r} points outside {self.root}")
         try:
-            data = json.loads(zlib.decompress(payload, wbits=47))  # 47: zlib or gzip header
-        except (zlib.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CircuitAtlasError(f"feature record {layer}/{index} in {path} is corrupt") from exc
+            with self._lock, open(path, "rb") as handle:
+                handle.seek(start)
+                header = handle.read(4)
+                if len(header) < 4:
+                    return None
+                (length,) = struct.unpack("<I", header)
+                if length > MAX_FEATURE_RECORD_BYTES:
+                    raise FeatureDataError(f"feature record {layer}/{index} in {path} is too large")
+                payload = handle.read(length)
+            data = parse_json(zlib.decompress(payload, wbits=47))  # 47: zlib or gzip header
+        except (OSError, zlib.error, UntrustedJsonError) as exc:
+            raise FeatureDataError(f"feature record {layer}/{index} in {path} is corrupt ({exc})") from exc
         return data if isinstance(data, dict) else None
-
-
-class _ExternalProvider:
-    """Wraps an object from ``circuit_atlas.features`` that returns cards instead of dicts."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-
-    def feature(self, layer: int, index: int) -> dict[str, Any] | None:
-        for name in ("feature", "get", "card", "lookup"):
-            method = getattr(self.store, name, None)
-            if callable(method):
-                card = method(layer, index)
-                break
-        else:
-            return None
-        if card is None or isinstance(card, dict):
-            return card
-        for name in ("to_frontend_json", "to_json_dict", "to_dict"):
-            method = getattr(card, name, None)
-            if callable(method):
-                return method()
-        return None
 
 
 def load_feature_provider(path: str | Path) -> FeatureProvider:
     """Open the feature store at ``path``, whichever of the supported layouts it uses.
 
-    Order: our dashboards store (`circuit_atlas.features.open_feature_store`; a folder that holds
-    one but cannot be read is an error, not a silent fallback), then the reference frontend's
+    Order: our dashboards store (a `FeatureStore`, which is a provider itself; a folder that
+    holds one but cannot be read is an error, not a silent fallback), then circuit-tracer's
     binary bundle, then a folder of per-feature JSON files.
     """
-    from circuit_atlas.features import open_feature_store
-
     root = Path(path).expanduser()
     if not root.is_dir():
         raise CircuitAtlasError(f"--features: {root} is not a folder")
     store = open_feature_store(root)
     if store is not None:
-        return _ExternalProvider(store)
+        return store
     if (root / "index.json.gz").is_file():
         return BinaryBundleFeatureProvider(root)
     return JsonDirFeatureProvider(root)

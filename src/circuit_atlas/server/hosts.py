@@ -14,6 +14,9 @@ from typing import Iterable
 
 from circuit_atlas.server.limits import Receive, Scope, Send, send_json_error
 
+# Where the explorer listens unless told otherwise: this machine only.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8041
 
 _PORT = re.compile(r"(?::\d{1,5})?")
 

@@ -1,5 +1,7 @@
-"""Steering a graph that exists only as a graph-JSON file (graph-json.md): recover what the
-steerer needs from the document, and decide whether the loaded model may steer it.
+"""A graph that exists only as a graph-JSON file (`docs/graph-json.md`), as the explorer serves
+it (`JsonGraph`, a `ServedGraph`), and what steering it takes: recover the token ids and feature
+coordinates from the document, and decide whether the loaded model may steer it
+(`JsonSteerable`).
 
 Why this is more than parsing: a graph-JSON file stores neither its model nor the full token ids
 explicitly. Token ids sit in embedding node ids (``E_{token}_{pos}``), which pruned files may lack,
@@ -15,8 +17,8 @@ Token ids, in order of trust:
    reproduces ``metadata.prompt_tokens`` and every embedding node that is present.
 
 Either way the ids must read as ``metadata.prompt_tokens`` with the loaded tokenizer (a
-difference in leading spaces only is tolerated: reference writers decode each token alone, which
-drops the word-start space of SentencePiece tokens).
+difference in leading spaces only is tolerated: circuit-tracer's writer decodes each token alone,
+which drops the word-start space of SentencePiece tokens).
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, Mapping, Sequence
 
-from circuit_atlas.errors import CircuitAtlasError
+import torch
+from pydantic import ValidationError
+
+from circuit_atlas.errors import CircuitAtlasError, GraphFileError
+from circuit_atlas.io.cantor import cantor_pair
+from circuit_atlas.server.graphs import Annotations, NotSteerable, ScoresUnavailable
+from circuit_atlas.server.schemas import GraphDocument, describe_errors
+from circuit_atlas.server.identity import same_ref
+from circuit_atlas.server.views import filter_by_influence, neighbourhood
 
 FEATURE_NODE_TYPES = frozenset({"cross layer transcoder", "transcoder"})
 NODE_KINDS = {
@@ -47,13 +57,65 @@ _LARGEST = 10**12
 _SHOWN_WHITESPACE = str.maketrans({"⏎": "\n", "→": "\t", "↵": "\r"})
 
 
-class JsonGraphRefused(CircuitAtlasError):
+class JsonGraphRefused(NotSteerable):
     """The graph-JSON document cannot be steered safely with the loaded model (the message says
     why); the steerer turns it into a 409."""
 
 
-@dataclass(frozen=True)
 class JsonGraph:
+    """A graph-JSON document served on its own (no native graph): views filter its `influence`
+    values, neighbourhoods and subgraphs read its links, scores are unavailable, and steering
+    goes through `adapt`."""
+
+    source = "json"
+    checks_with_tokenizer = True  # recovering token ids may tokenise the prompt
+
+    def __init__(self, doc: dict[str, Any], graph_id: str, slug: str) -> None:
+        self.doc = doc
+        self.graph_id, self.slug = graph_id, slug
+        self.label = f"graph {graph_id!r} (a JSON file)"
+
+    @classmethod
+    def checked(cls, doc: dict[str, Any], graph_id: str, slug: str, file: Any) -> "JsonGraph":
+        """`JsonGraph(doc, ...)` once every node and link has the types the API promises
+        (`schemas.GraphDocument`: finite numbers, string ids; `file` names the document in the
+        message): the file may come from anywhere, and a bad value must stop here with its place
+        named, not break a view later."""
+        try:
+            GraphDocument.model_validate(doc, strict=True)
+        except ValidationError as exc:
+            raise GraphFileError(
+                f"{file} does not have the graph-JSON form: {describe_errors(exc.errors(), skip=())}"
+            ) from None
+        return cls(doc, graph_id, slug)
+
+    def view(self, node_threshold: float, edge_threshold: float) -> tuple[dict[str, Any], None]:
+        return filter_by_influence(self.doc, node_threshold), None
+
+    def full_neighbourhood(self, node_id: str, annotations: Annotations,
+                           limit: int | None) -> dict[str, Any] | None:
+        return neighbourhood(self.doc, node_id, annotations, limit)
+
+    def subgraph(self, node_ids: Sequence[str]) -> tuple[list[dict], list[dict], list[str]]:
+        by_id = {node["node_id"]: node for node in self.doc["nodes"]}
+        nodes = [by_id[nid] for nid in node_ids if nid in by_id]
+        chosen = set(by_id) & set(node_ids)
+        links = [link for link in self.doc["links"]
+                 if link.get("source") in chosen and link.get("target") in chosen]
+        return nodes, links, [nid for nid in node_ids if nid not in by_id]
+
+    def scores(self, node_ids: Sequence[str] | None) -> dict[str, Any]:
+        raise ScoresUnavailable(
+            f"graph {self.graph_id!r} has only a JSON file; replacement/completeness scores need "
+            "the native graph (write it with write_graph_bundle or `circuit-atlas trace`)"
+        )
+
+    def steerable(self, model: Any) -> "JsonSteerable":
+        return adapt(self.doc, model)
+
+
+@dataclass(frozen=True)
+class JsonSteerable:
     """What the steerer needs from a graph-JSON document, checked against the loaded model.
 
     - ``input_ids`` int64 [P]: the prompt's token ids (BOS included).
@@ -72,11 +134,14 @@ class JsonGraph:
     scan: str | None
     warning: str | None = field(default=None)
 
-    def kind(self, node_id: str) -> str | None:
+    def node_kind(self, node_id: str) -> str | None:
         """``feature`` / ``error`` / ``token`` / ``logit`` / other, or None for unknown ids."""
         if node_id in self.features:
             return "feature"
         return self.kinds.get(node_id)
+
+    def feature_coords(self, node_id: str) -> tuple[int, int, int]:
+        return self.features[node_id]
 
 
 # ---------------------------------------------------------------------- nodes
@@ -116,8 +181,6 @@ def feature_coords(node: Mapping[str, Any]) -> tuple[int, int, int]:
 
 
 def _check_cantor(node: Mapping[str, Any], layer: int, feat: int) -> None:
-    from circuit_atlas.graph.export import cantor_pair
-
     stored = node.get("feature")
     if stored is not None and _int(stored) != cantor_pair(layer, feat):
         raise JsonGraphRefused(
@@ -209,8 +272,6 @@ def recover_input_ids(
     doc: Mapping[str, Any], lm: Any, embeddings: Mapping[int, int]
 ) -> tuple[Any, str]:
     """The prompt's token ids and where they came from (see the module docstring)."""
-    import torch
-
     metadata = doc.get("metadata", {})
     tokens = prompt_tokens(metadata)
     n = len(tokens)
@@ -275,12 +336,6 @@ def _ids_from_prompt(
 
 
 # ---------------------------------------------------------------------- identity
-def _same_ref(a: Any, b: Any) -> bool:
-    from circuit_atlas.server.steer import _same_ref as same
-
-    return same(a, b)
-
-
 def _last_part(ref: Any) -> str | None:
     """The final component of a hub id or path ('google/gemma-2-2b' -> 'gemma-2-2b')."""
     if not isinstance(ref, str) or not ref.strip("/"):
@@ -301,7 +356,7 @@ def identity(doc: Mapping[str, Any], model: Any) -> tuple[str | None, bool]:
     ``metadata.scan`` is the transcoder set in circuit-tracer's and our files, the model id in
     Neuronpedia's (and in ours when the graph had no transcoder id). A scan equal to neither the
     loaded transcoders, nor the model, nor (by final path component) a copy of either is a clear
-    mismatch. Logit nodes sit at layer ``n_layers + 1`` (graph-json.md §5.2).
+    mismatch. Logit nodes sit at layer ``n_layers + 1`` (`docs/graph-json.md` §5.2).
     """
     lm, tc = model.lm, model.transcoders
     metadata = doc.get("metadata", {})
@@ -315,7 +370,7 @@ def identity(doc: Mapping[str, Any], model: Any) -> tuple[str | None, bool]:
             ), False
     info = metadata.get("info")
     recorded_model = info.get("model") if isinstance(info, Mapping) else None
-    if (isinstance(recorded_model, str) and recorded_model and not _same_ref(recorded_model, lm.name)
+    if (isinstance(recorded_model, str) and recorded_model and not same_ref(recorded_model, lm.name)
             and _last_part(recorded_model) != _last_part(lm.name)):  # a copy elsewhere: unverified
         return (
             f"the graph was traced with model {recorded_model!r} (metadata.info.model) but the "
@@ -325,7 +380,7 @@ def identity(doc: Mapping[str, Any], model: Any) -> tuple[str | None, bool]:
     listed = metadata.get("transcoder_list")
     if isinstance(scan, str) and scan.startswith("custom-") and isinstance(listed, list) and listed:
         if isinstance(tc.scan, (list, tuple)):
-            same = len(listed) == len(tc.scan) and all(map(_same_ref, listed, tc.scan))
+            same = len(listed) == len(tc.scan) and all(map(same_ref, listed, tc.scan))
             if same:
                 return None, True
             return (
@@ -335,10 +390,10 @@ def identity(doc: Mapping[str, Any], model: Any) -> tuple[str | None, bool]:
         return None, False
     if not isinstance(scan, str) or not scan:
         return None, False
-    if _same_ref(scan, tc.scan):
+    if same_ref(scan, tc.scan):
         return None, True
     related = {_last_part(lm.name), _last_part(tc.scan if isinstance(tc.scan, str) else None)}
-    if _same_ref(scan, lm.name) or _last_part(scan) in related - {None}:
+    if same_ref(scan, lm.name) or _last_part(scan) in related - {None}:
         return None, False
     return (
         f"the graph was traced with transcoders {scan!r} (metadata.scan) but the server holds "
@@ -387,9 +442,9 @@ def check_ranges(
 
 
 # ---------------------------------------------------------------------- entry point
-def adapt(doc: Mapping[str, Any], model: Any) -> JsonGraph:
-    """A `JsonGraph` for ``doc`` (a graph-JSON document as `read_graph_json` normalises it), or
-    `JsonGraphRefused` saying why the loaded ``model`` must not steer it."""
+def adapt(doc: Mapping[str, Any], model: Any) -> JsonSteerable:
+    """A `JsonSteerable` for ``doc`` (a graph-JSON document as `read_graph_json` normalises it),
+    or `JsonGraphRefused` saying why the loaded ``model`` must not steer it."""
     if not isinstance(doc.get("metadata"), Mapping):
         raise JsonGraphRefused("the file has no metadata object")
     why, verified = identity(doc, model)
@@ -400,7 +455,7 @@ def adapt(doc: Mapping[str, Any], model: Any) -> JsonGraph:
     check_ranges(features, doc, n_positions, model)
     input_ids, source = recover_input_ids(doc, model.lm, embeddings)
     scan = doc["metadata"].get("scan")
-    return JsonGraph(
+    return JsonSteerable(
         input_ids=input_ids,
         tokens_from=source,
         features=features,

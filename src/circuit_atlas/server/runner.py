@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from circuit_atlas.errors import CircuitAtlasError
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8041
+from circuit_atlas.server.app import LOOPBACK_HOSTS, create_app
+from circuit_atlas.server.features import load_feature_provider
+from circuit_atlas.server.hosts import DEFAULT_HOST, DEFAULT_PORT
 
 log = logging.getLogger("circuit_atlas.server")
 
@@ -59,9 +59,6 @@ def build_app(
     model: Any | None = None,
 ) -> Any:
     """The app with the security settings that suit ``host`` (``model``: for steering)."""
-    from circuit_atlas.server.app import LOOPBACK_HOSTS, create_app
-    from circuit_atlas.server.features import load_feature_provider
-
     features = load_feature_provider(features_dir) if features_dir else None
     allowed = LOOPBACK_HOSTS if is_loopback(host) else None
     return create_app(data_dir, features=features, allowed_hosts=allowed, model=model)

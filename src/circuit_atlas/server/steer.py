@@ -1,15 +1,14 @@
 """Steering from the explorer: turn a web request about graph nodes into interventions, run them
 on the model the server holds, and answer with top tokens and generated text before/after.
 
-Why a separate module: the HTTP layer stays thin, and everything a client can get wrong (unknown
-or non-feature nodes, NaN values, too many tokens, a graph traced with another model) is checked
-here, before the model is touched, with a message that names the offending field.
-
-Request body (``POST /api/graphs/{id}/steer``)::
+Why a separate module: the HTTP layer stays thin, and everything a client can get wrong beyond
+the body's shape (unknown or non-feature nodes, too many tokens for the model, a graph traced with
+another model) is checked here, before the model is touched, with a message that names the
+offending field. The body's shape and value ranges are `schemas.SteerBody`::
 
     {"interventions": [{"nodes": ["3_1204_5", ...],   # one node, or a supernode's members
                         "op": "ablate" | "scale" | "set",
-                        "value": 2.0,                    # factor (scale) or activation (set)
+                        "value": 2.0,                    # scale/set only: factor or activation
                         "positions": "node" | "all" | "from_node",
                         "name": "Texas"}],               # optional, for display
      "mode": "free" | "constrained", "freeze_attention": false,
@@ -19,10 +18,12 @@ Positions: ``node`` is each node's own position; ``all`` every position, generat
 included; ``from_node`` the node's position and everything after it, generated tokens included
 (an open-ended range).
 
-Graphs that exist only as a graph-JSON file (no native bundle) are steered through
-`json_graph.adapt`, which recovers their token ids and feature coordinates and refuses files that
-belong to another model; when the file cannot prove it was traced with the loaded transcoders,
-the status and every response carry a ``warning``.
+The steerer sees every graph through one interface (`graphs.ServedGraph`): `steerable(model)`
+checks it against the held model and returns its token ids and feature coordinates
+(`graphs.Steerable`), or refuses with the reason. Graphs that exist only as a graph-JSON file are
+checked by `json_graph.adapt`, which recovers their token ids and refuses files that belong to
+another model; when the file cannot prove it was traced with the loaded transcoders, the status
+and every response carry a ``warning``.
 
 The model is used by one request at a time (one lock); requests run in a worker thread, so the
 rest of the API answers while a model call is in progress. At most ``max_pending`` requests wait
@@ -31,34 +32,31 @@ for the lock; more are refused with 503 instead of piling up.
 
 from __future__ import annotations
 
-import math
-import os
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+import torch
+from pydantic import ValidationError
 
 from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.server.json_graph import JsonGraph, JsonGraphRefused, adapt
-
-MAX_NEW_TOKENS = 64
-MAX_TOP_K = 50
-MAX_ROWS = 256
-MAX_NODES_PER_ROW = 1024
-MAX_ABS_VALUE = 1e6
-MAX_TEMPERATURE = 100.0
-MAX_CHANGED_FEATURES = 20
-MAX_CACHED_JSON = 4
-BUSY_WAIT_S = 2.0  # how long a status request waits for the model lock to check a JSON graph
-POSITIONS = ("node", "all", "from_node")
-OPS = ("ablate", "scale", "set")
-MODES = ("free", "constrained")
-REQUEST_KEYS = frozenset(
-    {"interventions", "mode", "freeze_attention", "max_new_tokens", "temperature", "top_p",
-     "seed", "top_k"}
+from circuit_atlas.interventions import Intervention, generate, intervene
+from circuit_atlas.io.untrusted import json_safe
+from circuit_atlas.server.graphs import NotSteerable, ServedGraph, Steerable
+from circuit_atlas.server.schemas import (
+    MAX_NEW_TOKENS,
+    MAX_TOP_K,
+    Mode,
+    Op,
+    Positions,
+    SteerBody,
+    describe_errors,
 )
-ROW_KEYS = frozenset({"nodes", "op", "value", "positions", "name"})
+
+MAX_CHANGED_FEATURES = 20
+MAX_CACHED_CHECKS = 4
+BUSY_WAIT_S = 2.0  # how long a status request waits for the model lock to check a JSON graph
 START_HINT = (
     "start the explorer with the model and transcoders the graph was traced with: "
     "circuit-atlas serve DIR --model MODEL --transcoders TRANSCODERS"
@@ -84,16 +82,16 @@ class SteerRow:
     """One row of the Steer panel: an operation on one node or on a supernode's members."""
 
     nodes: tuple[str, ...]
-    op: str
+    op: Op
     value: float | None
-    positions: str
+    positions: Positions
     name: str | None
 
 
 @dataclass(frozen=True)
 class SteerRequest:
     rows: tuple[SteerRow, ...]
-    mode: str
+    mode: Mode
     freeze_attention: bool
     max_new_tokens: int
     temperature: float
@@ -102,111 +100,31 @@ class SteerRequest:
     top_k: int
 
 
-def _number(value: Any, field: str, lo: float, hi: float) -> float:
-    """A finite JSON number in [lo, hi]; Python's json accepts NaN/Infinity, so check here."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SteerRequestError(f"{field} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise SteerRequestError(f"{field} must be a finite number, got {value!r}")
-    if not lo <= value <= hi:
-        raise SteerRequestError(f"{field} must lie in [{lo:g}, {hi:g}], got {value:g}")
-    return value
-
-
-def _integer(value: Any, field: str, lo: int, hi: int) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SteerRequestError(f"{field} must be an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise SteerRequestError(f"{field} must lie in {lo}..{hi}, got {value}")
-    return value
-
-
-def _choice(value: Any, field: str, options: Sequence[str]) -> str:
-    if value not in options:
-        raise SteerRequestError(f"{field} must be one of {', '.join(options)}; got {value!r}")
-    return value
-
-
-def parse_row(data: Any, where: str) -> SteerRow:
-    if not isinstance(data, dict):
-        raise SteerRequestError(f"{where} must be a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - ROW_KEYS)
-    if unknown:
-        raise SteerRequestError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(ROW_KEYS)}")
-    nodes = data.get("nodes")
-    if (
-        not isinstance(nodes, list)
-        or not 0 < len(nodes) <= MAX_NODES_PER_ROW
-        or not all(isinstance(n, str) and 0 < len(n) <= 200 for n in nodes)
-    ):
-        raise SteerRequestError(
-            f"{where}.nodes must be a list of 1..{MAX_NODES_PER_ROW} node-id strings"
-        )
-    op = _choice(data.get("op"), f"{where}.op", OPS)
-    value = data.get("value")
-    if op == "ablate":
-        if value is not None:
-            raise SteerRequestError(f"{where}: ablate takes no value (got value={value!r})")
-    elif value is None:
-        what = "the factor to multiply by" if op == "scale" else "the activation to set"
-        raise SteerRequestError(f"{where}: op {op!r} needs a value ({what})")
-    else:
-        value = _number(value, f"{where}.value", -MAX_ABS_VALUE, MAX_ABS_VALUE)
-    positions = _choice(data.get("positions", "node"), f"{where}.positions", POSITIONS)
-    name = data.get("name")
-    if name is not None and (not isinstance(name, str) or len(name) > 200):
-        raise SteerRequestError(f"{where}.name must be a string of at most 200 characters")
-    return SteerRow(tuple(dict.fromkeys(nodes)), op, value, positions, name)
-
-
 def parse_request(body: Any) -> SteerRequest:
-    """Check every field of a steering request body; unknown keys are refused (typos)."""
-    if not isinstance(body, dict):
-        raise SteerRequestError("the request body must be a JSON object")
-    unknown = sorted(set(body) - REQUEST_KEYS)
-    if unknown:
-        raise SteerRequestError(f"unknown key(s) {unknown}; allowed: {sorted(REQUEST_KEYS)}")
-    rows = body.get("interventions")
-    if not isinstance(rows, list) or not 0 < len(rows) <= MAX_ROWS:
-        raise SteerRequestError(f"interventions must be a list of 1..{MAX_ROWS} objects")
-    mode = _choice(body.get("mode", "free"), "mode", MODES)
-    freeze = body.get("freeze_attention", False)
-    if not isinstance(freeze, bool):
-        raise SteerRequestError(f"freeze_attention must be true or false, got {freeze!r}")
-    if freeze and mode != "free":
-        raise SteerRequestError("freeze_attention applies to mode 'free' only")
-    return SteerRequest(
-        rows=tuple(parse_row(row, f"interventions[{i}]") for i, row in enumerate(rows)),
-        mode=mode,
-        freeze_attention=freeze,
-        max_new_tokens=_integer(body.get("max_new_tokens", 16), "max_new_tokens", 0, MAX_NEW_TOKENS),
-        temperature=_number(body.get("temperature", 0.0), "temperature", 0.0, MAX_TEMPERATURE),
-        top_p=_top_p(body.get("top_p", 1.0)),
-        seed=_integer(body.get("seed", 0), "seed", 0, 2**63 - 1),
-        top_k=_integer(body.get("top_k", 10), "top_k", 1, MAX_TOP_K),
-    )
-
-
-def _top_p(value: Any) -> float:
-    value = _number(value, "top_p", 0.0, 1.0)
-    if value == 0.0:
-        raise SteerRequestError("top_p must be greater than 0")
-    return value
+    """A steering request from a `schemas.SteerBody` (what the route receives, already
+    validated) or from a plain dict (checked against it here; unknown keys are refused)."""
+    if not isinstance(body, SteerBody):
+        if not isinstance(body, dict):
+            raise SteerRequestError("the request body must be a JSON object")
+        try:
+            body = SteerBody.model_validate(body)
+        except ValidationError as exc:
+            raise SteerRequestError(describe_errors(exc.errors(), skip=())) from None
+    rows = tuple(SteerRow(tuple(dict.fromkeys(row.nodes)), row.op, getattr(row, "value", None),
+                          row.positions, row.name) for row in body.interventions)
+    return SteerRequest(rows=rows, mode=body.mode, freeze_attention=body.freeze_attention,
+                        max_new_tokens=body.max_new_tokens, temperature=body.temperature,
+                        top_p=body.top_p, seed=body.seed, top_k=body.top_k)
 
 
 # ---------------------------------------------------------------------- nodes -> interventions
-def row_interventions(graph: Any, row: SteerRow, where: str) -> list:
+def row_interventions(graph: Steerable, row: SteerRow, where: str) -> list[Intervention]:
     """The `Intervention`s of one row: each member node's (layer, position, feature).
 
     Members that share a layer and feature collapse into one intervention when their position
     ranges would overlap (``all``, ``from_node``), since the interventions API refuses two
     interventions on the same feature and position.
     """
-    from circuit_atlas.interventions import Intervention
-
     coords = [node_coords(graph, node_id, where) for node_id in row.nodes]
     kwargs: dict[str, Any] = {"ablate": True}
     if row.op == "set":
@@ -226,67 +144,19 @@ def row_interventions(graph: Any, row: SteerRow, where: str) -> list:
     return out
 
 
-def node_coords(graph: Any, node_id: str, where: str) -> tuple[int, int, int]:
+def node_coords(graph: Steerable, node_id: str, where: str) -> tuple[int, int, int]:
     """(layer, position, feature) of a feature node; other nodes cannot be intervened on."""
-    if isinstance(graph, JsonGraph):
-        kind = graph.kind(node_id)
-        if kind is None:
-            raise SteerRequestError(f"{where}: the graph has no node {node_id!r}")
-        if kind != "feature":
-            raise SteerRequestError(
-                f"{where}: node {node_id!r} is a {kind} node; only feature nodes can be steered"
-            )
-        return graph.features[node_id]
-    try:
-        index = graph.node_index(node_id)
-    except KeyError:
-        raise SteerRequestError(f"{where}: the graph has no node {node_id!r}") from None
-    kind = graph.node_kind(index)
+    kind = graph.node_kind(node_id)
+    if kind is None:
+        raise SteerRequestError(f"{where}: the graph has no node {node_id!r}")
     if kind != "feature":
         raise SteerRequestError(
             f"{where}: node {node_id!r} is a {kind} node; only feature nodes can be steered"
         )
-    layer, pos, feat = (int(v) for v in graph.feature_coords[index])
-    return layer, pos, feat
+    return graph.feature_coords(node_id)
 
 
 # ---------------------------------------------------------------------- model identity
-def _same_ref(a: Any, b: Any) -> bool:
-    """Names match when equal, or when both are local paths to the same folder."""
-    if a == b:
-        return True
-    if not (isinstance(a, str) and isinstance(b, str)):
-        return False
-    if a.startswith(("//", "\\\\")):
-        return False  # a network path named by a file: never touch it
-    try:
-        pb = Path(b).expanduser()
-        if not pb.exists():  # the server's own reference first: stat a's path only if b is local
-            return False
-        pa = Path(a).expanduser()
-        return pa.exists() and os.path.samefile(pa, pb)
-    except (OSError, ValueError):
-        return False
-
-
-def mismatch(graph: Any, model: Any) -> str | None:
-    """Why ``graph`` cannot be steered with ``model``, or None when it was traced with it."""
-    lm, tc = model.lm, model.transcoders
-    if not _same_ref(graph.model_name, lm.name):
-        return (
-            f"the graph was traced with model {graph.model_name!r} but the server holds "
-            f"{lm.name!r}"
-        )
-    if not _same_ref(graph.transcoder_scan, tc.scan):
-        return (
-            f"the graph was traced with transcoders {graph.transcoder_scan!r} but the server "
-            f"holds {tc.scan!r}"
-        )
-    if graph.n_layers != model.n_layers:
-        return f"the graph has {graph.n_layers} layers but the model has {model.n_layers}"
-    return None
-
-
 def model_info(model: Any) -> dict[str, Any]:
     scan = model.transcoders.scan
     return {
@@ -298,18 +168,6 @@ def model_info(model: Any) -> dict[str, Any]:
     }
 
 
-def finite(value: Any) -> Any:
-    """``value`` with NaN/inf floats replaced by None: extreme steering values can overflow the
-    logits, and strict JSON has no NaN."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
 # ---------------------------------------------------------------------- the runner
 class Steerer:
     """Holds the loaded `ReplacementModel` (or None) and runs steering requests on it, one at a time."""
@@ -317,9 +175,9 @@ class Steerer:
     def __init__(self, model: Any | None, max_pending: int = 4) -> None:
         self.model = model
         self.max_pending = max_pending
-        # graph id -> (document, its JsonGraph or refusal); the document is held so that the
-        # identity check below can never match a recycled object.
-        self._json: dict[str, tuple[dict, JsonGraph | JsonGraphRefused]] = {}
+        # graph id -> (served graph, its Steerable or refusal); the served object is held so
+        # that the identity check below can never match a recycled object.
+        self._checked: dict[str, tuple[ServedGraph, Steerable | NotSteerable]] = {}
         self._lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -339,112 +197,104 @@ class Steerer:
             "reason": None if self.available else f"the server holds no model; {START_HINT}",
         }
 
-    def graph_status(self, graph: Any | None, graph_id: str) -> dict[str, Any]:
+    def graph_status(self, graph: ServedGraph | None, graph_id: str) -> dict[str, Any]:
         """Whether this graph can be steered, and why not (shown next to a disabled panel).
 
-        ``graph``: the native `Graph`, a graph-JSON document (dict) for a JSON-only graph, or
-        None when neither is at hand. ``warning`` is set when steering is allowed but the file
-        cannot show it was traced with the loaded transcoders.
+        ``graph``: the served graph, or None when there is no model to check it with.
+        ``warning`` is set when steering is allowed but the files cannot show the graph was
+        traced with the loaded transcoders.
         """
         resolved, reason = self.resolve(graph, graph_id)
-        warning = resolved.warning if isinstance(resolved, JsonGraph) else None
         return {
             **self.info(),
             "available": reason is None,
             "reason": reason,
-            "warning": warning,
-            "source": _source(graph),
-            "tokens_from": resolved.tokens_from if isinstance(resolved, JsonGraph) else None,
+            "warning": None if resolved is None else resolved.warning,
+            "source": None if graph is None else graph.source,
+            "tokens_from": None if resolved is None else resolved.tokens_from,
         }
 
-    def refusal(self, graph: Any | None, graph_id: str) -> str | None:
+    def refusal(self, graph: ServedGraph | None, graph_id: str) -> str | None:
         return self.resolve(graph, graph_id)[1]
 
-    def resolve(self, graph: Any | None, graph_id: str, *,
-                wait: bool = False) -> tuple[Any | None, str | None]:
-        """(what to steer: the native graph or a `JsonGraph`; None, or why it cannot be steered).
+    def resolve(self, graph: ServedGraph | None, graph_id: str, *,
+                wait: bool = False) -> tuple[Steerable | None, str | None]:
+        """(what to steer; None, or why this graph cannot be steered).
 
-        Checking a JSON graph the first time tokenises under the model lock; a status request
-        (`wait=False`) does not queue behind a running steer for it but says the model is busy."""
+        Checking a graph that needs the tokenizer (a JSON file) runs under the model lock the
+        first time; a status request (`wait=False`) does not queue behind a running steer for it
+        but says the model is busy."""
         if self.model is None:
             return None, f"steering needs a model, and the server holds none; {START_HINT}"
         if graph is None:
-            return None, (
-                f"graph {graph_id!r} exists only as a JSON file; steering needs the native graph "
-                "(its token ids and feature coordinates), as written by `circuit-atlas trace`"
-            )
-        if isinstance(graph, dict):
-            adapted = self._adapt_json(graph, graph_id, wait=wait)
-            if isinstance(adapted, JsonGraphRefused):
-                return None, (
-                    f"graph {graph_id!r} (a JSON file) cannot be steered: {adapted}; {START_HINT}"
-                )
-            return adapted, None
-        why = mismatch(graph, self.model)
-        if why is not None:
-            return None, f"graph {graph_id!r} cannot be steered: {why}; {START_HINT}"
-        return graph, None
+            return None, f"graph {graph_id!r} cannot be checked without a model; {START_HINT}"
+        checked = self._check(graph, wait=wait)
+        if isinstance(checked, NotSteerable):
+            return None, f"{graph.label} cannot be steered: {checked}; {START_HINT}"
+        return checked, None
 
-    def _adapt_json(self, doc: dict, graph_id: str, *, wait: bool) -> JsonGraph | JsonGraphRefused:
-        """`json_graph.adapt`, cached per graph id while the explorer hands out the same document
-        (it rebuilds the document when the file changes)."""
+    def _check(self, graph: ServedGraph, *, wait: bool) -> Steerable | NotSteerable:
+        """`graph.steerable(model)`, cached per graph id while the explorer hands out the same
+        served object (it builds a new one when the files change)."""
         with self._cache_lock:
-            cached = self._json.pop(graph_id, None)
-            if cached is not None and cached[0] is doc:
-                self._json[graph_id] = cached  # most recent last
+            cached = self._checked.pop(graph.graph_id, None)
+            if cached is not None and cached[0] is graph:
+                self._checked[graph.graph_id] = cached  # most recent last
                 return cached[1]
-        # Under the model lock: tokenising while a steering run decodes tokens on another thread
-        # can trip the fast tokenizer's "Already borrowed" guard.
-        if not self._lock.acquire(timeout=-1 if wait else BUSY_WAIT_S):
-            return JsonGraphRefused("the model is busy with another steering run; this graph is "
+        if not graph.checks_with_tokenizer:
+            checked = self._steerable(graph)
+        else:
+            # Under the model lock: tokenising while a steering run decodes tokens on another
+            # thread can trip the fast tokenizer's "Already borrowed" guard.
+            if not self._lock.acquire(timeout=-1 if wait else BUSY_WAIT_S):
+                return NotSteerable("the model is busy with another steering run; this graph is "
                                     "checked when it is free (try again in a moment)")  # not cached
+            try:
+                checked = self._steerable(graph)
+            finally:
+                self._lock.release()
+        with self._cache_lock:
+            self._checked[graph.graph_id] = (graph, checked)
+            while len(self._checked) > MAX_CACHED_CHECKS:  # JSON documents can be large
+                self._checked.pop(next(iter(self._checked)))
+        return checked
+
+    def _steerable(self, graph: ServedGraph) -> Steerable | NotSteerable:
         try:
-            adapted: JsonGraph | JsonGraphRefused = adapt(doc, self.model)
-        except JsonGraphRefused as exc:
-            adapted = exc
+            return graph.steerable(self.model)
+        except NotSteerable as exc:
+            return exc
         except (ValueError, TypeError, KeyError, OverflowError, RuntimeError) as exc:
             # a malformed file must be a refusal with a reason, never a server error
-            adapted = JsonGraphRefused(f"the file is not a readable graph-JSON document ({exc})")
-        finally:
-            self._lock.release()
-        with self._cache_lock:
-            self._json[graph_id] = (doc, adapted)
-            while len(self._json) > MAX_CACHED_JSON:  # documents can be large: keep only a few
-                self._json.pop(next(iter(self._json)))
-        return adapted
+            return NotSteerable(f"the file is not a readable graph-JSON document ({exc})")
 
-    def steer(self, graph: Any | None, graph_id: str, body: Any) -> dict[str, Any]:
-        """Validate ``body`` against ``graph`` and run it (blocking; call from a worker thread).
-
-        ``graph`` is the native `Graph` or, for a JSON-only graph, its graph-JSON document."""
+    def steer(self, graph: ServedGraph | None, graph_id: str, body: Any) -> dict[str, Any]:
+        """Validate ``body`` against ``graph`` and run it (blocking; call from a worker thread)."""
         request = parse_request(body)
         with _Slot(self):  # counted before anything waits on the model lock
-            graph, reason = self.resolve(graph, graph_id, wait=True)
+            target, reason = self.resolve(graph, graph_id, wait=True)
             if reason is not None:
                 raise SteerUnavailable(reason)
             interventions = []
             for i, row in enumerate(request.rows):
-                interventions.extend(row_interventions(graph, row, f"interventions[{i}]"))
+                interventions.extend(row_interventions(target, row, f"interventions[{i}]"))
             start = time.perf_counter()
             with self._lock:
                 waited = time.perf_counter() - start
-                result = self.compute(graph.input_ids, interventions, request)
+                result = self.compute(target.input_ids, interventions, request)
         result["graph_id"] = graph_id
-        result["warning"] = graph.warning if isinstance(graph, JsonGraph) else None
+        result["warning"] = target.warning
         result["rows"] = [
             {"nodes": list(r.nodes), "op": r.op, "value": r.value, "positions": r.positions,
              "name": r.name}
             for r in request.rows
         ]
         result["timing"] = {"queued_s": waited, "run_s": time.perf_counter() - start - waited}
-        return finite(result)
+        return json_safe(result)
 
-    def compute(self, input_ids: Any, interventions: list, request: SteerRequest) -> dict[str, Any]:
+    def compute(self, input_ids: torch.Tensor, interventions: list[Intervention],
+                request: SteerRequest) -> dict[str, Any]:
         """`intervene` on the prompt and `generate` from it; the model lock is held."""
-        import torch
-
-        from circuit_atlas.interventions import generate, intervene
-
         with torch.no_grad():
             result = intervene(
                 self.model, input_ids, interventions, mode=request.mode,
@@ -460,13 +310,6 @@ class Steerer:
             "intervention": result.to_dict(max_changes=MAX_CHANGED_FEATURES),
             "generation": None if generation is None else generation.to_dict(),
         }
-
-
-def _source(graph: Any | None) -> str | None:
-    """Which form of the graph the steerer works from: its native bundle or its JSON file."""
-    if graph is None:
-        return None
-    return "json" if isinstance(graph, dict) else "native"
 
 
 class _Slot:

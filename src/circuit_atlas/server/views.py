@@ -1,4 +1,5 @@
-"""Pure functions over graph-JSON documents (graph-json.md): threshold views and neighbourhoods.
+"""Pure functions over graph-JSON documents (`docs/graph-json.md`): threshold views and
+neighbourhoods.
 
 These work on the dict form so the same code serves graphs that exist only as JSON files and
 graphs pruned from a native `Graph`.
@@ -13,12 +14,12 @@ SOURCE_ONLY_TYPES = frozenset({"embedding", "mlp reconstruction error", "lorsa e
 
 
 def filter_by_influence(doc: Mapping[str, Any], node_threshold: float) -> dict[str, Any]:
-    """Keep the nodes the reference frontend's pruning slider keeps, and their links.
+    """Keep the nodes circuit-tracer's frontend's pruning slider keeps, and their links.
 
     A node stays when it is an embedding or logit node or its cumulative ``influence`` is at most
-    ``node_threshold`` (graph-json.md §7: smaller means more important); nodes without an
+    ``node_threshold`` (`docs/graph-json.md` §7: smaller means more important); nodes without an
     influence value stay, since nothing says they are unimportant. Links need both ends, and
-    feature/error nodes left without any link are dropped, as the reference writer does.
+    feature/error nodes left without any link are dropped, as circuit-tracer's writer does.
     """
     kept: list[dict[str, Any]] = []
     for node in doc.get("nodes", []):

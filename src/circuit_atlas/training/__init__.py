@@ -18,7 +18,7 @@ from circuit_atlas.training.architecture import ExportedWeights, StackOutput, Tr
 from circuit_atlas.training.cache import CachedActivationSource, build_activation_cache
 from circuit_atlas.training.config import (ACTIVATIONS, KINDS, ArchitectureConfig, OptimConfig,
                                            budget)
-from circuit_atlas.training.corpus import Corpus, CorpusError, open_corpus
+from circuit_atlas.io.corpus import Corpus, CorpusError, open_corpus
 from circuit_atlas.training.errors import (TrainingConfigError, TrainingDataError,
                                            TrainingDivergedError)
 from circuit_atlas.training.evaluate import EvalReport, LayerEval, evaluate_transcoders

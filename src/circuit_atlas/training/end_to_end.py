@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from circuit_atlas.training.architecture import TranscoderStack
-from circuit_atlas.training.corpus import Corpus
+from circuit_atlas.io.corpus import Corpus
 from circuit_atlas.training.streaming import TokenWindows, pad_windows, padding_id
 
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from circuit_atlas.training.errors import TrainingDataError
 from circuit_atlas.training.metrics import MetricSums
 
 
@@ -137,7 +138,6 @@ def evaluate_transcoders(lm, transcoders, batches: Iterable[torch.Tensor | tuple
         _accumulate(ce["zero"], _zero_ablated_logits(lm, tc, tokens, z, index), tokens, mask)
         n_tokens += int(mask.sum())
     if n_tokens == 0:
-        from circuit_atlas.training.errors import TrainingDataError
         raise TrainingDataError("no evaluation text: the held-out corpus gave no token windows")
     report_layers = []
     for i, s in enumerate(sums):

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from circuit_atlas.training.architecture import TranscoderStack
+from circuit_atlas.transcoders import Transcoders
+from circuit_atlas.transcoders.native import save_native
 
 NATIVE_DIR = "transcoders"
 CIRCUIT_TRACER_DIR = "circuit_tracer"
@@ -28,8 +30,6 @@ def to_transcoders(stack: TranscoderStack, *, input_hook: str, output_hook: str,
                    model_name: str | None = None, scan: str | None = None):
     """A `Transcoders` object computing exactly the stack's inference activations on raw
     (unnormalised) model activations; its layer i is the stack's layer i."""
-    from circuit_atlas.transcoders import Transcoders
-
     w = stack.export_weights()
     L = stack.n_layers
     return Transcoders(
@@ -54,8 +54,6 @@ def merge_layers(base_layers: dict, trained, layers: Sequence[int], n_total: int
     from `base_layers[layer]` (raw tensors `W_enc`, `b_enc`, `b_dec`, `W_dec` `[F, d]`,
     `threshold`, `W_skip`, as `init.BaseLayer` holds them). `init.check_compatible` has checked
     before training that both agree on features, activation, skip and hooks."""
-    from circuit_atlas.transcoders import Transcoders
-
     by_number = {number: i for i, number in enumerate(layers)}
     everything = torch.arange(trained.n_features)
 
@@ -95,8 +93,6 @@ def export_transcoders(stack: TranscoderStack, out_dir: str | Path, *, input_hoo
     partial set, a CLT with skips or a TopK CLT; those are written in the native format only
     (`circuit_tracer_obstacle` says why). Returns the written folders by format name.
     """
-    from circuit_atlas.transcoders.native import save_native
-
     out_dir = Path(out_dir)
     n_total = n_model_layers if n_model_layers is not None else stack.n_layers
     numbers = list(layers) if layers is not None else list(range(stack.n_layers))

@@ -28,6 +28,8 @@ import torch
 from circuit_atlas.training.architecture import TranscoderStack
 from circuit_atlas.training.config import ArchitectureConfig
 from circuit_atlas.training.errors import TrainingConfigError
+from circuit_atlas.transcoders import load_transcoders
+from circuit_atlas.transcoders.native import CONFIG_FILE, read_native_layers
 
 
 @dataclass
@@ -65,12 +67,8 @@ class BaseSet:
 
 def load_base_set(ref: str) -> BaseSet:
     """Read `ref` eagerly: a partial native folder, or anything `load_transcoders` reads."""
-    from circuit_atlas.transcoders import load_transcoders
-    from circuit_atlas.transcoders.native import read_native_layers
-    from circuit_atlas.transcoders.refs import NATIVE_CONFIG
-
     path = Path(ref).expanduser()
-    if (path / NATIVE_CONFIG).is_file():
+    if (path / CONFIG_FILE).is_file():
         config, parts = read_native_layers(path)
         if len(parts) < config["n_layers"]:
             layers = {n: BaseLayer(p.W_enc, p.b_enc, p.b_dec, p.W_dec[:, 0] if p.W_dec.dim() == 3

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from circuit_atlas.training.distributed import all_reduce
+from circuit_atlas.io.distributed import all_reduce
 
 
 @dataclass

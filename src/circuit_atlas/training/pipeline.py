@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 
-from circuit_atlas.training import distributed as dist
+from circuit_atlas.io import distributed as dist
 from circuit_atlas.training.cache import (CACHE_CONFIG, CachedActivationSource,
                                           build_activation_cache, read_cache_config)
 from circuit_atlas.training.config import ArchitectureConfig, OptimConfig, to_json_dict
-from circuit_atlas.training.corpus import Corpus, open_corpus
+from circuit_atlas.io.corpus import Corpus, open_corpus
+from circuit_atlas.models import load_language_model
 from circuit_atlas.training.end_to_end import EndToEndLoss
 from circuit_atlas.training.errors import TrainingConfigError, TrainingDataError
 from circuit_atlas.training.evaluate import EvalReport, evaluate_transcoders
@@ -45,6 +46,7 @@ from circuit_atlas.training.streaming import (WINDOW_MODES, ModelActivationSourc
 from circuit_atlas.training.trainer import TrainResult, Trainer
 from circuit_atlas.training.windows import (WindowChoice, check_corpus_feeds_a_step,
                                             choose_windows)
+from circuit_atlas.transcoders import load_transcoders
 
 DEFAULT_INPUT_HOOK = "hook_resid_mid"
 DEFAULT_OUTPUT_HOOK = "hook_mlp_out"
@@ -156,8 +158,6 @@ def check_job(job: TrainJob) -> None:
 
 def run_training_job(job: TrainJob) -> JobResult:
     """Train (one seed or several in lockstep), export, check the export, evaluate."""
-    from circuit_atlas.models import load_language_model
-
     check_job(job)
     hooks = parse_hooks(job.input_hook, job.output_hook)
     base = load_base_set(job.init_from) if job.init_from is not None else None
@@ -434,9 +434,6 @@ def run_eval_job(model: str, transcoders: str, corpus: str, *, text_field: str =
                  progress: bool = True, lazy_encoder: bool = False,
                  window_mode: str = "auto") -> EvalReport:
     """Evaluate any transcoder set (hub id or directory) on a corpus."""
-    from circuit_atlas.models import load_language_model
-    from circuit_atlas.transcoders import load_transcoders
-
     for name, value in (("--context-length", context_length), ("--windows", windows),
                         ("--batch-size", batch_size)):
         if value <= 0:

@@ -1,8 +1,8 @@
 """Stream (MLP input, MLP output) pairs of the trained layers from a language model over a corpus.
 
-Documents are tokenised (with the reference library's special-token prefix per document) and cut
-into windows of at most `context_length` tokens, each starting with the prefix token like a
-tracer prompt, in one of two layouts (`WINDOW_MODES`):
+Documents are tokenised (with the prompt rule's special-token prefix per document,
+`docs/algorithm.md` §2.1) and cut into windows of at most `context_length` tokens, each starting
+with the prefix token like a tracer prompt, in one of two layouts (`WINDOW_MODES`):
 
 - "packed": documents are concatenated and cut into full windows. No padding is wasted, and
   later documents see earlier ones as context, as in most LM pre-training data.
@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from circuit_atlas.training.corpus import Corpus
+from circuit_atlas.io.corpus import Corpus
+from circuit_atlas.models.prompts import special_prefix_id
 from circuit_atlas.training.errors import TrainingConfigError, TrainingDataError
 from circuit_atlas.training.source import SourceState
 
@@ -39,9 +40,7 @@ WINDOW_MODES = ("packed", "documents")
 
 
 def special_prefix(tokenizer) -> int | None:
-    """The id prepended to each document (reference rule: first truthy id of bos, pad, eos)."""
-    from circuit_atlas.models.prompts import special_prefix_id
-
+    """The id prepended to each document (the prompt rule: first truthy id of bos, pad, eos)."""
     return special_prefix_id(tokenizer)
 
 

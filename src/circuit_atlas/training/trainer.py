@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from circuit_atlas.training import checkpoint as ckpt
-from circuit_atlas.training import distributed as dist
+from circuit_atlas.io import distributed as dist
 from circuit_atlas.training.activations import batch_threshold
 from circuit_atlas.training.architecture import StackOutput, TranscoderStack
 from circuit_atlas.training.best import BestKeeper

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuit_atlas.training.corpus import Corpus
+from circuit_atlas.io.corpus import Corpus
 from circuit_atlas.training.errors import TrainingDataError
 from circuit_atlas.training.streaming import TokenWindows, padding_id, window_batches
 

@@ -1,8 +1,8 @@
-"""Transcoder activation functions, exactly as the reference library applies them.
+"""Transcoder activation functions, exactly as circuit-tracer applies them (`docs/formats.md` §4).
 
 The details matter for matching circuit-tracer's graphs feature for feature:
 - JumpReLU is `h · 1[h > θ]` with a *strict* comparison and *no* ReLU, so `h == θ` gives 0 and
-  with a negative θ a negative value above θ passes (reference §4). SAELens/GemmaScope use
+  with a negative θ a negative value above θ passes. SAELens/GemmaScope use
   `relu(h)·1[h>θ]`; the two agree for θ ≥ 0.
 - TopK keeps the k largest entries per position *without* a ReLU, so kept values may be negative;
   ties follow `torch.topk`.

@@ -4,15 +4,15 @@ A PLT set is treated as the special case of a CLT whose source layer `l` writes 
 layer `l`. Every method works for both kinds through `target_layers(source)` /
 `source_layers(target)`, so callers (replacement model, attribution) need not branch on the kind.
 
-Layout in memory, the reference library's (row per feature):
-- `W_enc[l]` `[F, d]`; pre-activation `x · W_encᵀ + b_enc` (reference §5/§8). Held by an
-  `EncoderStore`, possibly read from disk on each use (lazy encoders).
+Layout in memory (`docs/formats.md` §1, one row per feature, as circuit-tracer holds it):
+- `W_enc[l]` `[F, d]`; pre-activation `x · W_encᵀ + b_enc`. Held by an `EncoderStore`, possibly
+  read from disk on each use (lazy encoders).
 - decoder of source `l`: `[F, T_l, d]`, `T_l = 1` (PLT) or `L − l` (CLT); offset `j` writes to
   target layer `l + j`. Held by a `DecoderStore`, possibly lazily mapped from disk.
 - `b_dec[l]` `[d]`: decoder bias of *target* layer `l`, added once to its reconstruction.
-- `W_skip[l]` `[d_out, d_in]`, applied as `x · W_skipᵀ` (the PLT convention of reference §5).
-  Loaders of formats that store `[d_in, d_out]` (GemmaScope-2 PLT and CLT skips, reference
-  §7/§9) transpose on load, so one convention holds in memory for both kinds.
+- `W_skip[l]` `[d_out, d_in]`, applied as `x · W_skipᵀ` (circuit-tracer's PLT convention).
+  Loaders of formats that store `[d_in, d_out]` (GemmaScope-2 PLT and CLT skips, §6) transpose
+  on load, so one convention holds in memory for both kinds.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import torch
 
 from circuit_atlas.errors import ShapeMismatchError, TranscoderFormatError
 from circuit_atlas.transcoders.activations import apply_activation, normalize_activation_name
+from circuit_atlas.transcoders.circuit_tracer_format import save_circuit_tracer
 from circuit_atlas.transcoders.decoders import DecoderStore, EagerDecoder
 from circuit_atlas.transcoders.encoders import EagerEncoder, EncoderStore
+from circuit_atlas.transcoders.native import save_native
+from circuit_atlas.transcoders.parts import KINDS
 from circuit_atlas.transcoders.validation import all_finite
-
-KINDS = ("plt", "clt")
 
 
 class Transcoders:
@@ -428,14 +429,10 @@ class Transcoders:
 
     def save_native(self, directory: str | os.PathLike[str]) -> None:
         """Write circuit-atlas's own format (JSON config + safetensors); see `native.py`."""
-        from circuit_atlas.transcoders.native import save_native
-
         save_native(self, directory)
 
     def save_circuit_tracer(self, directory: str | os.PathLike[str]) -> None:
-        """Write a directory circuit-tracer loads as a local set (reference §5/§8/§11)."""
-        from circuit_atlas.transcoders.circuit_tracer_format import save_circuit_tracer
-
+        """Write a folder circuit-tracer loads as a local set (`docs/formats.md` §5.6)."""
         save_circuit_tracer(self, directory)
 
     def __repr__(self) -> str:

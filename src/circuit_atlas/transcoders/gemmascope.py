@@ -1,8 +1,8 @@
-"""Readers for Google's GemmaScope layouts (reference §6, §7, §9).
+"""Readers for Google's GemmaScope layouts (`docs/formats.md` §6).
 
 These store the encoder as `[d, F]` (SAELens orientation) and the skip as `[d_in, d_out]`; we
-transpose both on load into the reference library's orientation (encoder `[F, d]`, skip applied
-as `x · W_skipᵀ`), so the rest of the package sees one layout.
+transpose both on load into our in-memory orientation (encoder `[F, d]`, skip applied as
+`x · W_skipᵀ`, §1), so the rest of the package sees one layout.
 
 Unlike circuit-tracer, the safetensors variants keep lazy decoders: their decoders are already
 one row per feature, so memory-mapping works (GemmaScope-2 CLT rows cover all L targets; source
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from circuit_atlas.errors import TranscoderFormatError
+from circuit_atlas.errors import TranscoderFormatError, TranscoderFormatWarning
 from circuit_atlas.transcoders.decoders import MappedDecoder
 from circuit_atlas.transcoders.encoders import read_encoder
-from circuit_atlas.transcoders.layers import LayerParts, progress
+from circuit_atlas.transcoders.parts import LayerParts, ReadOptions, progress
 from circuit_atlas.transcoders.safetensors_io import SafetensorsFile
 from circuit_atlas.transcoders.validation import (
     check_keys,
@@ -42,7 +42,7 @@ def is_gemmascope2_file(file: SafetensorsFile) -> bool:
 
 
 def read_npz_layer(path: Path, dtype: torch.dtype) -> LayerParts:
-    """GemmaScope v1 `params.npz` (§6): W_enc `[d, F]` transposed; threshold renamed."""
+    """GemmaScope v1 `params.npz` (§6.1): W_enc `[d, F]` transposed; threshold renamed."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
@@ -84,12 +84,12 @@ def _encoder_side(file: SafetensorsFile, dtype: torch.dtype, lazy_encoder: bool)
     return parts, d, F
 
 
-def read_gs2_plt_layer(file: SafetensorsFile, dtype: torch.dtype, lazy_decoder: bool, *,
-                       lazy_encoder: bool = False) -> LayerParts:
-    """GemmaScope-2 PLT file (§7)."""
+def read_gs2_plt_layer(file: SafetensorsFile, options: ReadOptions) -> LayerParts:
+    """GemmaScope-2 PLT file (§6.2)."""
+    dtype = options.dtype
     check_keys(file.path, file.keys(), ["w_enc", "w_dec", "b_enc", "b_dec", "threshold"], [GS_SKIP])
-    parts, d, F = _encoder_side(file, dtype, lazy_encoder)
-    if lazy_decoder:
+    parts, d, F = _encoder_side(file, dtype, options.lazy_encoder)
+    if options.lazy_decoder:
         check_mapped(file, "w_dec", [F, d], "[F, d]")
         parts.W_dec = MappedDecoder(file, "w_dec", dtype=dtype)
     else:
@@ -97,14 +97,15 @@ def read_gs2_plt_layer(file: SafetensorsFile, dtype: torch.dtype, lazy_decoder: 
     return parts
 
 
-def read_gs2_clt(files: Sequence[SafetensorsFile], dtype: torch.dtype, lazy_decoder: bool,
-                 where: str, *, lazy_encoder: bool = False) -> list[LayerParts]:
-    """GemmaScope-2 CLT (§9), reading *all* listed layer files.
+def read_gs2_clt(files: Sequence[SafetensorsFile], options: ReadOptions,
+                 where: str) -> list[LayerParts]:
+    """GemmaScope-2 CLT (§6.3), reading *all* listed layer files.
 
-    circuit-tracer iterates `range(max(layer index))` and so drops the last layer (reference §9,
-    "possible off-by-one"). The files themselves say how many layers there are: `w_dec` is
-    `[F, L, d]`. We take L from there, require L files, and warn if more are listed.
+    circuit-tracer iterates `range(max(layer index))` and so drops the last layer. The files
+    themselves say how many layers there are: `w_dec` is `[F, L, d]`. We take L from there,
+    require L files, and warn if more are listed.
     """
+    dtype, lazy_decoder = options.dtype, options.lazy_decoder
     first = files[0]
     check_shape(first.path, "w_dec", first.info("w_dec").shape, [None, None, None], "[F, L, d]")
     n_layers = int(first.info("w_dec").shape[1])
@@ -114,12 +115,13 @@ def read_gs2_clt(files: Sequence[SafetensorsFile], dtype: torch.dtype, lazy_deco
             f"{n_layers} layers; missing layer file(s) {len(files)}..{n_layers - 1}"
         )
     if len(files) > n_layers:
-        warnings.warn(f"{where}: lists {len(files)} files for a {n_layers}-layer CLT; using the first {n_layers}",
-                      stacklevel=3)
+        warnings.warn(TranscoderFormatWarning(
+            f"{where}: lists {len(files)} files for a {n_layers}-layer CLT; using the first {n_layers}"),
+            stacklevel=3)
     layers = []
     for i, file in progress(list(enumerate(files[:n_layers])), "reading transcoders"):
         check_keys(file.path, file.keys(), ["w_enc", "w_dec", "b_enc", "b_dec", "threshold"], [GS_SKIP])
-        parts, d, F = _encoder_side(file, dtype, lazy_encoder)
+        parts, d, F = _encoder_side(file, dtype, options.lazy_encoder)
         check_mapped(file, "w_dec", [F, n_layers, d], "[F, L, d]: rows for every target layer")
         if lazy_decoder:
             parts.W_dec = MappedDecoder(file, "w_dec", target_start=i, dtype=dtype)

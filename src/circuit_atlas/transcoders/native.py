@@ -1,4 +1,5 @@
-"""circuit-atlas's own transcoder format: one JSON config + safetensors files.
+"""circuit-atlas's own transcoder format: one JSON config + safetensors files
+(`docs/formats.md` §7).
 
 Why a format of our own when circuit-tracer's exists: its config cannot say everything a set
 needs (TopK k for local sets, CLT skips, the model it belongs to, sizes to check before reading
@@ -24,27 +25,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from circuit_atlas.errors import TranscoderFormatError
-from circuit_atlas.transcoders.core import KINDS, Transcoders
+from circuit_atlas.io.atomic import atomic_write_json
+from circuit_atlas.io.dtypes import dtype_name
 from circuit_atlas.transcoders.decoders import MappedDecoder
 from circuit_atlas.transcoders.encoders import encoder_source, read_encoder
-from circuit_atlas.transcoders.layers import LayerParts, assemble, progress
-from circuit_atlas.transcoders.refs import NATIVE_CONFIG
+from circuit_atlas.transcoders.parts import KINDS, LayerParts, ReadOptions, SetParts, progress
+from circuit_atlas.transcoders.refs import TranscoderRef, fetch_weights
 from circuit_atlas.transcoders.safetensors_io import SafetensorsFile, TensorSource, write_safetensors
 from circuit_atlas.transcoders.validation import check_keys, check_mapped, read_tensor
 
+if TYPE_CHECKING:  # for annotations only: core imports this module for `save_native`
+    from circuit_atlas.transcoders.core import Transcoders
+
+CONFIG_FILE = "circuit_atlas_transcoders.json"
 FORMAT_NAME = "circuit-atlas-transcoders"
 FORMAT_VERSION = 1
+WEIGHT_PATTERNS = ("encoder_*.safetensors", "decoder_*.safetensors")
 _DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "float64": torch.float64}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,7 +73,7 @@ def save_native(tc: Transcoders, directory: str | Path, *, layer_numbers: list[i
         raise TranscoderFormatError("only per-layer transcoders can be saved as a partial set")
     tc.check_output_dir(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / NATIVE_CONFIG).unlink(missing_ok=True)
+    (directory / CONFIG_FILE).unlink(missing_ok=True)
     for old in [*directory.glob("encoder_*.safetensors"), *directory.glob("decoder_*.safetensors")]:
         old.unlink()
     for layer in progress(range(tc.n_layers), "writing transcoders"):
@@ -86,7 +89,7 @@ def save_native(tc: Transcoders, directory: str | Path, *, layer_numbers: list[i
     }
     if partial:
         config["layers"] = numbers
-    (directory / NATIVE_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(directory / CONFIG_FILE, config, indent=2)  # last: marks a complete save
 
 
 def _portable_scan(scan: str | None) -> str | None:
@@ -175,10 +178,9 @@ def _expect(path: Path, config: dict[str, Any], key: str, kind: type, *, optiona
         raise TranscoderFormatError(f"{path}: key {key!r} must be {want}, got {value!r}")
 
 
-def read_native(directory: Path, *, dtype: torch.dtype, lazy_decoder: bool, scan: str | None,
-                lazy_encoder: bool = False) -> Transcoders:
-    """Load a native directory; every file is checked against the config's sizes."""
-    config_path = directory / NATIVE_CONFIG
+def read_native(directory: Path, options: ReadOptions) -> SetParts:
+    """Read a native folder; every file is checked against the config's sizes."""
+    config_path = directory / CONFIG_FILE
     config = read_native_config(config_path)
     held = config_layers(config)
     if len(held) != config["n_layers"]:
@@ -188,13 +190,12 @@ def read_native(directory: Path, *, dtype: torch.dtype, lazy_decoder: bool, scan
             "tracing needs every layer; train the others with `circuit-atlas train --layers "
             f"<the rest> --init-from {directory}` to complete it")
     _check_no_extra_layers(directory, held)
-    parts = [_read_layer(directory, layer, config, dtype, lazy_decoder, lazy_encoder)
-             for layer in progress(range(config["n_layers"]), "reading transcoders")]
-    return assemble(
-        config["kind"], parts, activation=config["activation"], k=config["k"],
-        input_hook=config["input_hook"], output_hook=config["output_hook"],
-        scan=scan or config.get("scan") or str(directory.resolve()),
-        model_name=config.get("model_name"), where=str(config_path),
+    layers = [_read_layer(directory, layer, config, options)
+              for layer in progress(range(config["n_layers"]), "reading transcoders")]
+    return SetParts(
+        config["kind"], layers, input_hook=config["input_hook"], output_hook=config["output_hook"],
+        where=str(config_path), activation=config["activation"], k=config["k"],
+        scan=config.get("scan") or str(directory.resolve()), model_name=config.get("model_name"),
     )
 
 
@@ -202,11 +203,16 @@ def read_native_layers(directory: Path, *, dtype: torch.dtype = torch.float32
                        ) -> tuple[dict[str, Any], dict[int, LayerParts]]:
     """The config and the layers (by layer number, eagerly read) of a native directory, partial
     or complete: what training needs to start from an existing set or to complete one."""
-    config = read_native_config(directory / NATIVE_CONFIG)
+    config = read_native_config(directory / CONFIG_FILE)
     held = config_layers(config)
     _check_no_extra_layers(directory, held)
-    return config, {layer: _read_layer(directory, layer, config, dtype, False, False)
-                    for layer in held}
+    options = ReadOptions(dtype=dtype, lazy_decoder=False)
+    return config, {layer: _read_layer(directory, layer, config, options) for layer in held}
+
+
+def fetch_native(ref: TranscoderRef, config_path: Path) -> tuple[Path, None]:
+    """From the hub: the config is there; download the weight files beside it."""
+    return fetch_weights(ref, [CONFIG_FILE, *WEIGHT_PATTERNS]), None
 
 
 def _check_no_extra_layers(directory: Path, layers: list[int]) -> None:
@@ -215,7 +221,7 @@ def _check_no_extra_layers(directory: Path, layers: list[int]) -> None:
             suffix = path.name[len(prefix):-len(".safetensors")]
             if not suffix.isdigit() or int(suffix) not in layers:
                 raise TranscoderFormatError(
-                    f"{path}: unexpected file; {NATIVE_CONFIG} lists layers "
+                    f"{path}: unexpected file; {CONFIG_FILE} lists layers "
                     f"{', '.join(map(str, layers))}"
                 )
 
@@ -227,8 +233,9 @@ def _layer_file(directory: Path, name: str) -> SafetensorsFile:
     return SafetensorsFile(path)
 
 
-def _read_layer(directory: Path, layer: int, config: dict[str, Any], dtype: torch.dtype,
-                lazy: bool, lazy_encoder: bool) -> LayerParts:
+def _read_layer(directory: Path, layer: int, config: dict[str, Any],
+                options: ReadOptions) -> LayerParts:
+    dtype = options.dtype
     F, d, L = config["n_features"], config["d_model"], config["n_layers"]
     targets = 1 if config["kind"] == "plt" else L - layer
     enc = _layer_file(directory, f"encoder_{layer}.safetensors")
@@ -241,7 +248,8 @@ def _read_layer(directory: Path, layer: int, config: dict[str, Any], dtype: torc
     _check_stored_dtype(dec, config)
     parts = LayerParts(
         origin=str(enc.path),
-        W_enc=read_encoder(enc, "W_enc", F, d, dtype, lazy_encoder, meaning="[F, d] from the config"),
+        W_enc=read_encoder(enc, "W_enc", F, d, dtype, options.lazy_encoder,
+                           meaning="[F, d] from the config"),
         b_enc=read_tensor(enc, "b_enc", [F], dtype),
         b_dec=read_tensor(enc, "b_dec", [d], dtype),
         threshold=read_tensor(enc, "threshold", [F], dtype) if jump else None,
@@ -249,7 +257,7 @@ def _read_layer(directory: Path, layer: int, config: dict[str, Any], dtype: torc
         W_dec=torch.empty(0),
     )
     meaning = f"[F, T, d] with T = {'1 (PLT)' if targets == 1 and config['kind'] == 'plt' else f'L - {layer}'}"
-    if lazy:
+    if options.lazy_decoder:
         check_mapped(dec, "W_dec", [F, targets, d], meaning)
         parts.W_dec = MappedDecoder(dec, "W_dec", dtype=dtype)
     else:

@@ -13,7 +13,8 @@ import torch
 
 from circuit_atlas.errors import TranscoderFormatError
 from circuit_atlas.transcoders.activations import normalize_activation_name
-from circuit_atlas.transcoders.core import KINDS, Transcoders
+from circuit_atlas.transcoders.core import Transcoders
+from circuit_atlas.transcoders.parts import KINDS
 
 
 def random_transcoders(

@@ -1,35 +1,31 @@
 """Transcoder reference strings and fetching them from the Hugging Face hub.
 
-Accepts every form circuit-tracer accepts (reference §1.1), so users can paste the same strings:
-a local directory, a preset (`gemma`, `llama`), `org/repo`, `org/repo/sub/folder`, either with
-`@revision` (everything after the first `@`), and `hf://org/repo/sub?revision=rev`. The `scan`
-identifier follows §1.3 (`repo_id[//subfolder][@revision]`), because the graph frontend uses it
-to find feature files.
+Accepts every form circuit-tracer accepts (`docs/formats.md` §2), so users can paste the same
+strings: a local directory, a preset (`gemma`, `llama`, and our bundled `demo` sets; the table is
+`io.presets`), `org/repo`, `org/repo/sub/folder`, either with `@revision` (everything after the
+first `@`), and `hf://org/repo/sub?revision=rev`. The `scan` identifier is
+`repo_id[//subfolder][@revision]`, because the graph frontend uses it to find feature files.
 
 Downloads go through `huggingface_hub` (so its cache, tokens and offline mode apply) and fetch
-only what the format needs: the config first, then either the files it lists or the weight files
-of the subfolder.
+only what the format needs: the config first, then what that format's registry entry asks for
+(`formats.py`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from circuit_atlas.errors import TranscoderFormatError
-
-PRESETS: dict[str, str] = {
-    "gemma": "mwhanna/gemma-scope-transcoders",
-    "llama": "mntss/transcoder-Llama-3.2-1B",
-}
-NATIVE_CONFIG = "circuit_atlas_transcoders.json"
-CT_CONFIG = "config.yaml"
+from circuit_atlas.io.presets import TRANSCODER_PRESETS, transcoder_preset
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FORMS = ("a local directory, 'org/repo', 'org/repo/sub/folder', either with '@revision', "
-          "'hf://org/repo/sub/folder?revision=rev', or a preset (" + ", ".join(PRESETS) + ")")
+          "'hf://org/repo/sub/folder?revision=rev', or a preset ("
+          + ", ".join(TRANSCODER_PRESETS) + ")")
 
 
 @dataclass(frozen=True)
@@ -44,7 +40,7 @@ class TranscoderRef:
 
     @property
     def scan(self) -> str | None:
-        """The reference library's scan identifier (§1.3); None for local directories."""
+        """The scan identifier (`docs/formats.md` §2); None for local directories."""
         if self.repo_id is None:
             return None
         scan = self.repo_id
@@ -78,8 +74,11 @@ def parse_reference(ref: str | Path) -> TranscoderRef:
     text = ref.strip()
     if not text:
         raise _bad(ref, "it is empty")
-    if text in PRESETS:
-        return _parse_repo(ref, PRESETS[text])
+    preset = transcoder_preset(text)
+    if isinstance(preset, Path):
+        return _local(ref, preset)
+    if preset is not None:
+        return _parse_repo(ref, preset)
     if text.startswith("hf://"):
         return _parse_uri(ref, text)
     if _looks_local(text) or Path(text).expanduser().is_dir():
@@ -93,8 +92,8 @@ def _local(ref: str, path: Path) -> TranscoderRef:
         raise TranscoderFormatError(f"transcoder directory {str(path)!r} does not exist")
     if not path.is_dir():
         raise TranscoderFormatError(
-            f"transcoder reference {str(path)!r} is a file; pass the directory holding "
-            f"{NATIVE_CONFIG} or {CT_CONFIG}"
+            f"transcoder reference {str(path)!r} is a file; pass the directory holding the "
+            "set's config file and weights"
         )
     return TranscoderRef(ref, local_path=path.resolve())
 
@@ -194,15 +193,17 @@ def _is_missing_entry(exc: BaseException) -> bool:
     return isinstance(cause, EntryNotFoundError)
 
 
-def fetch_config(ref: TranscoderRef) -> Path:
-    """Download the set's config (native JSON preferred, else config.yaml); return its path."""
-    assert ref.repo_id is not None
-    try:
-        return hub_file(ref.repo_id, ref.in_repo(NATIVE_CONFIG), ref.revision)
-    except TranscoderFormatError as exc:
-        if not _is_missing_entry(exc):
-            raise
-    return hub_file(ref.repo_id, ref.in_repo(CT_CONFIG), ref.revision)
+def fetch_config(ref: TranscoderRef, names: Sequence[str]) -> Path:
+    """Download the first of the config files `names` (one per known format, in the registry's
+    order of preference) that the repository folder has; return its path."""
+    assert ref.repo_id is not None and names
+    for name in names[:-1]:
+        try:
+            return hub_file(ref.repo_id, ref.in_repo(name), ref.revision)
+        except TranscoderFormatError as exc:
+            if not _is_missing_entry(exc):
+                raise
+    return hub_file(ref.repo_id, ref.in_repo(names[-1]), ref.revision)
 
 
 def fetch_weights(ref: TranscoderRef, patterns: list[str]) -> Path:

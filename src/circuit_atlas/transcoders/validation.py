@@ -21,7 +21,7 @@ _ROW_CHUNK = 1 << 16
 
 def check_keys(where: Path | str, present: Iterable[str], required: Iterable[str],
                optional: Iterable[str] = ()) -> None:
-    """Missing required tensors and unexpected ones are both errors (strict, like the reference)."""
+    """Missing required tensors and unexpected ones are both errors (strict, like circuit-tracer)."""
     present = set(present)
     missing = [k for k in required if k not in present]
     if missing:
@@ -110,7 +110,7 @@ def from_numpy(where: Path | str, name: str, arrays: Mapping[str, np.ndarray], e
 
 
 def check_same_features(layer_files: Sequence[Path | str], widths: Sequence[int]) -> None:
-    """All layers must have the same F (the reference's TranscoderSet enforces this too)."""
+    """All layers must have the same F (circuit-tracer's TranscoderSet enforces this too)."""
     for path, width in zip(layer_files, widths):
         if width != widths[0]:
             raise ShapeMismatchError(

@@ -103,7 +103,7 @@ class App {
     await this.openGraph(known ? url.graph : listing.graphs[0].id, known ? url : {});
   }
 
-  /** A graph file may carry a saved view (qParams, graph-json.md §4): use it when the URL has none. */
+  /** A graph file may carry a saved view (qParams, docs/graph-json.md §4): use it when the URL has none. */
   adoptSavedView(q) {
     if (!q) return;
     if (Array.isArray(q.pinnedIds) && q.pinnedIds.length) this.state.pinned = [...q.pinnedIds];

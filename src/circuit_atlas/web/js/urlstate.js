@@ -1,5 +1,5 @@
 // The view state that lives in the URL, so a link restores what the user was looking at.
-// Parameter names follow the reference frontend / Neuronpedia: pinnedIds (comma-joined),
+// Parameter names follow circuit-tracer's frontend / Neuronpedia: pinnedIds (comma-joined),
 // supernodes (JSON [[label, id, ...], ...]), clickedId, pruningThreshold; plus graph and
 // edgeThreshold.
 

@@ -30,7 +30,7 @@ export function clear(node) {
   return node;
 }
 
-/** Inverse Cantor pairing (graph-json.md §6): feature value -> [layer, index]. */
+/** Inverse Cantor pairing (docs/graph-json.md §6): feature value -> [layer, index]. */
 export function cantorUnpair(value) {
   const w = Math.floor((Math.sqrt(8 * value + 1) - 1) / 2);
   const t = (w * w + w) / 2;
@@ -59,7 +59,7 @@ export function featureCoords(node, schemaVersion) {
   return { layer: Number(node.layer), index: Number(node.feature) };
 }
 
-/** Show invisible characters the way the reference frontend does. */
+/** Show invisible characters the way circuit-tracer's frontend does. */
 export function showToken(text) {
   return String(text ?? "")
     .replace(/\n/g, "⏎")
