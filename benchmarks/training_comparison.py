@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from circuit_atlas.models import load_language_model
-    from circuit_atlas.training.corpus import open_corpus
+    from circuit_atlas.io.corpus import open_corpus
     from circuit_atlas.training.pipeline import held_out_batches
 
     args.work.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     from circuit_atlas.training.architecture import TranscoderStack
     from circuit_atlas.training.checkpoint import read_checkpoint
     from circuit_atlas.training.config import architecture_from_dict
-    from circuit_atlas.training.corpus import open_corpus
+    from circuit_atlas.io.corpus import open_corpus
     from circuit_atlas.training.export import to_transcoders
     from circuit_atlas.training.fidelity import export_fidelity
     from circuit_atlas.training.streaming import ModelActivationSource

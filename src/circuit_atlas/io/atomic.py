@@ -41,6 +41,27 @@ def atomic_write_json(path: Path, obj: Any, *, indent: int | None = 1, sort_keys
     _fsync_dir(path.parent)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) so readers see either the old file or the whole new one: the same
+    temp-file, fsync and rename steps as `atomic_write_json`, for files that are not one JSON
+    document (JSON-lines logs)."""
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
 def _dump(obj: Any, handle: Any, *, indent: int | None, sort_keys: bool, allow_nan: bool) -> None:
     """Serialise ``obj`` into an open text file (a seam tests use to simulate a crash)."""
     json.dump(obj, handle, indent=indent, ensure_ascii=False, sort_keys=sort_keys,

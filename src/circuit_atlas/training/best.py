@@ -9,6 +9,7 @@ training where it stopped.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from circuit_atlas.io.atomic import atomic_write_json
 from circuit_atlas.training.errors import TrainingConfigError
 
 BEST_DIR = "best"
@@ -61,13 +63,11 @@ class BestKeeper:
         tmp = self.directory / "model.safetensors.tmp"
         save_file(self._state, str(tmp))
         tmp.replace(self.directory / "model.safetensors")
-        (self.directory / "best.json").write_text(json.dumps(
-            {"metric": self.metric, "value": self.value, "step": self.step}), encoding="utf-8")
+        atomic_write_json(self.directory / "best.json",
+                          {"metric": self.metric, "value": self.value, "step": self.step})
 
     def load(self, like):
         """A copy of the stack `like` holding the best state."""
-        import copy
-
         state = self._state
         if state is None and self.directory is not None:
             state = load_file(str(self.directory / "model.safetensors"))

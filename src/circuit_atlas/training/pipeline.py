@@ -18,19 +18,20 @@ Output directory of a training job (with several `seeds`, one such folder per se
 
 from __future__ import annotations
 
-import json
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from circuit_atlas.io import distributed as dist
+from circuit_atlas.io.atomic import atomic_write_json
+from circuit_atlas.io.corpus import Corpus, open_corpus
 from circuit_atlas.training.cache import (CACHE_CONFIG, CachedActivationSource,
                                           build_activation_cache, read_cache_config)
 from circuit_atlas.training.config import ArchitectureConfig, OptimConfig, to_json_dict
-from circuit_atlas.io.corpus import Corpus, open_corpus
 from circuit_atlas.models import load_language_model
 from circuit_atlas.training.end_to_end import EndToEndLoss
 from circuit_atlas.training.errors import TrainingConfigError, TrainingDataError
@@ -293,8 +294,7 @@ class _RunContext:
                 self._note(f"no circuit-tracer copy: its format cannot hold this set ({reason})")
             if self.eval_batches:
                 report = self.evaluate(result.stack, progress=job.progress)
-                (out_dir / "eval.json").write_text(json.dumps(report.to_json(), indent=1),
-                                                   encoding="utf-8")
+                atomic_write_json(out_dir / "eval.json", report.to_json())
             _write_summary(out_dir, self, trainer, result, report)
         return SeedResult(seed, out_dir, result.step, exported, report, result.fidelity,
                           trainer.tokens_per_second, result.best_step)
@@ -330,15 +330,11 @@ def _arch_overrides(job: TrainJob) -> dict[str, Any]:
 
 
 def _with_seed(optim: OptimConfig, seed: int) -> OptimConfig:
-    import dataclasses
-
-    return dataclasses.replace(optim, seed=seed)
+    return replace(optim, seed=seed)
 
 
 def _rank_device(device: str) -> str:
     """Under torchrun each rank takes its own GPU (`cuda` → `cuda:<LOCAL_RANK>`)."""
-    import os
-
     if device == "cuda" and dist.is_distributed():
         return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     return device
@@ -411,8 +407,7 @@ def _write_summary(out_dir: Path, context: _RunContext, trainer: Trainer, result
         "held_out": None if report is None else report.to_json(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str),
-                                        encoding="utf-8")
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
 
 
 def _write_seed_table(out_dir: Path, seeds: list[SeedResult]) -> None:
@@ -425,7 +420,7 @@ def _write_seed_table(out_dir: Path, seeds: list[SeedResult]) -> None:
             sum(r.fvu for r in report.layers) / len(report.layers),
             "loss_recovered": None if report is None else report.loss_recovered,
             "export_gap": None if item.fidelity is None else item.fidelity.relative_gap})
-    (out_dir / "seeds.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    atomic_write_json(out_dir / "seeds.json", rows)
 
 
 def run_eval_job(model: str, transcoders: str, corpus: str, *, text_field: str = "text",

@@ -14,6 +14,7 @@ gets its fitted per-feature thresholds and the exported set is checked against t
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -38,6 +39,7 @@ from circuit_atlas.training.errors import (TrainingConfigError, TrainingDataErro
                                            TrainingDivergedError)
 from circuit_atlas.training.export import to_transcoders
 from circuit_atlas.training.fidelity import ExportFidelity, export_fidelity
+from circuit_atlas.training.identity import same_setting
 from circuit_atlas.training.losses import (auxk_loss, l1_sparsity, preact_loss,
                                            reconstruction_loss, tanh_sparsity)
 from circuit_atlas.training.metrics import DeadTracker, JsonlLog, MetricSums
@@ -426,7 +428,7 @@ class Trainer:
         _check_same_optim(optim_from_dict(state["optim"]), self.optim, directory)
         saved_meta = state.get("metadata") or {}
         for key in sorted(set(saved_meta) & set(self.metadata)):
-            if saved_meta[key] != self.metadata[key]:
+            if not same_setting(key, saved_meta[key], self.metadata[key]):
                 raise TrainingConfigError(
                     f"{directory} was trained with {key} {saved_meta[key]!r}, now "
                     f"{self.metadata[key]!r}; use a new --out directory or the same {key}")
@@ -497,8 +499,6 @@ def _check_same_optim(saved: OptimConfig, current: OptimConfig, directory: Path)
 def _wrap_ddp(stack: TranscoderStack) -> DistributedDataParallel:
     """DDP without per-forward buffer broadcasts: ranks keep their buffers (scales, threshold
     estimate) identical by all-reducing them, so the broadcast would only cost time."""
-    import inspect
-
     params = inspect.signature(DistributedDataParallel.__init__).parameters
     if "forward_sync_buffers" in params:  # newer torch renamed the switch
         return DistributedDataParallel(stack, forward_sync_buffers=False)
