@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TextIO
 
 
 def atomic_write_json(path: Path, obj: Any, *, indent: int | None = 1, sort_keys: bool = False,
@@ -19,37 +19,27 @@ def atomic_write_json(path: Path, obj: Any, *, indent: int | None = 1, sort_keys
 
     ``allow_nan=False`` refuses NaN and infinities (ValueError) for files other tools parse as
     strict JSON (graph JSON).
-
-    Why each step: the temp file lives in the same folder so ``os.replace`` is a rename on one
-    file system (atomic); fsync before the rename makes sure the new bytes are on disk before
-    the name points at them; fsync of the folder makes the rename itself durable.
     """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            _dump(obj, handle, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    _replace_atomically(path, lambda handle: _dump(obj, handle, indent=indent, sort_keys=sort_keys,
+                                                   allow_nan=allow_nan))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) so readers see either the old file or the whole new one: the same
-    temp-file, fsync and rename steps as `atomic_write_json`, for files that are not one JSON
-    document (JSON-lines logs)."""
+    """Write ``text`` (UTF-8) the same way, for files that are not one JSON document
+    (JSON-lines logs)."""
+    _replace_atomically(path, lambda handle: handle.write(text))
+
+
+def _replace_atomically(path: Path, write: Callable[[TextIO], Any]) -> None:
+    """Why each step: the temp file lives in the same folder so ``os.replace`` is a rename on one
+    file system (atomic); fsync before the rename makes sure the new bytes are on disk before
+    the name points at them; fsync of the folder makes the rename itself durable. A failed
+    write leaves the old file and no temp file."""
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
