@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from circuit_atlas.cli.common import (add_lazy_encoder_argument, check_at_least, check_output_file,
                                       resolve_device)
 from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.io.atomic import atomic_write_json
 
 DEFAULT_CONTEXT_LENGTH = 128
 
@@ -109,5 +109,5 @@ def run_eval(args) -> int:
     print(report.table())
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_json(), indent=1), encoding="utf-8")
+        atomic_write_json(args.json, report.to_json())
     return 0
