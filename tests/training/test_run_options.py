@@ -108,6 +108,11 @@ def test_keep_best_exports_the_best_evaluated_state(tmp_path):
     result = trainer.run()
     assert result.best_step == 8 and (tmp_path / "best" / "model.safetensors").exists()
     assert not torch.equal(result.stack.W_enc, trainer.stack.W_enc)  # not the last state
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "best" / "model.safetensors"))
+    for key, value in result.stack.state_dict().items():  # the result is the saved best state
+        assert torch.equal(value.cpu(), saved[key]), key
     with pytest.raises(TrainingConfigError, match="--keep-best needs held-out evaluations"):
         Trainer(_arch(), _optim(), TensorActivationSource(data.inputs, data.targets),
                 device="cpu", progress=False, keep_best="fvu")
