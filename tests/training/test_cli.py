@@ -230,3 +230,27 @@ def test_train_on_the_demo_model_with_default_context_length(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["windows"]["mode"] == "documents" and summary["context_length"] == 64
     assert summary["export_check"]["relative_gap"] is not None
+
+
+def test_eval_on_packed_lines_refuses_loss_recovered_and_documents_give_it(tmp_path, capsys):
+    """The demo model was trained on single lines: packed windows are text it cannot predict
+    (zero-ablating its MLPs beats it there), so loss recovered is refused with the reason; one
+    line per window gives a meaningful value."""
+    from circuit_atlas.demo import bundle, toyworld
+
+    lines = toyworld.generate_corpus(bundle.demo_world(), 200, seed=9)
+    corpus = tmp_path / "lines.jsonl"
+    corpus.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+    reports = {}
+    for layout in ("packed", "documents"):
+        out = tmp_path / f"{layout}.json"
+        assert main(["eval-transcoders", "--model", "demo", "--transcoders", "demo-plt",
+                     "--corpus", str(corpus), "--windows", "4", "--layout", layout, "--quiet",
+                     "--json", str(out)]) == 0
+        reports[layout] = (json.loads(out.read_text()), capsys.readouterr().out)
+    packed, printed = reports["packed"]
+    assert packed["ce_zero_ablation"] <= packed["ce_original"]
+    assert packed["loss_recovered"] is None and "try --layout documents" in printed
+    documents, printed = reports["documents"]
+    assert documents["ce_zero_ablation"] > documents["ce_original"]
+    assert 0.5 < documents["loss_recovered"] <= 1 and "loss recovered   0." in printed
