@@ -240,7 +240,7 @@ def figures(work: Path, docs: Path, results: dict) -> list[Path]:
     with FeatureStore(work / "features") as store:
         shot = explorer_screenshot(work / "graphs", docs / "img" / "addition-explorer.png",
                                    slug=default_slug(results["graph"]["prompt"]),
-                                   node_id=node_id, features=store, model=model)
+                                   node_id=node_id, features=store, model=model, pin_neighbours=5)
     ones, carry = results["ones_digit_swap"], results["carry_swap"]
     title = (f"next digit = arithmetic of the injected ones digits ({ones['n_items']} / "
              f"{carry['n_items']} held-out sums)")

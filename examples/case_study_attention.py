@@ -8,8 +8,10 @@ docs/case-studies.md quotes: the reader feature of "the capital of the region co
 is" and its inputs, the edge from the city split over heads with `edge_heads`, the QK
 explanation of every key of the prompt with `qk_attribution`, the vocabulary sweeps of the key and
 query side, the head tables of all 48 held-out questions, and the key edits with their controls,
-per question) and, unless --no-screenshots, bar charts (PNG, through Playwright and
-/usr/bin/chromium): the heads carrying the edge, the query and key sweeps, and the edits.
+per question) and, unless --no-screenshots, PNGs through Playwright and /usr/bin/chromium: the
+explorer with its attention panel on the edge " dallas" -> the texas feature, head L0.H0
+(`explorer_figure`), and bar charts of the heads carrying the edge, the query and key sweeps,
+and the edits.
 About a minute on one CPU thread.
 """
 
@@ -24,14 +26,17 @@ import torch
 
 import circuit_atlas
 from circuit_atlas.attribution.qk import QKExplainer
+from circuit_atlas.attribution import explain_graph_attention
 from circuit_atlas.cli.demo import copy_features
+from circuit_atlas.cli.trace import default_slug
 from circuit_atlas.demo import bundle
 from circuit_atlas.features import FeatureStore
+from circuit_atlas.graph.bundle import write_graph_bundle
 
 from case_studies import attention as at
 from case_studies.cli import run_case_study
 from case_studies.codes import answer_word, first_token_id
-from case_studies.figures import bar_chart_png
+from case_studies.figures import bar_chart_png, explorer_screenshot
 
 SEEDS = range(5)  # random vectors per question in the random controls
 TOP_TOKENS = 10
@@ -204,12 +209,33 @@ SHORT = {
 }
 
 
+EXPLORER_EDGE = ("E_127_7", "0_479_8")  # " dallas" @7 -> the texas feature L0 #479 at " is" @8
+EXPLORER_HEAD = "0.0"
+
+
+def explorer_figure(work: Path, path: Path) -> Path:
+    """The explorer on the default question, its attention explanations precomputed as
+    `circuit-atlas attention GRAPH --precompute` stores them, with the attention panel open on
+    the edge city -> reader feature and head L0.H0 chosen."""
+    model = circuit_atlas.load("demo", "demo")
+    features_dir = copy_features(bundle.demo_features_path("clt"), work / "features")
+    graph = circuit_atlas.attribute(model, bundle.DEFAULT_PROMPT, progress=False)
+    attention = explain_graph_attention(model, graph, progress=False)
+    slug = default_slug(bundle.DEFAULT_PROMPT)
+    with FeatureStore(features_dir) as store:
+        write_graph_bundle(graph, work / "graphs", slug, labels=store.labels(), attention=attention)
+        return explorer_screenshot(work / "graphs", path, slug=slug, node_id=EXPLORER_EDGE[1],
+                                   features=store, attention=(EXPLORER_EDGE[0], EXPLORER_HEAD))
+
+
 def figures(work: Path, docs: Path, results: dict) -> list[Path]:
-    """Bar charts: the heads carrying the edge, the query / key sweeps and the edits."""
+    """The explorer's attention panel, and bar charts: the heads carrying the edge, the query /
+    key sweeps and the edits."""
     img = docs / "img"
     heads = results["heads"]
     n = heads["questions"]
-    paths = [bar_chart_png(img / "attention-heads.png",
+    paths = [explorer_figure(work, img / "attention-explorer.png")]
+    paths += [bar_chart_png(img / "attention-heads.png",
                            f"share of the edge city -> reader feature ({n} questions)",
                            [(h, v if v > 0 else 0.0) for h, v in heads["mean_share"].items()])]
     top = next(iter(results["default"]["shares"]))

@@ -278,7 +278,7 @@ def figures(work: Path, docs: Path, results: dict) -> list[Path]:
     with FeatureStore(work / "features") as store:
         shot = explorer_screenshot(work / "graphs", docs / "img" / "multilingual-explorer.png",
                                    slug=default_slug(graph["prompt"]), node_id=node_id,
-                                   features=store, model=model)
+                                   features=store, model=model, pin_neighbours=5)
     rows = []
     for pair, table in results["sharing"].items():
         a, b = (SHORT[x] for x in pair.split("-"))

@@ -95,7 +95,7 @@ def figures(work: Path, docs: Path, results: dict) -> list[Path]:
     with FeatureStore(work / "features") as store:
         shot = explorer_screenshot(work / "graphs", docs / "img" / "two-hop-explorer.png",
                                    slug=default_slug(results["prompt"]), node_id=node_id,
-                                   features=store, model=model)
+                                   features=store, model=model, pin_neighbours=5)
     title = (f"answer becomes the swap region's capital ({results['held_out_questions']} "
              "held-out questions)")
     chart = bar_chart_png(docs / "img" / "two-hop-swap.png", title,

@@ -23,24 +23,71 @@ def _browser(playwright):
                                       chromium_sandbox=False, args=CHROMIUM_ARGS)
 
 
-def explorer_screenshot(graphs: Path, path: Path, *, slug: str, node_id: str | None = None,
-                        features=None, model=None, size: tuple[int, int] = (1500, 900)) -> Path:
+PIN_NEIGHBOURS_JS = """
+([id, n]) => {
+  // The selected node and its n strongest neighbours in the view, pinned to the subgraph pane.
+  const links = window.__atlas.state.doc.links.filter((l) => l.source === id || l.target === id);
+  links.sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight));
+  const ids = [id, ...links.slice(0, n).map((l) => (l.source === id ? l.target : l.source))];
+  window.__atlas.setPinned([...new Set(ids)]);
+  return ids.length;
+}
+"""
+READY_JS = """
+(wantPins) => {
+  const a = window.__atlas;
+  if (!a || !a.canvas.stats || a.canvas.stats.drawnMs === null || a.canvas.viewState().pending) return false;
+  if (a.state.clickedId && !document.querySelector('[data-testid=node-id]')) return false;
+  const panel = document.querySelector('[data-testid=feature-panel]');
+  if (a.state.clickedId && a.state.featuresAvailable && !panel.hidden && !panel.textContent.trim()) return false;
+  if (wantPins && document.querySelectorAll('[data-testid=pinned-item]').length < wantPins) return false;
+  if (wantPins && !document.querySelector('[data-testid=score-completeness]')) return false;
+  return true;
+}
+"""
+
+
+def explorer_screenshot(graphs: Path, path: Path, *, slug: str | None, node_id: str | None = None,
+                        features=None, model=None, size: tuple[int, int] = (1500, 900),
+                        pin_neighbours: int = 0, attention: tuple[str, str] | None = None) -> Path:
     """Serve `graphs` (a data folder of graph bundles), open graph `slug` with `node_id`
-    selected, and save the page as `path`. `features` (a FeatureStore) fills the feature panel."""
+    selected (and, with `pin_neighbours`, it and its strongest neighbours pinned to the subgraph
+    pane), wait until everything is drawn and loaded, and save the page as `path`. `features`
+    (a FeatureStore) fills the feature panel. `slug=None`: the graph browser (every graph).
+    `attention=(source, "L.H")`: the attention panel opened on the edge source -> `node_id` (from
+    the node panel's input row) with head L.H chosen."""
     from playwright.sync_api import sync_playwright  # a dev dependency: imported when used
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    query = f"?graph={slug}" + (f"&clickedId={node_id}" if node_id else "")
+    query = "" if slug is None else f"?graph={slug}" + (f"&clickedId={node_id}" if node_id else "")
     with BackgroundServer(create_app(graphs, features=features, model=model)) as server, \
             sync_playwright() as pw:
         browser = _browser(pw)
         page = browser.new_page(viewport={"width": size[0], "height": size[1]})
         page.goto(server.url + query)
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
-        page.wait_for_timeout(1500)  # let the canvas settle and the feature panel load
+        if slug is None:
+            page.screenshot(path=str(path))
+            browser.close()
+            return path
+        pins = page.evaluate(PIN_NEIGHBOURS_JS, [node_id, pin_neighbours]) if node_id and pin_neighbours else 0
+        page.wait_for_function(READY_JS, arg=pins, timeout=30_000)
+        if attention is not None:
+            _open_attention(page, *attention)
+        page.mouse.move(0, 0)
         page.screenshot(path=str(path))
         browser.close()
     return path
+
+
+def _open_attention(page, source: str, head: str) -> None:
+    """Click the "heads" button of the input row `source`, then head `head`, and wait for its
+    pairs (attention-panel.js marks the panel ready with the head it shows)."""
+    page.click(f"[data-testid=edges-incoming] li[data-node-id='{source}'] [data-testid=edge-heads]")
+    page.wait_for_selector("[data-testid=attention-panel][data-ready]", timeout=30_000)
+    page.click(f"[data-testid=attention-heads] li[data-head='{head}']")
+    page.wait_for_selector(f"[data-testid=attention-panel][data-ready='{head}']", timeout=30_000)
+    page.locator("[data-testid=attention-panel]").scroll_into_view_if_needed()
 
 
 def bar_chart_svg(title: str, rows: Sequence[tuple[str, float]], *, width: int = 820) -> str:

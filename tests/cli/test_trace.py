@@ -142,6 +142,7 @@ def test_trace_serve_starts_the_explorer_on_the_output_folder_with_the_model(sav
                  "--out", str(out), "--slug", "s", "--max-feature-nodes", "20", "--serve", "--no-browser", "--port", "8123"]) == 0
     assert calls["data_dir"] == out and calls["port"] == 8123 and calls["open_browser"] is False
     assert calls["host"] == "127.0.0.1" and calls["model"] is not None
+    assert calls["graph"] == "s"  # the browser opens on the graph just traced
     # The folder it would serve lists the new graph and can steer it with that model.
     from fastapi.testclient import TestClient
 
@@ -149,3 +150,23 @@ def test_trace_serve_starts_the_explorer_on_the_output_folder_with_the_model(sav
     listing = client.get("/api/graphs").json()["graphs"]
     assert [g["id"] for g in listing] == ["s"]
     assert client.get("/api/graphs/s/steer").json()["available"] is True
+
+
+def test_a_local_transcoder_folder_is_recorded_as_typed(tmp_path, monkeypatch):
+    """A folder whose config names no scan is recorded as the user gave it, in the graph and in
+    its JSON view: never as the resolved path, which names the host's folders (issue 15)."""
+    tiny_language_model("llama", seed=1, n_layers=2, d_model=32).save(tmp_path / "model")
+    tc = random_transcoders("plt", n_layers=2, d_model=32, n_features=16, seed=3,
+                            input_hook="hook_resid_mid", output_hook="hook_mlp_out")
+    tc.scan = None  # a hand-made set: its config names no scan
+    tc.save_native(tmp_path / "my-set")
+    monkeypatch.chdir(tmp_path)
+    code = main(["trace", "--model", "model", "--transcoders", "my-set", "--prompt", "the cat",
+                 "--out", "graphs", "--slug", "cat", "--max-feature-nodes", "8"])
+    assert code == 0
+    assert Graph.load(tmp_path / "graphs" / "cat" / "graph").transcoder_scan == "my-set"
+    view = json.loads((tmp_path / "graphs" / "cat" / "cat.json").read_text())
+    assert view["metadata"]["scan"] == "my-set"
+    for file in (tmp_path / "graphs").rglob("*.json"):
+        text = file.read_text()
+        assert str(tmp_path) not in text and str(tmp_path.resolve()) not in text, file

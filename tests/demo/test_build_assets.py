@@ -15,6 +15,8 @@ from circuit_atlas.demo.labels import Vocabulary, auto_label, ExampleView
 from circuit_atlas.features import FeatureStore
 from circuit_atlas.transcoders import load_transcoders
 
+from .paths import absolute_paths
+
 
 @pytest.fixture(scope="module")
 def quick_build(tmp_path_factory):
@@ -52,6 +54,16 @@ def test_quick_build_dashboards_carry_the_rule_labels(quick_build):
                 card = store.card(layer, feature)
                 want = auto_label([ExampleView(e.tokens, e.focus) for e in card.top_examples], vocab)
                 assert labels.get((layer, feature)) == want
+
+
+def test_quick_build_records_the_model_as_demo_and_no_path(quick_build):
+    """The bundled model is recorded as "demo" (as a user types it), never as the folder it was
+    loaded from: that path is the build machine's and would ship inside the assets."""
+    _, out, _ = quick_build
+    with FeatureStore(out / "features" / "clt") as store:
+        assert store.meta["model_name"] == "demo"
+    assert json.loads((out / "transcoders" / "report.json").read_text())["model"] == "demo"
+    assert absolute_paths(out) == []
 
 
 def test_quick_mode_refuses_to_overwrite_the_shipped_assets(capsys):

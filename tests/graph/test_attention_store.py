@@ -3,7 +3,10 @@ extension (checked against the schema), and refusals of corrupt files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -136,11 +139,42 @@ def test_corrupt_files_are_refused_naming_them(traced, tmp_path, edit_json, edit
         GraphAttention.load(tmp_path)
 
 
+def test_a_failed_save_leaves_the_old_files(traced, tmp_path, monkeypatch):
+    """Whether the JSON cannot be written or its rename fails after the tensors' rename, the
+    folder keeps the old pair: never new tensors beside old explanations."""
+    _, _, attention = traced
+    attention.save(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    doubled = [dataclasses.replace(e, query_totals=e.query_totals * 2) for e in attention.explanations]
+    changed = dataclasses.replace(attention, hop="all", explanations=doubled)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == ATTENTION_JSON:
+            raise OSError("rename failed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="rename failed"):
+        changed.save(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    monkeypatch.undo()
+    back = GraphAttention.load(changed.save(tmp_path))
+    assert torch.equal(back.explanations[0].query_totals, doubled[0].query_totals)
+
+
 def test_missing_or_broken_files(tmp_path):
-    with pytest.raises(GraphFileError, match="does not exist"):
+    with pytest.raises(GraphFileError, match="attention file .* is missing"):
         GraphAttention.load(tmp_path)
     (tmp_path / ATTENTION_JSON).write_text("{not json")
     with pytest.raises(GraphFileError, match="not valid JSON"):
+        GraphAttention.load(tmp_path)
+    (tmp_path / ATTENTION_JSON).write_text(json.dumps({"format": "circuit-atlas-attention", "version": 1,
+                                                       "edges": [], "explanations": []}))
+    with pytest.raises(GraphFileError, match="attention tensor file .* is missing"):
+        GraphAttention.load(tmp_path)
+    (tmp_path / ATTENTION_TENSORS).write_bytes(b"\x08" + b"\x00" * 7 + b"{}")
+    with pytest.raises(GraphFileError, match="attention tensor file .* is corrupt"):
         GraphAttention.load(tmp_path)
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.graph import Graph, random_graph, read_graph_json, to_graph_json
+from circuit_atlas.graph import Graph, graph_scores, random_graph, read_graph_json, to_graph_json
 from circuit_atlas.graph.bundle import BUNDLE_FORMAT, write_graph_bundle
 from circuit_atlas.server.catalog import GraphCatalog, GraphNotFound
 
@@ -23,6 +24,7 @@ def test_bundle_layout_round_trips(tmp_path: Path, graph) -> None:
     assert [n["node_id"] for n in on_disk["nodes"]] == [n["node_id"] for n in expected["nodes"]]
     assert on_disk["links"] == expected["links"]
     info = json.loads((folder / "bundle.json").read_text())
+    summary = info.pop("summary")
     assert info == {
         "format": BUNDLE_FORMAT,
         "version": 1,
@@ -30,6 +32,15 @@ def test_bundle_layout_round_trips(tmp_path: Path, graph) -> None:
         "node_threshold": 0.6,
         "edge_threshold": 0.9,
     }
+    # The summary the graph browser lists: sizes of the written view, the graph's own scores.
+    scores = graph_scores(graph)
+    assert summary["n_nodes"] == len(on_disk["nodes"]) and summary["n_links"] == len(on_disk["links"])
+    assert summary["n_tokens"] == len(graph.tokens) and summary["n_features"] == graph.n_selected
+    assert summary["replacement"] == pytest.approx(scores.replacement)
+    assert summary["completeness"] == pytest.approx(scores.completeness)
+    assert summary["model"] == graph.model_name and summary["transcoders"] == graph.transcoder_scan
+    created = datetime.fromisoformat(summary["created"])
+    assert abs((datetime.now(timezone.utc) - created).total_seconds()) < 120
     index = json.loads((folder / "graph-metadata.json").read_text())
     assert [g["slug"] for g in index["graphs"]] == ["dallas"]
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staging leftovers

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from circuit_atlas.errors import CircuitAtlasError, ShapeMismatchError
 from circuit_atlas.graph import Graph, GraphFileError, random_graph
+from circuit_atlas.graph import graph as graph_module
+from circuit_atlas.io import atomic
 
 
 @pytest.fixture
@@ -182,6 +186,90 @@ def test_a_failed_save_leaves_no_temp_files(graph: Graph, tmp_path) -> None:
     with pytest.raises(TypeError):
         unserialisable.save(tmp_path / "g")
     assert {p.name: p.read_bytes() for p in (tmp_path / "g").iterdir()} == before
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def _another(graph: Graph) -> Graph:
+    return random_graph(n_layers=3, n_pos=6, n_sel=20, n_logits=3, seed=9)
+
+
+def test_a_save_that_fails_midway_through_the_tensors_leaves_the_old_graph(graph, tmp_path,
+                                                                          monkeypatch) -> None:
+    folder = graph.save(tmp_path / "g")
+    before = _files(folder)
+
+    def torn_save_file(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"\x00" * 100)  # part of a file, then the "crash"
+        raise OSError("disk full")
+
+    monkeypatch.setattr(graph_module, "save_file", torn_save_file)
+    with pytest.raises(OSError, match="disk full"):
+        _another(graph).save(folder)
+    assert _files(folder) == before
+    assert Graph.load(folder) == graph
+
+
+def test_a_failed_rename_of_the_metadata_puts_the_old_tensors_back(graph, tmp_path,
+                                                                   monkeypatch) -> None:
+    """The tensors are renamed first: when the metadata's rename then fails, the old tensors
+    come back, so the folder never pairs new tensors with old metadata."""
+    folder = graph.save(tmp_path / "g")
+    before = _files(folder)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "graph.json":
+            raise OSError("no space left for the rename")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(OSError, match="no space"):
+        _another(graph).save(folder)
+    assert _files(folder) == before
+    monkeypatch.undo()
+    assert Graph.load(_another(graph).save(folder)) == _another(graph)
+
+
+def test_save_syncs_each_file_to_disk_before_renaming_it(graph, tmp_path, monkeypatch) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace, real_open = os.fsync, os.replace, os.open
+    opened: dict[int, str] = {}
+
+    def tracked_open(path, flags, *args):
+        fd = real_open(path, flags, *args)
+        opened[fd] = str(path)
+        return fd
+
+    def fsync(fd):
+        events.append(("fsync", opened.get(fd, "?")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "open", tracked_open)
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    graph.save(tmp_path / "g")
+    renamed = [name for kind, name in events if kind == "replace"]
+    assert len(renamed) == 2
+    for name in renamed:
+        assert events.index(("fsync", name)) < events.index(("replace", name))
+    assert events[-1] == ("fsync", str(tmp_path / "g"))  # the renames themselves are durable
+
+
+def test_saved_files_get_the_mode_of_any_new_file(graph, tmp_path) -> None:
+    """Not the 0600 of a private temp file: graph folders are shared and served."""
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    folder = graph.save(tmp_path / "g")
+    for name in ("graph.json", "graph.safetensors"):
+        assert (folder / name).stat().st_mode == plain.stat().st_mode
 
 
 def test_first_non_finite_names_the_place(graph: Graph) -> None:

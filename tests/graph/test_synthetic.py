@@ -1,12 +1,17 @@
-"""random_graph: the synthetic graphs respect the structure of real attribution graphs."""
+"""random_graph and synthetic_graph_json: the synthetic graphs respect the structure of real
+attribution graphs."""
 
 from __future__ import annotations
 
+import json
+
+import jsonschema
 import pytest
 import torch
 
 from circuit_atlas.errors import ShapeMismatchError
-from circuit_atlas.graph import random_graph
+from circuit_atlas.graph import random_graph, read_graph_json, synthetic_graph_json
+from circuit_atlas.graph.export import SCHEMA_FILE
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -52,3 +57,30 @@ def test_random_graph_rejects_impossible_sizes() -> None:
         random_graph(n_layers=1, n_pos=1, n_sel=3)
     with pytest.raises(ShapeMismatchError):
         random_graph(n_layers=1, n_pos=2, n_sel=10, n_features=2)
+
+
+def test_synthetic_graph_json_is_a_valid_causal_graph(tmp_path) -> None:
+    """The long-prompt graphs the explorer's tests and benchmark use: valid graph JSON (schema and
+    our reader), the asked sizes, causal distinct links, logits most probable first, and runs of
+    positions with no node but their embedding."""
+    doc = synthetic_graph_json(300, 400, 2500, n_layers=8, n_logits=6, seed=4, slug="s")
+    jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).validate(doc)
+    (tmp_path / "s.json").write_text(json.dumps(doc))
+    assert len(read_graph_json(tmp_path / "s.json")["links"]) == 2500
+    nodes = {n["node_id"]: n for n in doc["nodes"]}
+    assert len(nodes) == len(doc["nodes"])
+    features = [n for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert len(features) == 400 and all(n["ctx_idx"] > 0 for n in features)
+    assert len(doc["metadata"]["prompt_tokens"]) == 300
+    assert sorted(n["ctx_idx"] for n in doc["nodes"] if n["feature_type"] == "embedding") == list(range(300))
+    pairs = {(link["source"], link["target"]) for link in doc["links"]}
+    assert len(pairs) == len(doc["links"])
+    layer = lambda n: -1 if n["feature_type"] == "embedding" else int(n["layer"])  # noqa: E731
+    for link in doc["links"]:
+        source, target = nodes[link["source"]], nodes[link["target"]]
+        assert source["feature_type"] != "logit" and target["feature_type"] not in ("embedding", "mlp reconstruction error")
+        assert layer(source) < layer(target) and source["ctx_idx"] <= target["ctx_idx"]
+    probs = [n["token_prob"] for n in doc["nodes"] if n["feature_type"] == "logit"]
+    assert len(probs) == 6 and probs == sorted(probs, reverse=True) and sum(probs) < 1
+    busy = {n["ctx_idx"] for n in doc["nodes"] if n["feature_type"] != "embedding"}
+    assert 30 < len(busy) < 200  # most positions have no node but their embedding

@@ -74,6 +74,8 @@ def _schema_with_real_ids(served: dict, mutating: list[bool]):
     node_ids = st.sampled_from(served["node_ids"])
     shown_ids = st.sampled_from(served["shown_ids"])
     feature_ids = st.sampled_from(served["feature_ids"])
+    token_ids = st.sampled_from([i for i in served["shown_ids"] if i.startswith("E_")])
+    logit_ids = st.sampled_from([i for i in served["shown_ids"] if not i.startswith("E_")])
 
     @schema.hook("flatmap_path_parameters")
     def real_ids(context, path_parameters):
@@ -82,7 +84,11 @@ def _schema_with_real_ids(served: dict, mutating: list[bool]):
             return st.just(path_parameters)
         strategies = {}
         for name, value in path_parameters.items():
-            real = {"graph_id": st.sampled_from(GRAPH_IDS), "node_id": shown_ids}.get(name)
+            real = {"graph_id": st.sampled_from(GRAPH_IDS), "other_graph_id": st.sampled_from(GRAPH_IDS),
+                    "node_id": shown_ids,
+                    # attention: edges token -> logit, a head of the tiny model
+                    "source": token_ids, "target": logit_ids,
+                    "layer": st.integers(0, 1), "head": st.integers(0, 3)}.get(name)
             strategies[name] = st.just(value) if real is None else st.one_of(real, real, st.just(value))
         return st.fixed_dictionaries(strategies)
 

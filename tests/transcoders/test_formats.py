@@ -96,7 +96,7 @@ def test_one_entry_makes_the_local_loader_read_it(toy_format, written):
     register_format(toy_format)
     assert format_of(folder) is TOY
     back = load_transcoders(str(folder), dtype="float64")
-    assert back.kind == "plt" and back.dtype == torch.float64 and back.scan == str(folder.resolve())
+    assert back.kind == "plt" and back.dtype == torch.float64 and back.scan == str(folder)
     _same(tc.to(dtype=torch.float64), back)
 
 

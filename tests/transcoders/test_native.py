@@ -94,6 +94,6 @@ def test_config_errors_name_the_key(tmp_path):
 def test_local_scan_is_not_carried_to_a_copy(tmp_path):
     random_transcoders("plt", 2, 4, 6).save_native(tmp_path / "a")
     first = load_transcoders(str(tmp_path / "a"))
-    first.scan = str((tmp_path / "a").resolve())  # what a hand-made local set gets (docs/formats.md §2)
+    first.scan = str((tmp_path / "a").resolve())  # a set loaded from the absolute path, as typed
     first.save_native(tmp_path / "b")
-    assert load_transcoders(str(tmp_path / "b")).scan == str((tmp_path / "b").resolve())
+    assert load_transcoders(str(tmp_path / "b")).scan == str(tmp_path / "b")  # its own, as typed

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from circuit_atlas.graph import random_graph, to_graph_json
-from circuit_atlas.server.app import create_app
 from circuit_atlas.graph.bundle import write_graph_bundle
+from circuit_atlas.graph.synthetic import synthetic_graph_json
+from circuit_atlas.server.app import create_app
 from circuit_atlas.server.features import JsonDirFeatureProvider
 from circuit_atlas.server.runner import BackgroundServer
 
@@ -52,11 +53,12 @@ def _feature_card(layer: int, index: int) -> dict:
     return {
         "index": index,
         "label": f"store label {layer}/{index}",
-        "top_logits": [" Austin", " Texas", " Houston"],
-        "bottom_logits": [" Paris", " London"],
+        "top_logits": ["<pad>", " Austin", " Texas", "<eos>", " Houston"],
+        "bottom_logits": [" Paris", "</s>", " London"],
         "act_min": 0.0,
         "act_max": 4.0,
         "activation_frequency": 0.0012,
+        "histogram": [float(2 ** max(0, 12 - i)) for i in range(32)],
         "examples_quantiles": [
             {
                 "quantile_name": "Top activations",
@@ -71,6 +73,15 @@ def _feature_card(layer: int, index: int) -> dict:
 
 LONG_TOKENS = {2: " internationalization", 5: "\n\n", 7: " Massachusetts"}
 LONG_LOGIT = " counterrevolutionaries"
+# Synthetic long prompts (graph/synthetic.py): tokens -> (features, links, layers).
+LONG_PROMPTS = {64: (160, 1200, 16), 256: (420, 3000, 16), 1024: (900, 6000, 26)}
+
+
+def bundle_labels(graph) -> dict:
+    """Dashboard labels for every other selected feature of `graph`, as `trace --features` gives
+    them: the bundle keeps them in feature-labels.json."""
+    coords = sorted({(int(layer), int(feat)) for layer, _pos, feat in graph.feature_coords.tolist()})
+    return {key: f"bundle label {key[0]}/{key[1]}" for key in coords[::2]}
 
 
 def _with_long_tokens(doc: dict) -> dict:
@@ -91,7 +102,8 @@ def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("web")
     data = root / "data"
     graph = random_graph(n_layers=4, n_pos=7, n_sel=90, n_logits=3, seed=11)
-    write_graph_bundle(graph, data, "demo")
+    labels = bundle_labels(graph)
+    write_graph_bundle(graph, data, "demo", labels=labels)
     (data / "loose").mkdir()
     doc = to_graph_json(graph, "jsonly", 1.0, 0.98)
     # A saved view in circuit-tracer's frontend's string form (docs/graph-json.md §4).
@@ -101,13 +113,19 @@ def site(tmp_path_factory):
     (data / "loose" / "jsonly.json").write_text(json.dumps(doc))
     big = random_graph(n_layers=6, n_pos=10, n_sel=600, n_logits=5, seed=5, density=0.3)
     (data / "loose" / "dense.json").write_text(json.dumps(_with_long_tokens(to_graph_json(big, "dense", 1.0, 0.97))))
+    (data / "long").mkdir()
+    for n_tokens, (n_features, n_links, n_layers) in LONG_PROMPTS.items():
+        doc = synthetic_graph_json(n_tokens, n_features, n_links, n_layers=n_layers, seed=n_tokens,
+                                   slug=f"long-{n_tokens}")
+        (data / "long" / f"long-{n_tokens}.json").write_text(json.dumps(doc))
     features = root / "features"
     for layer, _pos, index in graph.feature_coords.tolist():
         (features / str(layer)).mkdir(parents=True, exist_ok=True)
         (features / str(layer) / f"{index}.json").write_text(json.dumps(_feature_card(layer, index)))
     app = create_app(data, features=JsonDirFeatureProvider(features))
     with BackgroundServer(app) as server:
-        yield {"url": server.url, "data": data, "graph": graph, "long_tokens": LONG_TOKENS, "long_logit": LONG_LOGIT}
+        yield {"url": server.url, "data": data, "graph": graph, "labels": labels,
+               "long_tokens": LONG_TOKENS, "long_logit": LONG_LOGIT}
 
 
 @pytest.fixture()

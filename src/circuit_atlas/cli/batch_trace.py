@@ -185,14 +185,14 @@ def _trace_share(args, model, todo, mine, labels, settings, show_bar: bool) -> l
                     desired_logit_prob=args.desired_logit_prob,
                     max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size,
                     progress=False)
+                scores = graph_scores(graph)
                 folder = write_graph_bundle(graph, args.out, request.slug, args.node_threshold,
-                                            args.edge_threshold, labels=labels)
+                                            args.edge_threshold, labels=labels, scores=scores)
             except CircuitAtlasError as exc:
                 failures.append((request, str(exc)))
                 bar.write(f"line {request.line} ({request.slug}): failed: {exc}")
                 continue
             atomic_write_json(folder / REQUEST_FILE, _record(request, settings))
-            scores = graph_scores(graph)
             bar.write(f"line {request.line} {request.slug}: {graph.n_selected} feature nodes, "
                       f"replacement {scores.replacement:.3f}, completeness {scores.completeness:.3f}, "
                       f"top {graph.logit_tokens[0]!r} p={float(graph.logit_probabilities[0]):.3f} "

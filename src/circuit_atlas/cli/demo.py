@@ -75,9 +75,10 @@ def run(args) -> int:
     features_dir = copy_features(features_src, args.out / FEATURES_DIR)
     labels = read_labels(features_dir)
     slug = default_slug(args.prompt)
+    scores = graph_scores(graph)
     folder = write_graph_bundle(graph, args.out, slug, args.node_threshold, args.edge_threshold,
-                                labels=labels)
-    print(summarise(graph, graph_scores(graph), folder, slug))
+                                labels=labels, scores=scores)
+    print(summarise(graph, scores, folder, slug))
     print(top_features_text(graph, labels))
     print(f"traced in {time.perf_counter() - started:.1f} s")
     serve = not args.no_browser or args.serve
@@ -88,7 +89,7 @@ def run(args) -> int:
     from circuit_atlas.cli.serve import serve_folder
 
     serve_folder(args.out, host="127.0.0.1", port=args.port, open_browser=not args.no_browser,
-                 features_dir=features_dir, model=model)
+                 features_dir=features_dir, model=model, graph=slug)
     return 0
 
 

@@ -78,9 +78,11 @@ def serve_folder(
     open_browser: bool = True,
     features_dir: str | Path | None = None,
     model: Any | None = None,
+    graph: str | None = None,
 ) -> None:
     """Check the arguments and serve ``data_dir`` until interrupted (also used by `trace --serve`,
-    which may pass the model it already holds as ``model`` to enable steering)."""
+    which may pass the model it already holds as ``model`` to enable steering, and the graph it
+    wrote as ``graph`` to open the browser on it)."""
     from circuit_atlas.server.runner import serve
 
     data_dir = Path(data_dir).expanduser()
@@ -90,7 +92,7 @@ def serve_folder(
         raise CircuitAtlasError(f"serve: --port must lie in 0..65535, got {port}")
     serve(
         data_dir, host=host, port=port, open_browser=open_browser, features_dir=features_dir,
-        model=model,
+        model=model, graph=graph,
     )
 
 

@@ -163,14 +163,16 @@ def run(args) -> int:
         batch_size=args.batch_size,
     )
     slug = args.slug or default_slug(graph.prompt if isinstance(prompt, list) else prompt)
-    folder = write_graph_bundle(graph, args.out, slug, args.node_threshold, args.edge_threshold, labels=labels)
-    print(summarise(graph, graph_scores(graph), folder, slug))
+    scores = graph_scores(graph)
+    folder = write_graph_bundle(graph, args.out, slug, args.node_threshold, args.edge_threshold,
+                                labels=labels, scores=scores)
+    print(summarise(graph, scores, folder, slug))
     if args.serve:
         from circuit_atlas.cli.serve import serve_folder
 
         serve_folder(
             args.out, host="127.0.0.1", port=args.port, open_browser=not args.no_browser,
-            features_dir=args.features, model=model,
+            features_dir=args.features, model=model, graph=slug,
         )
     return 0
 

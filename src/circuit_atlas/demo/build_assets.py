@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -40,6 +41,7 @@ from circuit_atlas.demo.transcoders import (TranscoderSettings, collect_pairs, e
                                             report_entry, train_transcoders)
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.features import BuildSettings, FeatureStore, build_feature_store
+from circuit_atlas.io.presets import DEMO
 from circuit_atlas.models import load_language_model
 from circuit_atlas.replacement import load
 
@@ -73,18 +75,25 @@ class BuildConfig:
                    dashboard_kinds=("clt",), top_k=6, n_samples=6)
 
 
-def build(out: Path, cfg: BuildConfig, *, work: Path, model_dir: Path | None = None,
+def model_reference(model_dir: str | Path | None) -> str:
+    """The model as the stores record it: "demo" for the bundled model, else the folder exactly as
+    given. Never the resolved bundle path: that is the build machine's install location, which
+    would leak into every shipped store and make the assets differ from one checkout to another."""
+    return DEMO if model_dir is None else str(model_dir)
+
+
+def build(out: Path, cfg: BuildConfig, *, work: Path, model_dir: str | Path | None = None,
           progress: bool = True) -> dict:
     """Run every step into `out`; returns the report written to `transcoders/report.json`."""
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
-    model_dir = Path(model_dir or bundle.demo_model_path())
-    lm = load_language_model(str(model_dir), device="cpu")
+    model_ref = model_reference(model_dir)
+    lm = load_language_model(model_ref, device="cpu")
     world = bundle.demo_world()
     train = toyworld.generate_corpus(world, cfg.train_lines, seed=TRAIN_SEED)
     held_out = toyworld.generate_corpus(world, cfg.eval_lines, seed=EVAL_SEED)
     pairs = collect_pairs(lm, train, progress=progress)
-    report = {"format": "circuit-atlas-demo-transcoders/1", "model": str(model_dir.name),
+    report = {"format": "circuit-atlas-demo-transcoders/1", "model": model_ref,
               "corpora": {"train": {"seed": TRAIN_SEED, "lines": cfg.train_lines},
                           "held_out": {"seed": EVAL_SEED, "lines": cfg.eval_lines},
                           "dashboards": {"seed": DASHBOARD_SEED, "lines": cfg.dashboard_lines}},
@@ -106,7 +115,7 @@ def build(out: Path, cfg: BuildConfig, *, work: Path, model_dir: Path | None = N
     (out / "transcoders" / bundle.TRANSCODER_REPORT).write_text(json.dumps(report, indent=1) + "\n")
     dashboards = toyworld.generate_corpus(world, cfg.dashboard_lines, seed=DASHBOARD_SEED)
     for kind in cfg.dashboard_kinds:
-        model = load(str(model_dir), str(out / "transcoders" / kind), device="cpu")
+        model = load(model_ref, str(out / "transcoders" / kind), device="cpu")
         n_labels = build_dashboards(model, dashboards, out / "features" / kind, cfg, world,
                                     progress=progress)
         report["sets"][kind]["labelled_features"] = n_labels
@@ -115,7 +124,7 @@ def build(out: Path, cfg: BuildConfig, *, work: Path, model_dir: Path | None = N
     return report
 
 
-def rebuild_dashboards(out: Path, cfg: BuildConfig, *, model_dir: Path | None = None,
+def rebuild_dashboards(out: Path, cfg: BuildConfig, *, model_dir: str | Path | None = None,
                        progress: bool = True) -> dict[str, int]:
     """Rebuild only the feature stores of the transcoders already in `out` (label counts by kind).
 
@@ -123,12 +132,12 @@ def rebuild_dashboards(out: Path, cfg: BuildConfig, *, model_dir: Path | None = 
     half-built store.
     """
     torch.set_num_threads(cfg.threads)
-    model_dir = Path(model_dir or bundle.demo_model_path())
+    model_ref = model_reference(model_dir)
     world = bundle.demo_world()
     lines = toyworld.generate_corpus(world, cfg.dashboard_lines, seed=DASHBOARD_SEED)
     counts = {}
     for kind in cfg.dashboard_kinds:
-        model = load(str(model_dir), str(out / "transcoders" / kind), device="cpu")
+        model = load(model_ref, str(out / "transcoders" / kind), device="cpu")
         target = out / "features" / kind
         fresh = target.with_name(kind + ".rebuilding")
         counts[kind] = build_dashboards(model, lines, fresh, cfg, world, progress=progress)
@@ -166,8 +175,6 @@ def relabel(folder: Path, world, *, progress: bool = True) -> int:
 def compact(folder: Path) -> None:
     """VACUUM the finished store and leave it in rollback-journal mode: the shipped file is then
     one self-contained, minimal SQLite file that read-only readers leave untouched."""
-    import sqlite3
-
     conn = sqlite3.connect(folder / "features.sqlite", isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=DELETE")
@@ -186,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="assets folder (default: the package's own)")
     parser.add_argument("--work", type=Path,
                         help="checkpoint folder; reruns resume from it (default: a fresh temporary one)")
-    parser.add_argument("--model-dir", type=Path, help="demo model (default: the bundled one)")
+    parser.add_argument("--model-dir", help="demo model folder, recorded in the stores as typed "
+                                             "(default: the bundled one, recorded as \"demo\")")
     parser.add_argument("--quick", action="store_true", help="tiny build for CI (needs --out)")
     parser.add_argument("--relabel", action="store_true",
                         help="only rewrite the automatic labels of the existing stores")

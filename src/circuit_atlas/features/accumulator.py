@@ -82,6 +82,35 @@ class StatsRows:
     histograms: np.ndarray
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """The batch being added, as `update` received it: activations `[B, P, F]`, token ids
+    `[B, P]` and the number of real tokens of each window. Kept together because every step that
+    cuts example contexts out of a batch needs all three, and passing them as one value keeps the
+    argument lists short and the three from being swapped."""
+
+    acts: torch.Tensor
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Entering:
+    """Examples entering one kind of list (top or sample), one per element of each tensor: the
+    window and position of the batch they come from, the feature, its activation there, the
+    occurrence id and the sampling key (zero for the top list). Grouped so that the two list
+    updates hand their winners to `_rows` as one value instead of seven positional tensors that
+    could be passed in the wrong order without any error."""
+
+    kind: int
+    window: torch.Tensor
+    position: torch.Tensor
+    feature: torch.Tensor
+    value: torch.Tensor
+    oid: torch.Tensor
+    key: torch.Tensor
+
+
 class LayerAccumulator:
     """Statistics of the `n_features` features of `layer` (tensors live on `device`)."""
 
@@ -121,8 +150,9 @@ class LayerAccumulator:
         values = flat[rows, cols]
         self._add_counts(cols, values)
         added, removed = [], []
-        top = self._update_top(acts, tokens, oids, lengths)
-        sample = self._update_samples(acts, tokens, oids.reshape(-1), lengths, rows, cols, values)
+        batch = _Batch(acts, tokens, lengths)
+        top = self._update_top(batch, oids)
+        sample = self._update_samples(batch, oids.reshape(-1), rows, cols, values)
         for new, gone in (top, sample):
             added.append(new)
             removed.append(gone)
@@ -137,8 +167,8 @@ class LayerAccumulator:
         self.histograms.view(-1).index_add_(0, cols * self.n_bins + bins, ones)
         self.dirty[cols] = True
 
-    def _update_top(self, acts, tokens, oids, lengths) -> tuple[ExampleRows, RemovedRows]:
-        best, where = acts.max(dim=1)  # [B, F]; the first position on ties
+    def _update_top(self, batch: _Batch, oids: torch.Tensor) -> tuple[ExampleRows, RemovedRows]:
+        best, where = batch.acts.max(dim=1)  # [B, F]; the first position on ties
         # only windows above a feature's current k-th value can enter (equal values lose: older)
         floor = torch.clamp(self.top_val[:, -1], min=0.0)
         touched = (best > floor[None]).any(0).nonzero().squeeze(1)
@@ -147,7 +177,7 @@ class LayerAccumulator:
         cand_val = torch.where(cand_val > 0, cand_val, torch.full_like(cand_val, -torch.inf))
         cand_pos = where[:, touched].T
         cand_oid = oids.gather(1, where[:, touched]).T
-        contexts = self.window_contexts(tokens, lengths)  # [B, P]
+        contexts = self.window_contexts(batch.tokens, batch.lengths)  # [B, P]
         cand_ctx = contexts.gather(1, where[:, touched]).T
         old_val, old_oid = self.top_val[touched], self.top_oid[touched]
         merged_val = torch.cat([old_val, cand_val], 1)
@@ -168,11 +198,9 @@ class LayerAccumulator:
         row, slot = (valid & (order >= k)).nonzero(as_tuple=True)
         window = order[row, slot] - k
         feature = touched[row]
-        position = cand_pos[row, window]
-        keys = torch.zeros_like(feature)
-        rows = self._rows(KIND_TOP, acts, tokens, lengths, window, position, feature,
-                          new_val[row, slot], new_oid[row, slot], keys)
-        return rows, removed
+        entering = _Entering(KIND_TOP, window, cand_pos[row, window], feature, new_val[row, slot],
+                             new_oid[row, slot], torch.zeros_like(feature))
+        return self._rows(batch, entering), removed
 
     def window_contexts(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """int64 `[B, P]`: the context hash of every position of every window of a batch."""
@@ -184,8 +212,9 @@ class LayerAccumulator:
         padded = torch.where(inside, gathered, torch.full_like(gathered, -1))
         return context_hashes(padded.reshape(B * P, -1)).reshape(B, P)
 
-    def _update_samples(self, acts, tokens, flat_oids, lengths, rows, cols, values):
-        R, P = self.n_samples, acts.shape[1]
+    def _update_samples(self, batch: _Batch, flat_oids: torch.Tensor, rows: torch.Tensor,
+                        cols: torch.Tensor, values: torch.Tensor) -> tuple[ExampleRows, RemovedRows]:
+        R, P = self.n_samples, batch.acts.shape[1]
         keys = sample_keys(self.seed, flat_oids)[rows]
         # only keys below a feature's current R-th key can enter (equal keys lose: older oids)
         entering = keys < self.sample_key[cols, -1]
@@ -219,10 +248,9 @@ class LayerAccumulator:
         row, slot = ((order >= R) & (kept_key != EMPTY_KEY)).nonzero(as_tuple=True)
         column = order[row, slot] - R
         flat_index = cand_flat[row, column]
-        rows_out = self._rows(KIND_SAMPLE, acts, tokens, lengths, flat_index // P, flat_index % P,
-                              touched[row], cand_value[row, column], kept_oid[row, slot],
-                              kept_key[row, slot])
-        return rows_out, removed
+        entering = _Entering(KIND_SAMPLE, flat_index // P, flat_index % P, touched[row],
+                             cand_value[row, column], kept_oid[row, slot], kept_key[row, slot])
+        return self._rows(batch, entering), removed
 
     @staticmethod
     def _pushed_out(kind: int, touched, from_old, old_valid, old_oid) -> RemovedRows:
@@ -233,24 +261,25 @@ class LayerAccumulator:
         row, slot = gone.nonzero(as_tuple=True)
         return RemovedRows(kind, touched[row].cpu().numpy(), old_oid[row, slot].cpu().numpy())
 
-    def _rows(self, kind, acts, tokens, lengths, window, position, feature, value, oid, key):
+    def _rows(self, batch: _Batch, entering: _Entering) -> ExampleRows:
         """Example rows with contexts `[position - before, position + after]` clipped to the window."""
+        acts, window, position, feature = batch.acts, entering.window, entering.position, entering.feature
         width = self.before + self.after + 1
         offsets = torch.arange(width, device=acts.device) - self.before
         index = position[:, None] + offsets[None]
-        length = lengths.to(acts.device)[window]
+        length = batch.lengths.to(acts.device)[window]
         inside = (index >= 0) & (index < length[:, None])
         clamped = index.clamp(0, acts.shape[1] - 1)
-        ctx_tokens = tokens.to(acts.device)[window[:, None], clamped]
+        ctx_tokens = batch.tokens.to(acts.device)[window[:, None], clamped]
         ctx_acts = acts[window[:, None], clamped, feature[:, None]] * inside
         starts = (self.before - position).clamp(min=0)
         stops = starts + inside.sum(1)
         return ExampleRows(
-            kind=kind,
+            kind=entering.kind,
             features=feature.cpu().numpy(),
-            oids=oid.cpu().numpy(),
-            activations=value.float().cpu().numpy(),
-            keys=key.cpu().numpy(),
+            oids=entering.oid.cpu().numpy(),
+            activations=entering.value.float().cpu().numpy(),
+            keys=entering.key.cpu().numpy(),
             tokens=ctx_tokens.to(torch.int32).cpu().numpy(),
             acts=ctx_acts.float().cpu().numpy(),
             starts=starts.cpu().numpy(),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from circuit_atlas.features import shards
-from circuit_atlas.features.builder import KILL_ENV, KILL_RANK_ENV, StoreBuilder
+from circuit_atlas.features.builder import KILL_ENV, KILL_RANK_ENV, RunOptions, StoreBuilder
 from circuit_atlas.features.open_store import exclusive_build, identity, open_store
 from circuit_atlas.features.ranks import current_ranks
 from circuit_atlas.features.settings import BuildReport, BuildSettings, check_not_empty, check_settings
@@ -54,23 +54,22 @@ def build_feature_store(
     wanted = identity(model, corpus, settings)
     out = Path(out).expanduser()
     ranks = current_ranks()
-    options = dict(batch_size=batch_size, commit_interval=commit_interval, progress=progress)
+    options = RunOptions(batch_size=batch_size, commit_interval=commit_interval, progress=progress)
     if ranks.world_size > 1:
-        report = shards.build_sharded(model, corpus, out, settings, wanted, ranks, **options)
+        report = shards.build_sharded(model, corpus, out, settings, wanted, ranks, options)
     else:
-        report = _build_alone(model, corpus, out, settings, wanted, **options)
+        report = _build_alone(model, corpus, out, settings, wanted, options)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _build_alone(model, corpus: Corpus, out: Path, settings: BuildSettings, wanted: dict, *,
-                 batch_size: int, commit_interval: float, progress: bool) -> BuildReport:
+def _build_alone(model, corpus: Corpus, out: Path, settings: BuildSettings, wanted: dict,
+                 options: RunOptions) -> BuildReport:
     with exclusive_build(out):
         shards.check_no_sharded_build(out)
         conn, resumed = open_store(out, model, wanted)
         try:
-            builder = StoreBuilder(model, corpus, settings, conn, batch_size=batch_size,
-                                   commit_interval=commit_interval, progress=progress)
+            builder = StoreBuilder(model, corpus, settings, conn, options)
             reason, new_tokens = builder.run(resumed)
         finally:
             conn.close()

@@ -47,7 +47,7 @@ from circuit_atlas.features.errors import FeatureBuildError
 from circuit_atlas.features.logits import logit_effects
 from circuit_atlas.features.open_store import progress_dict
 from circuit_atlas.features.pending import PendingExamples
-from circuit_atlas.features.ranks import SoloRanks
+from circuit_atlas.features.ranks import SoloRanks, TorchRanks
 from circuit_atlas.features.settings import BuildSettings
 from circuit_atlas.features.sources import HubDatasetCorpus
 from circuit_atlas.features.windows import Batch, Cursor, Window, Windower, make_batch
@@ -69,25 +69,51 @@ class RoundStart:
     known: dict[int, int] = field(default_factory=dict)
 
 
-class StoreBuilder:
-    """Builds (or continues) one store: the whole store, or rank `ranks.rank`'s shard of it.
+@dataclass(frozen=True)
+class RunOptions:
+    """How this process runs a build: windows per batch, seconds between commits, progress bar.
 
-    `logit_layers`: the layers whose logit effects this builder computes (a shard does its share).
+    Kept apart from `BuildSettings` because none of them is part of the store's identity (a rerun
+    may change them; see the module docstring for the batch size's last-bit effect), and grouped
+    because they travel together from `build_feature_store` through both build paths (one
+    process, or a rank's shard) down to the builder."""
+
+    batch_size: int
+    commit_interval: float
+    progress: bool
+
+
+@dataclass(frozen=True)
+class ShardRole:
+    """What this builder does as one rank of a distributed build; the default is a single process
+    building the whole store. Grouped because the four only make sense together (`shards.py` sets
+    them all, a single process none).
+
+    `logit_layers`: the layers whose logit effects this builder computes (None: all).
     `start`: where the rounds begin (a shard's driver agrees on it with the other ranks; None
     computes it from this store's own cursor, as a single process does).
     `on_commit(conn, counts)`: extra meta written inside every corpus commit (a shard's round counts).
     """
 
-    def __init__(self, model, corpus: Corpus, settings: BuildSettings, conn: sqlite3.Connection, *,
-                 batch_size: int, commit_interval: float, progress: bool, ranks=None,
-                 logit_layers: Iterator[int] | None = None, start: RoundStart | None = None,
-                 on_commit: Callable[[sqlite3.Connection, dict[int, int]], None] | None = None) -> None:
+    ranks: SoloRanks | TorchRanks = field(default_factory=SoloRanks)
+    logit_layers: tuple[int, ...] | None = None
+    start: RoundStart | None = None
+    on_commit: Callable[[sqlite3.Connection, dict[int, int]], None] | None = None
+
+
+class StoreBuilder:
+    """Builds (or continues) one store: the whole store, or rank `role.ranks.rank`'s shard of it."""
+
+    def __init__(self, model, corpus: Corpus, settings: BuildSettings, conn: sqlite3.Connection,
+                 options: RunOptions, role: ShardRole | None = None) -> None:
+        role = role or ShardRole()
         self.model, self.corpus, self.settings, self.conn = model, corpus, settings, conn
         self.lm, self.tc = model.lm, model.transcoders
-        self.batch_size, self.commit_interval, self.show_progress = batch_size, commit_interval, progress
-        self.ranks = ranks or SoloRanks()
-        self.logit_layers = list(range(self.tc.n_layers) if logit_layers is None else logit_layers)
-        self.start, self.on_commit = start, on_commit
+        self.batch_size, self.commit_interval = options.batch_size, options.commit_interval
+        self.show_progress = options.progress
+        self.ranks = role.ranks
+        self.logit_layers = list(range(self.tc.n_layers) if role.logit_layers is None else role.logit_layers)
+        self.start, self.on_commit = role.start, role.on_commit
         self.n_zeroed = model.n_zeroed_positions
         self.meta = storage.read_meta(conn)
         progress_meta = self.meta["progress"]

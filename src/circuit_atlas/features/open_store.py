@@ -92,16 +92,21 @@ def exclusive_build(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def initial_meta(model, identity: dict[str, Any]) -> dict[str, Any]:
+    """The meta of a new store (or shard) before any work: its identity, the names the model and
+    transcoders were loaded by (as the user gave them), the histogram edges and an empty cursor."""
+    return {**identity, "model_name": model.lm.name, "transcoders_scan": model.transcoders.scan,
+            "edges": default_edges().tolist(), "progress": progress_dict(Cursor(), 0, 0),
+            "logits_layers": [], "complete": False, "stop_reason": None}
+
+
 def open_store(out: Path, model, identity: dict[str, Any]) -> tuple[sqlite3.Connection, bool]:
     """(connection, resumed): a fresh store is initialised; an existing one must match."""
     file = storage.store_file(out)
     conn = storage.connect(file, create=True, cache_mib=BUILD_CACHE_MIB)
     try:
         if not storage.table_names(conn):
-            meta = {**identity, "model_name": model.lm.name, "transcoders_scan": model.transcoders.scan,
-                    "edges": default_edges().tolist(), "progress": progress_dict(Cursor(), 0, 0),
-                    "logits_layers": [], "complete": False, "stop_reason": None}
-            storage.initialize(conn, meta, vocabulary(model.lm))
+            storage.initialize(conn, initial_meta(model, identity), vocabulary(model.lm))
             return conn, False
         meta = storage.check_format(conn, file)
         if check_same_build(meta, identity, out):

@@ -36,13 +36,14 @@ from typing import Any
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.features import merge, storage
 from circuit_atlas.features.blocks import block_of
-from circuit_atlas.features.builder import RoundStart, StoreBuilder
+from circuit_atlas.features.builder import RoundStart, RunOptions, ShardRole, StoreBuilder
 from circuit_atlas.features.errors import FeatureStoreError
 from circuit_atlas.features.histogram import default_edges, n_bins
 from circuit_atlas.features.open_store import (
     BUILD_CACHE_MIB,
     check_same_build,
     exclusive_build,
+    initial_meta,
     progress_dict,
     vocabulary,
 )
@@ -82,7 +83,7 @@ def check_no_sharded_build(out: Path) -> None:
 
 # ---------------------------------------------------------------------- the driver
 def build_sharded(model, corpus: Corpus, out: Path, settings: BuildSettings, wanted: dict, ranks,
-                  *, batch_size: int, commit_interval: float, progress: bool) -> BuildReport:
+                  options: RunOptions) -> BuildReport:
     """This rank's part of a distributed build (every rank calls it); see the module docstring."""
     with ExitStack() as stack:
         done = _agree(ranks, lambda: _prepare_store(stack, model, out, settings, wanted, ranks))
@@ -100,10 +101,9 @@ def build_sharded(model, corpus: Corpus, out: Path, settings: BuildSettings, wan
             later = [counts[k] for k in range(start.round, max(counts, default=start.round - 1) + 1)]
             storage.set_meta(connection, "block_tokens", counts_before + later)
 
-        builder = StoreBuilder(model, corpus, settings, conn, batch_size=batch_size,
-                               commit_interval=commit_interval, progress=progress, ranks=ranks,
-                               logit_layers=range(ranks.rank, model.transcoders.n_layers, ranks.world_size),
-                               start=start, on_commit=save_counts)
+        layers = tuple(range(ranks.rank, model.transcoders.n_layers, ranks.world_size))
+        role = ShardRole(ranks=ranks, logit_layers=layers, start=start, on_commit=save_counts)
+        builder = StoreBuilder(model, corpus, settings, conn, options, role)
         reason, new_tokens = builder.run(resumed)
         if reason == "interrupted":
             return BuildReport(out=out, tokens=builder.tokens, documents=builder.documents(),
@@ -164,7 +164,7 @@ def _prepare_final(out: Path, model, settings: BuildSettings, wanted: dict, worl
     conn = storage.connect(file, create=True, cache_mib=BUILD_CACHE_MIB)
     try:
         if not storage.table_names(conn):
-            storage.initialize(conn, _initial_meta(model, wanted), vocabulary(model.lm))
+            storage.initialize(conn, initial_meta(model, wanted), vocabulary(model.lm))
             meta = storage.read_meta(conn)
         else:
             meta = storage.check_format(conn, file)
@@ -200,12 +200,6 @@ def _visibility_token(out: Path) -> str:
     return token
 
 
-def _initial_meta(model, wanted: dict) -> dict[str, Any]:
-    return {**wanted, "model_name": model.lm.name, "transcoders_scan": model.transcoders.scan,
-            "edges": default_edges().tolist(), "progress": progress_dict(Cursor(), 0, 0),
-            "logits_layers": [], "complete": False, "stop_reason": None}
-
-
 def _check_same_budget(meta: dict, wanted: dict, out: Path) -> None:
     stored, now = meta["settings"].get("max_tokens"), wanted["settings"]["max_tokens"]
     if stored != now:
@@ -223,7 +217,7 @@ def _open_shard(stack: ExitStack, model, out: Path, settings: BuildSettings, wan
     conn = storage.connect(file, create=True, cache_mib=BUILD_CACHE_MIB)
     try:
         if not storage.table_names(conn):
-            meta = {**_initial_meta(model, shard_identity), "block_tokens": []}
+            meta = {**initial_meta(model, shard_identity), "block_tokens": []}
             storage.initialize(conn, meta, vocabulary(model.lm))
         else:
             meta = storage.check_format(conn, file)

@@ -10,6 +10,7 @@ from circuit_atlas.graph.aggregate import GraphAggregate, aggregate_graphs
 from circuit_atlas.graph.compare import GraphComparison, compare_graphs
 from circuit_atlas.graph.export import (
     read_graph_json,
+    save_graph_json,
     to_graph_json,
     update_graph_metadata,
     write_graph_json,
@@ -25,7 +26,7 @@ from circuit_atlas.graph.prune import (
     prune,
 )
 from circuit_atlas.graph.scores import GraphScores, graph_scores
-from circuit_atlas.graph.synthetic import random_graph
+from circuit_atlas.graph.synthetic import random_graph, synthetic_graph_json
 from circuit_atlas.io.cantor import cantor_pair, cantor_unpair
 
 __all__ = [
@@ -51,6 +52,8 @@ __all__ = [
     "read_bundle_info",
     "read_feature_labels",
     "read_graph_json",
+    "save_graph_json",
+    "synthetic_graph_json",
     "to_graph_json",
     "update_graph_metadata",
     "write_graph_bundle",

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
+from safetensors.torch import save_file
 
-from circuit_atlas.graph.graph import Graph, GraphFileError
+from circuit_atlas.graph.graph import Graph, GraphFileError, read_format_json, read_tensor_file
+from circuit_atlas.io.atomic import atomic_files
 from circuit_atlas.graph.prune import PrunedGraph
-from circuit_atlas.io.untrusted import UntrustedJsonError, read_json
 
 ATTENTION_FORMAT = "circuit-atlas-attention"
 ATTENTION_VERSION = 1
@@ -124,9 +125,8 @@ class GraphAttention:
 
     # --- files -----------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write `attention.json` and `attention.safetensors` into `directory` (atomically)."""
-        from safetensors.torch import save_file
-
+        """Write `attention.json` and `attention.safetensors` into `directory` (atomically, as
+        `Graph.save` does: a failed save leaves the old files and no temp files)."""
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, torch.Tensor] = {}
@@ -141,25 +141,17 @@ class GraphAttention:
         meta = {"format": ATTENTION_FORMAT, "version": ATTENTION_VERSION, "model": self.model_name,
                 "prompt_tokens": self.prompt_tokens, "hop": self.hop, "settings": self.settings,
                 "edges": self.edges, "explanations": described}
-        tmp_tensors = folder / (ATTENTION_TENSORS + ".tmp")
-        tmp_json = folder / (ATTENTION_JSON + ".tmp")
-        try:
+        with atomic_files(folder / ATTENTION_TENSORS, folder / ATTENTION_JSON) as (tmp_tensors, tmp_json):
             save_file(tensors, str(tmp_tensors), metadata={"format": ATTENTION_FORMAT})
             tmp_json.write_text(json.dumps(meta, indent=1, ensure_ascii=False, allow_nan=False),
                                 encoding="utf-8")
-            os.replace(tmp_tensors, folder / ATTENTION_TENSORS)
-            os.replace(tmp_json, folder / ATTENTION_JSON)
-        except BaseException:  # a failed write leaves no temp files behind
-            tmp_tensors.unlink(missing_ok=True)
-            tmp_json.unlink(missing_ok=True)
-            raise
         return folder
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> "GraphAttention":
         folder = Path(directory)
         meta = _read_json(folder / ATTENTION_JSON)
-        tensors = _read_tensors(folder / ATTENTION_TENSORS)
+        tensors = read_tensor_file(folder / ATTENTION_TENSORS, "attention tensor")
         explanations = [_stored(folder, i, item, tensors) for i, item in enumerate(meta["explanations"])]
         edges = meta["edges"]
         _check_edges(folder / ATTENTION_JSON, edges, len(explanations))
@@ -197,34 +189,12 @@ def node_positions(graph: Graph) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- reading files
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        meta = read_json(path)
-    except FileNotFoundError:
-        raise GraphFileError(f"attention explanations file {path} does not exist") from None
-    except (OSError, UntrustedJsonError) as exc:
-        raise GraphFileError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != ATTENTION_FORMAT:
-        raise GraphFileError(f"{path} is not a circuit-atlas attention file (format field)")
-    version = meta.get("version")
-    if not isinstance(version, int) or version > ATTENTION_VERSION:
-        raise GraphFileError(f"{path} has version {version!r}; this circuit-atlas reads versions up "
-                             f"to {ATTENTION_VERSION}")
+    meta = read_format_json(path, kind="attention", format_name=ATTENTION_FORMAT,
+                            version_key="version", max_version=ATTENTION_VERSION)
     for key, kind in (("edges", list), ("explanations", list)):
         if not isinstance(meta.get(key), kind):
             raise GraphFileError(f"{path}: '{key}' must be a list")
     return meta
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise GraphFileError(f"attention tensor file {path} does not exist") from None
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise GraphFileError(f"attention tensor file {path} is corrupt: {exc}") from exc
 
 
 def _stored(folder: Path, i: int, item: Any, tensors: Mapping[str, torch.Tensor]) -> StoredExplanation:

@@ -4,7 +4,11 @@ A data folder (``circuit-atlas serve DIR``) holds graphs in any of these places:
 
     DIR/<slug>/                     one graph bundle (written by write_graph_bundle)
         bundle.json                 {"format": "circuit-atlas-graph-bundle", "version": 1,
-                                     "slug", "node_threshold", "edge_threshold"}
+                                     "slug", "node_threshold", "edge_threshold",
+                                     "summary": {created, model, transcoders, n_tokens,
+                                     n_features, n_nodes, n_links, replacement,
+                                     completeness}}  (summary: what the graph browser lists;
+                                     older bundles lack it)
         graph/                      the native Graph (Graph.save / Graph.load)
         <slug>.json                 pruned graph JSON (docs/graph-json.md) at the default thresholds
         graph-metadata.json         frontend index of that JSON (docs/graph-json.md §9)
@@ -16,6 +20,8 @@ A data folder (``circuit-atlas serve DIR``) holds graphs in any of these places:
                                     also in <slug>.json's optional "attention" object)
     DIR/<name>.json                 loose graph-JSON files, e.g. a circuit-tracer output folder
     DIR/<sub>/<name>.json           ... also one folder down
+    DIR/<group>/<slug>/             bundles up to three folders down (e.g. the outputs of
+                                    several `trace --prompts --out DIR/<group>` runs)
     DIR itself may be a bundle      (``serve graphs/dallas`` right after ``trace --out graphs/dallas``
                                      when trace wrote the bundle files straight into that folder)
 
@@ -29,12 +35,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
 from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.graph.export import Labels, write_graph_json
+from circuit_atlas.graph.export import Labels, save_graph_json, to_graph_json
 from circuit_atlas.graph.graph import Graph
+from circuit_atlas.graph.scores import GraphScores, graph_scores
 from circuit_atlas.io.atomic import atomic_write_json
 from circuit_atlas.io.checks import check_slug, check_threshold
 from circuit_atlas.io.untrusted import UntrustedJsonError, printable, read_json
@@ -122,10 +130,13 @@ def write_graph_bundle(
     *,
     labels: Labels | None = None,
     attention: Any | None = None,
+    scores: GraphScores | None = None,
 ) -> Path:
     """Write ``graph`` as ``out_dir/<slug>/`` (layout in this module's docstring); return it.
 
     ``attention`` (a ``GraphAttention``) is saved beside the graph and summarised in its JSON.
+    ``scores``: the graph's `graph_scores`, when the caller has them already (they are computed
+    otherwise), for the summary the graph browser lists.
 
     The native graph is written to a temporary sibling folder first and swapped in, so a failed
     write never leaves a half-written graph under the bundle's name. An existing annotations file
@@ -162,7 +173,8 @@ def write_graph_bundle(
 
     if attention is not None:
         attention.save(folder)
-    write_graph_json(graph, folder, slug, node_threshold, edge_threshold, labels, attention=attention)
+    view = to_graph_json(graph, slug, node_threshold, edge_threshold, labels, attention=attention)
+    save_graph_json(view, folder)
     _write_feature_labels(folder, graph, labels)
     atomic_write_json(
         folder / BUNDLE_FILE,
@@ -172,9 +184,25 @@ def write_graph_bundle(
             "slug": slug,
             "node_threshold": node_threshold,
             "edge_threshold": edge_threshold,
+            "summary": _summary(graph, view, scores if scores is not None else graph_scores(graph)),
         },
     )
     return folder
+
+
+def _summary(graph: Graph, view: dict[str, Any], scores: GraphScores) -> dict[str, Any]:
+    """What a list of graphs shows without loading any: when, what with, how big, how complete."""
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": graph.model_name,
+        "transcoders": view["metadata"]["scan"],
+        "n_tokens": len(graph.tokens),
+        "n_features": int(graph.n_selected),
+        "n_nodes": len(view["nodes"]),
+        "n_links": len(view["links"]),
+        "replacement": float(scores.replacement),
+        "completeness": float(scores.completeness),
+    }
 
 
 def _write_feature_labels(folder: Path, graph: Graph, labels: Labels | None) -> None:

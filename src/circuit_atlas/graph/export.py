@@ -213,6 +213,14 @@ def write_graph_json(
     Returns the graph file's path. `attention`: see `to_graph_json`."""
     data = to_graph_json(graph, slug, node_threshold, edge_threshold, labels, scan=scan,
                          attention=attention)
+    return save_graph_json(data, out_dir, update_metadata=update_metadata, indent=indent)
+
+
+def save_graph_json(data: Mapping[str, Any], out_dir: str | os.PathLike[str], *,
+                    update_metadata: bool = True, indent: int | None = None) -> Path:
+    """Write a `to_graph_json` document as `<out_dir>/<slug>.json` (and, by default, index it in
+    `graph-metadata.json`); returns the file's path."""
+    slug = check_slug(data["metadata"]["slug"])
     directory = _ensure_directory(Path(out_dir))
     path = directory / f"{slug}.json"
     _write_json_atomic(path, data, indent=indent)
@@ -328,15 +336,20 @@ def _normalise_nodes(file: Path, raw: list[Any]) -> tuple[list[dict[str, Any]], 
 def _normalise_links(
     file: Path, raw: list[Any], renames: dict[str, str], node_ids: set[str]
 ) -> list[dict[str, Any]]:
+    # One pass, no per-link sets or copies unless an id is renamed: files hold 10^5 links.
     links = []
     for i, link in enumerate(raw):
-        if not isinstance(link, dict) or not {"source", "target", "weight"} <= set(link):
+        if not isinstance(link, dict) or not ("source" in link and "target" in link
+                                               and "weight" in link):
             raise GraphFileError(f"{file}: link {i} lacks source, target or weight")
-        link = dict(link)
-        for end in ("source", "target"):
-            link[end] = renames.get(link[end], link[end])
-            if link[end] not in node_ids:
-                raise GraphFileError(f"{file}: link {i} names unknown node {link[end]!r}")
+        source, target = link["source"], link["target"]
+        if renames:
+            source, target = renames.get(source, source), renames.get(target, target)
+        for end in (source, target):
+            if end not in node_ids:
+                raise GraphFileError(f"{file}: link {i} names unknown node {end!r}")
+        if source is not link["source"] or target is not link["target"]:
+            link = {**link, "source": source, "target": target}
         links.append(link)
     return links
 

@@ -32,8 +32,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from circuit_atlas.errors import CircuitAtlasError, GraphFileError, ShapeMismatchError
+from circuit_atlas.io.atomic import atomic_files
 from circuit_atlas.io.untrusted import UntrustedJsonError, read_json
 from circuit_atlas.viewer import get_viewer
 
@@ -469,9 +472,11 @@ class Graph:
 
     # ------------------------------------------------------------------ files
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write `graph.safetensors` and `graph.json` into `directory` (created if missing)."""
-        from safetensors.torch import save_file
+        """Write `graph.safetensors` and `graph.json` into `directory` (created if missing).
 
+        Both files are written under temporary names, fsynced and only then renamed over the old
+        ones (`io.atomic.atomic_files`): a save that fails, at any point, leaves the old graph as
+        it was and no temp files; a finished save is on disk, not just in the page cache."""
         path = Path(directory)
         if path.exists() and not path.is_dir():
             raise GraphFileError(f"cannot save graph: {path} exists and is not a directory")
@@ -481,18 +486,9 @@ class Graph:
             tensors["error_norms"] = self.error_norms
         meta = {"format": GRAPH_FORMAT, "format_version": GRAPH_FORMAT_VERSION}
         meta.update({name: getattr(self, name) for name in _META_FIELDS})
-        # Write to temporary names first so an interrupted save never leaves a half graph, and
-        # remove them when a write fails, so a failure leaves nothing behind either.
-        tmp_tensors, tmp_meta = path / (TENSORS_FILE + ".tmp"), path / (META_FILE + ".tmp")
-        try:
+        with atomic_files(path / TENSORS_FILE, path / META_FILE) as (tmp_tensors, tmp_meta):
             save_file(tensors, str(tmp_tensors), metadata={"format": GRAPH_FORMAT})
             tmp_meta.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-            os.replace(tmp_tensors, path / TENSORS_FILE)
-            os.replace(tmp_meta, path / META_FILE)
-        except BaseException:
-            tmp_tensors.unlink(missing_ok=True)
-            tmp_meta.unlink(missing_ok=True)
-            raise
         return path
 
     def first_non_finite(self) -> str | None:
@@ -564,21 +560,43 @@ def _json_normalised(value: Mapping[str, Any], name: str) -> dict[str, Any]:
         raise ShapeMismatchError(f"Graph.{name} must be JSON-serialisable: {exc}") from exc
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
+def read_format_json(path: Path, *, kind: str, format_name: str, version_key: str,
+                     max_version: int, max_bytes: int | None = None) -> dict[str, Any]:
+    """The JSON object of one of our versioned files (`kind` names it in messages): it must exist,
+    parse as untrusted JSON, carry `"format": format_name` and an integer version this package
+    reads. Every failure is a GraphFileError naming the file; the graph and attention readers
+    share it so both refuse the same mistakes in the same words."""
     if not path.is_file():
-        raise GraphFileError(f"graph metadata file {path} is missing")
+        raise GraphFileError(f"{kind} file {path} is missing")
     try:
-        meta = read_json(path, max_bytes=MAX_META_BYTES)
+        meta = read_json(path, max_bytes=max_bytes)
     except (OSError, UntrustedJsonError) as exc:
-        raise GraphFileError(f"graph metadata file {path} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != GRAPH_FORMAT:
-        raise GraphFileError(f"{path} is not a circuit-atlas graph file (format field missing)")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > GRAPH_FORMAT_VERSION:
-        raise GraphFileError(
-            f"{path} has format_version {version!r}; this circuit-atlas reads versions up to "
-            f"{GRAPH_FORMAT_VERSION} (upgrade circuit-atlas?)"
-        )
+        raise GraphFileError(f"{kind} file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != format_name:
+        raise GraphFileError(f"{path} is not a circuit-atlas {kind} file (format field missing or "
+                             f"not {format_name!r})")
+    version = meta.get(version_key)
+    if not isinstance(version, int) or version > max_version:
+        raise GraphFileError(f"{path} has {version_key} {version!r}; this circuit-atlas reads "
+                             f"versions up to {max_version} (upgrade circuit-atlas?)")
+    return meta
+
+
+def read_tensor_file(path: Path, kind: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; GraphFileError naming `kind` and the file when it is
+    missing or cannot be read."""
+    if not path.is_file():
+        raise GraphFileError(f"{kind} file {path} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise GraphFileError(f"{kind} file {path} is corrupt: {exc}") from exc
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    meta = read_format_json(path, kind="graph metadata", format_name=GRAPH_FORMAT,
+                            version_key="format_version", max_version=GRAPH_FORMAT_VERSION,
+                            max_bytes=MAX_META_BYTES)
     missing = [name for name in _META_FIELDS if name not in meta]
     if missing:
         raise GraphFileError(f"{path} lacks the field(s) {', '.join(missing)}")
@@ -586,15 +604,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise GraphFileError(f"graph tensor file {path} is missing")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise GraphFileError(f"graph tensor file {path} is corrupt: {exc}") from exc
+    tensors = read_tensor_file(path, "graph tensor")
     missing = [name for name in _TENSOR_FIELDS if name not in tensors]
     if missing:
         raise GraphFileError(f"{path} lacks the tensor(s) {', '.join(missing)}")

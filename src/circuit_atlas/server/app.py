@@ -27,7 +27,10 @@ from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.io.untrusted import printable
 from circuit_atlas.server import schemas as s
 from circuit_atlas.server.annotations import AnnotationBusy, AnnotationFileError
+from circuit_atlas.server.attention import AttentionService, AttentionUnavailable
 from circuit_atlas.server.catalog import GraphNotFound, GraphUnreadable
+from circuit_atlas.server.compare import GraphAnalyses, NativeGraphNeeded
+from circuit_atlas.server.compare_schemas import Comparison, SupernodeSuggestions
 from circuit_atlas.server.explorer import Explorer
 from circuit_atlas.server.features import FeatureDataError, FeatureProvider
 from circuit_atlas.server.graphs import NodeNotFound, ScoresUnavailable, ServedGraph
@@ -48,7 +51,9 @@ ANSWERS = {
          "not a loopback name",
     404: "no graph (or node) with this id",
     409: "the request is fine but the server cannot do it as it stands (no model to steer with, "
-         "a graph of another model, scores of a JSON-only graph)",
+         "a graph of another model, scores, comparisons or suggestions of a JSON-only graph, "
+         "attention explanations that are neither stored nor computable: the message says how to "
+         "precompute them)",
     413: "the request body is larger than the server accepts",
     415: "the request body is not sent as application/json",
     422: "a file in the data folder (graph, annotations, feature data) cannot be read",
@@ -69,7 +74,8 @@ def web_dir() -> Path:
 def _status_for(exc: CircuitAtlasError) -> int:
     if isinstance(exc, (GraphNotFound, NodeNotFound)):
         return 404
-    if isinstance(exc, (ScoresUnavailable, SteerUnavailable)):
+    if isinstance(exc, (ScoresUnavailable, SteerUnavailable, AttentionUnavailable,
+                        NativeGraphNeeded)):
         return 409
     if isinstance(exc, (SteerBusy, AnnotationBusy)):
         return 503
@@ -143,12 +149,16 @@ def create_app(
 
     _add_api_routes(app, explorer)
     _add_steer_routes(app, explorer, steerer)
+    _add_analysis_routes(app, GraphAnalyses(explorer, model))
+    _add_attention_routes(app, AttentionService(explorer, model, steerer.model_lock))
     _add_static_routes(app)
     return app
 
 
 GraphId = Annotated[str, PathParam(min_length=1, max_length=MAX_GRAPH_ID_CHARS,
                                    description="a graph id from GET /api/graphs")]
+OtherGraphId = Annotated[str, PathParam(min_length=1, max_length=MAX_GRAPH_ID_CHARS,
+                                        description="the graph to compare with (B)")]
 NodeIdParam = Annotated[str, PathParam(min_length=1, max_length=s.MAX_ID_CHARS,
                                        description="a node id of the graph")]
 Threshold = Annotated[float | None, Query(ge=0.0, le=1.0, allow_inf_nan=False)]
@@ -301,6 +311,73 @@ def _add_steer_routes(app: FastAPI, explorer: Explorer, steerer: Steerer) -> Non
             return steerer.steer(steerable_graph(graph_id), graph_id, body)
 
         return await run_in_threadpool(work)
+
+
+def _add_analysis_routes(app: FastAPI, analyses: GraphAnalyses) -> None:
+    """The diff view's comparison and the suggestions panel's groups (`server/compare.py`)."""
+    json = SafeJSONResponse
+
+    @app.get(
+        "/api/compare/{graph_id}/{other_graph_id}",
+        tags=["analyses"],
+        summary="Compare two native graphs (A, B): aligned nodes, what appears, disappears or "
+                "changes most in influence, and the effect on the target",
+        response_model=Comparison, response_class=json, responses=_answers(404, 409, 422),
+    )
+    async def get_comparison(graph_id: GraphId, other_graph_id: OtherGraphId,
+                             node_threshold: Threshold = None,
+                             edge_threshold: Threshold = None) -> dict[str, Any]:
+        return await run_in_threadpool(analyses.compare, graph_id, other_graph_id,
+                                       node_threshold, edge_threshold)
+
+    @app.get(
+        "/api/graphs/{graph_id}/supernode-suggestions",
+        tags=["analyses"],
+        summary="Groups of the view's feature nodes that mean and do the same thing, named from "
+                "their labels (uses the served feature store when it is a circuit-atlas store)",
+        response_model=SupernodeSuggestions, response_class=json, responses=_answers(404, 409, 422),
+    )
+    async def get_suggestions(
+        graph_id: GraphId,
+        node_threshold: Threshold = None,
+        edge_threshold: Threshold = None,
+        min_similarity: Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.6,
+    ) -> dict[str, Any]:
+        return await run_in_threadpool(analyses.suggestions, graph_id, node_threshold,
+                                       edge_threshold, min_similarity)
+EdgeEnd = Annotated[str, PathParam(min_length=1, max_length=s.MAX_ID_CHARS,
+                                    description="a node id of the graph (the edge's source or target)")]
+
+
+def _add_attention_routes(app: FastAPI, attention: AttentionService) -> None:
+    json = SafeJSONResponse
+    tags = ["attention"]
+
+    @app.get("/api/graphs/{graph_id}/attention", tags=tags,
+             summary="Whether the attention panel can answer for this graph, and its stored edges",
+             response_model=s.AttentionStatus, response_class=json, responses=_answers(404, 422))
+    def attention_status(graph_id: GraphId) -> dict[str, Any]:
+        return attention.status(graph_id)
+
+    @app.get("/api/graphs/{graph_id}/attention/{source}/{target}", tags=tags,
+             summary="The heads carrying the edge source -> target (stored, or computed with the "
+                     "server's model)",
+             response_model=s.EdgeHeads, response_class=json, responses=_answers(404, 409, 422))
+    def edge_heads(graph_id: GraphId, source: EdgeEnd, target: EdgeEnd) -> dict[str, Any]:
+        return attention.edge(graph_id, source, target)
+
+    @app.get("/api/graphs/{graph_id}/attention/{source}/{target}/{layer}/{head}", tags=tags,
+             summary="Why head layer.head attends where it carries the edge: its top query-side x "
+                     "key-side term pairs",
+             response_model=s.HeadExplanation, response_class=json,
+             responses=_answers(404, 409, 422))
+    def head_explanation(
+        graph_id: GraphId, source: EdgeEnd, target: EdgeEnd,
+        layer: Annotated[int, PathParam(ge=0, le=s.MAX_FEATURE_COORD)],
+        head: Annotated[int, PathParam(ge=0, le=s.MAX_FEATURE_COORD)],
+        top: Annotated[int, Query(ge=1, le=s.MAX_TOP_PAIRS)] = 10,
+    ) -> dict[str, Any]:
+        return attention.head(graph_id, source, target, layer, head, top)
 
 
 def _add_static_routes(app: FastAPI) -> None:

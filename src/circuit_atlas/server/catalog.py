@@ -1,6 +1,7 @@
 """Finds the graphs in a data folder and loads them, never touching anything outside it.
 
-Discovery walks the folder itself and one level of subfolders (layout: ``bundle.py``). Every
+Discovery walks the folder itself, one level of subfolders for loose graph-JSON files and up
+to three levels for bundles (layout: ``bundle.py``). Every
 path is resolved and must stay inside the resolved data folder, so a symlink pointing elsewhere
 is ignored rather than followed. Clients name graphs only by id; ids map to paths through a
 table built here, so no client string is ever joined onto a file path.
@@ -32,10 +33,13 @@ from circuit_atlas.graph.bundle import (
 )
 from circuit_atlas.io.checks import check_slug
 from circuit_atlas.io.untrusted import printable
+from circuit_atlas.server.listing import listing_fields
 
 MAX_GRAPH_JSON_BYTES = 1024 * 1024 * 1024
 _METADATA_PREFIX_BYTES = 1 << 20
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_BUNDLE_DEPTH = 3  # DIR/<group>/<subgroup>/<bundle>
+MAX_SCANNED_ENTRIES = 10_000
 
 
 class GraphNotFound(CircuitAtlasError):
@@ -260,14 +264,39 @@ class GraphCatalog:
             found.append(own)
         else:
             found.extend(self._loose_entries(self.root))
-        for sub in sorted(self.root.iterdir()):
-            if sub.name.startswith(".") or resolve_inside(sub, self.root) is None or not sub.is_dir():
+        found.extend(self._walk(self.root, 1, skip=NATIVE_DIR if own is not None else None,
+                                budget=[MAX_SCANNED_ENTRIES]))
+        return found
+
+    def _walk(self, folder: Path, depth: int, skip: str | None, budget: list[int]) -> list[GraphEntry]:
+        """The graphs in the subfolders of `folder`: bundles down to `MAX_BUNDLE_DEPTH` levels
+        below the data folder (`trace --prompts --out DIR/cities` beside `DIR/languages`, served
+        as DIR), loose graph-JSON files one level down only. A bundle's own folders are not
+        entered; below the first level at most `MAX_SCANNED_ENTRIES` entries are looked at, so a
+        huge tree (a feature store's files) cannot stall the listing."""
+        out: list[GraphEntry] = []
+        try:
+            subs = sorted(folder.iterdir())
+        except OSError:
+            return out
+        for sub in subs:
+            if depth > 1:  # deeper folders may be anything (a feature store's thousands of files)
+                budget[0] -= 1
+                if budget[0] < 0:
+                    break
+            if sub.name.startswith(".") or sub.name == skip or not sub.is_dir():
                 continue
-            if own is not None and sub.name == NATIVE_DIR:
+            if resolve_inside(sub, self.root) is None:
                 continue
             entry = self._bundle_entry(sub)
-            found.extend([entry] if entry is not None else self._loose_entries(sub))
-        return found
+            if entry is not None:
+                out.append(entry)
+                continue
+            if depth == 1:
+                out.extend(self._loose_entries(sub))
+            if depth < MAX_BUNDLE_DEPTH:
+                out.extend(self._walk(sub, depth + 1, None, budget))
+        return out
 
     def refresh(self) -> list[GraphEntry]:
         """Rescan the folder and give every graph a unique, URL-safe id."""
@@ -275,7 +304,7 @@ class GraphCatalog:
         for entry in self._discover():
             base = _ID_UNSAFE.sub("-", entry.slug).strip("-.") or "graph"
             if entry.folder != self.root and base in entries:
-                base = _ID_UNSAFE.sub("-", f"{entry.folder.name}.{base}")
+                base = _ID_UNSAFE.sub("-", f"{self._id_prefix(entry.folder)}.{base}")
             graph_id, n = base, 2
             while graph_id in entries:
                 graph_id, n = f"{base}-{n}", n + 1
@@ -283,6 +312,17 @@ class GraphCatalog:
         with self._lock:
             self._entries = entries
         return list(entries.values())
+
+    def _id_prefix(self, folder: Path) -> str:
+        """What tells apart two graphs of one slug: the folder's name one level down, the
+        folders above the bundle deeper down (DIR/cities/dallas: "cities")."""
+        parent = folder.parent
+        if parent == self.root:
+            return folder.name
+        try:
+            return ".".join(parent.relative_to(self.root).parts)
+        except ValueError:
+            return folder.name
 
     def get(self, graph_id: str) -> GraphEntry:
         with self._lock:
@@ -328,6 +368,7 @@ class GraphCatalog:
                 "folder": printable(os.path.relpath(entry.folder, self.root)),
                 "error": error,
                 "warnings": [self.shown(w) for w in entry.warnings],
+                **listing_fields(entry.folder, entry.native_dir, entry.json_path, metadata),
             }
             self._meta_cache[key] = cached
         return cached

@@ -9,10 +9,12 @@ move should.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Sequence
 
 from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.graph.bundle import LABELS_FILE, read_bundle_info, read_feature_labels
 from circuit_atlas.io.checks import check_threshold
 from circuit_atlas.io.untrusted import json_safe
 from circuit_atlas.server.annotations import AnnotationFileError, AnnotationStore
@@ -23,9 +25,15 @@ from circuit_atlas.server.catalog import (
     LRUCache,
     load_graph_json,
 )
-from circuit_atlas.server.features import FeatureProvider
+from circuit_atlas.server.features import (
+    FeatureProvider,
+    labels_stamp,
+    read_provider_labels,
+    without_special_tokens,
+)
 from circuit_atlas.server.graphs import NodeNotFound, ScoresUnavailable, ServedGraph
 from circuit_atlas.server.json_graph import JsonGraph
+from circuit_atlas.server.labels import LabelBook, label_nodes, label_rows, uses_cantor
 from circuit_atlas.server.native import NativeGraph, read_native_metadata
 from circuit_atlas.server.responses import json_bytes
 from circuit_atlas.server.views import neighbourhood, node_label
@@ -52,6 +60,7 @@ class Explorer:
         self.annotations = AnnotationStore(self.catalog.root)
         self._graphs = LRUCache(maxsize=4)
         self._views = LRUCache(maxsize=24)
+        self._books = LRUCache(maxsize=16)
         self.catalog.refresh()
 
     def shown(self, text: str) -> str:
@@ -105,13 +114,16 @@ class Explorer:
     ) -> View:
         entry = self.catalog.get(graph_id)
         nt, et = self.thresholds(entry, node_threshold, edge_threshold)
-        key = ("view", entry.id, entry.stamp(), nt, et)
-        return self._views.get_or_build(key, lambda: View(self._build_view(entry, nt, et)))
+        stamp, book = self.label_book(entry)
+        key = ("view", entry.id, entry.stamp(), stamp, nt, et)
+        return self._views.get_or_build(key, lambda: View(self._build_view(entry, nt, et, book)))
 
-    def _build_view(self, entry: GraphEntry, nt: float, et: float) -> dict[str, Any]:
+    def _build_view(self, entry: GraphEntry, nt: float, et: float, book: LabelBook) -> dict[str, Any]:
         graph = self.served(entry.id)
         doc, applied_et = graph.view(nt, et)
         doc = dict(doc)
+        book = book.with_clerps((doc.get("qParams") or {}).get("clerps"))
+        doc["nodes"] = label_nodes(doc.get("nodes", []), book, uses_cantor(doc))
         doc["view"] = {
             "graph_id": entry.id,
             "source": graph.source,
@@ -124,6 +136,44 @@ class Explorer:
             "has_native": graph.source == "native",
         }
         return doc
+
+    # -- labels -------------------------------------------------------------------------------
+    def label_book(self, entry: GraphEntry) -> tuple[Hashable, LabelBook]:
+        """The bundle's and the feature store's labels for this graph (`server/labels.py`), and a
+        stamp that changes when either does."""
+        try:
+            stat = (entry.folder / LABELS_FILE).stat()
+            bundle_stamp: Hashable = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            bundle_stamp = None
+        stamp = (entry.stamp(), bundle_stamp, labels_stamp(self.features))
+        book = self._books.get_or_build(("labels", entry.id, stamp),
+                                        lambda: self._build_label_book(entry))
+        return stamp, book
+
+    def _build_label_book(self, entry: GraphEntry) -> LabelBook:
+        sources = []
+        if read_bundle_info(entry.folder) is not None:
+            sources.append(read_feature_labels(entry.folder))
+        store = read_provider_labels(self.features)
+        graph_scan = self.catalog.summary(entry, read_native_metadata).get("scan")
+        if store.labels and (store.scan is None or not isinstance(graph_scan, str)
+                             or store.scan == graph_scan):
+            sources.append(store.labels)
+        return LabelBook(by_key=tuple(source for source in sources if source))
+
+    def label_book_of(self, graph_id: str) -> tuple[LabelBook, bool]:
+        """The labels this graph's nodes are shown with, and whether its feature values are
+        Cantor pairs (for other server modules that label feature ids, e.g. `attention.py`)."""
+        return self._saved_book(graph_id)
+
+    def _saved_book(self, graph_id: str) -> tuple[LabelBook, bool]:
+        """The label book with the graph file's saved ``clerps``, and whether its feature values
+        are Cantor pairs (both read off the default view, which is cached)."""
+        entry = self.catalog.get(graph_id)
+        _, book = self.label_book(entry)
+        doc = self.view(graph_id).doc
+        return book.with_clerps((doc.get("qParams") or {}).get("clerps")), uses_cantor(doc)
 
     # -- neighbourhoods -----------------------------------------------------------------------
     def node(
@@ -152,6 +202,12 @@ class Explorer:
         if result is None:
             where = "graph" if scope == "full" else "current view of the graph"
             raise NodeNotFound(f"node {node_id!r} is not in the {where} {graph_id!r}")
+        book, cantor = self._saved_book(graph_id)
+        node = label_nodes([result["node"]], book, cantor)[0]
+        label_rows([node], book, cantor)
+        result["node"] = node
+        label_rows(result["incoming"], book, cantor)
+        label_rows(result["outgoing"], book, cantor)
         result["scope"] = scope
         return result
 
@@ -165,6 +221,8 @@ class Explorer:
         labels = self.read_annotations(graph_id)
         wanted = list(dict.fromkeys(node_ids))
         nodes, links, missing = self.served(graph_id).subgraph(wanted)
+        book, cantor = self._saved_book(graph_id)
+        nodes = label_nodes(nodes, book, cantor)
         return {
             "nodes": [{**node, "label": node_label(node, labels)} for node in nodes],
             "links": links,
@@ -196,4 +254,4 @@ class Explorer:
         if self.features is None:
             return None
         # Feature records come from files: no NaN (not JSON), no undecodable text.
-        return json_safe(self.features.feature(layer, index))
+        return without_special_tokens(json_safe(self.features.feature(layer, index)))

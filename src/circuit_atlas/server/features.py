@@ -17,14 +17,18 @@ Records are dicts in the §10.2 shape (``examples_quantiles``, ``top_logits``, `
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 import threading
 import zlib
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from circuit_atlas.errors import CircuitAtlasError
-from circuit_atlas.features.store import open_feature_store
+from circuit_atlas.features.labels import LABELS_FILE
+from circuit_atlas.features.store import FeatureStore, open_feature_store
 from circuit_atlas.io.cantor import cantor_pair
 from circuit_atlas.io.untrusted import UntrustedJsonError, parse_json, read_json
 
@@ -124,6 +128,71 @@ class BinaryBundleFeatureProvider:
         except (OSError, zlib.error, UntrustedJsonError) as exc:
             raise FeatureDataError(f"feature record {layer}/{index} in {path} is corrupt ({exc})") from exc
         return data if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class ProviderLabels:
+    """A provider's labels of every feature, for labelling graph nodes (`server/labels.py`);
+    `scan` names the transcoder set the provider describes (None when it does not say)."""
+
+    labels: Mapping[tuple[int, int], str]
+    scan: str | None
+
+
+NO_LABELS = ProviderLabels({}, None)
+
+
+def labels_stamp(provider: FeatureProvider | None) -> Hashable | None:
+    """Changes whenever the provider's labels do; None when it has no labels to give.
+
+    Only our feature store gives labels in bulk (its `labels.json`). The other layouts keep a
+    label inside each feature's record, which the feature panel shows; reading every record to
+    label a graph would cost a file read per node.
+    """
+    if not isinstance(provider, FeatureStore):
+        return None
+    try:
+        stat = (provider.folder / LABELS_FILE).stat()
+    except OSError:
+        return None
+    return (id(provider), stat.st_mtime_ns, stat.st_size)
+
+
+def read_provider_labels(provider: FeatureProvider | None) -> ProviderLabels:
+    """Every label of `provider` with the transcoder set it was built for (see `labels_stamp`)."""
+    if not isinstance(provider, FeatureStore):
+        return NO_LABELS
+    scan = provider.meta.get("transcoders_scan")
+    return ProviderLabels(provider.labels(), scan if isinstance(scan, str) else None)
+
+
+# Tokens a tokenizer adds around text rather than text itself (pad, unk, bos, eos and the like),
+# as token strings show them: <pad>, </s>, <|endoftext|>, [CLS], <start_of_turn>, <unused12>.
+_SPECIAL_NAMES = (
+    r"pad|unk|bos|eos|s|mask|sep|cls|endoftext|begin_of_text|end_of_text|eot_id|eom_id|"
+    r"start_of_turn|end_of_turn|im_start|im_end|startoftext|bot|eot|padding|unused\d*|"
+    r"reserved_special_token_\d+|fim_(?:prefix|middle|suffix|pad)"
+)
+_SPECIAL = re.compile(rf"^\s*(?:<\|?\s*/?(?:{_SPECIAL_NAMES})\s*\|?>|\[(?:{_SPECIAL_NAMES})\])\s*$",
+                      re.IGNORECASE)
+
+
+def is_special_token(text: Any) -> bool:
+    """Whether a token string is a tokenizer's special token rather than text."""
+    return isinstance(text, str) and bool(_SPECIAL.match(text))
+
+
+def without_special_tokens(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A feature record whose promoted / suppressed token lists leave special tokens out: a
+    feature that "promotes <pad>" says nothing about text, and such tokens crowd out real ones."""
+    if not isinstance(record, dict):
+        return record
+    out = dict(record)
+    for key in ("top_logits", "bottom_logits"):
+        tokens = record.get(key)
+        if isinstance(tokens, list):
+            out[key] = [t for t in tokens if not is_special_token(t)]
+    return out
 
 
 def load_feature_provider(path: str | Path) -> FeatureProvider:

@@ -29,6 +29,7 @@ def native_metadata(graph: Graph) -> dict[str, Any]:
         "prompt": graph.prompt,
         "prompt_tokens": list(graph.tokens),
         "scan": scan if isinstance(scan, str) or scan is None else "custom",
+        "info": {"model": graph.model_name},
     }
 
 

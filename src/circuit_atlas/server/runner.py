@@ -16,6 +16,7 @@ import time
 import webbrowser
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from circuit_atlas.errors import CircuitAtlasError
 from circuit_atlas.server.app import LOOPBACK_HOSTS, create_app
@@ -121,10 +122,12 @@ def serve(
     open_browser: bool = True,
     features_dir: str | Path | None = None,
     model: Any | None = None,
+    graph: str | None = None,
 ) -> None:
     """Serve ``data_dir`` until interrupted (the ``circuit-atlas serve`` command).
 
-    ``model``: a loaded `ReplacementModel`, held for the Steer panel's requests.
+    ``model``: a loaded `ReplacementModel`, held for the Steer panel's requests. ``graph``: the id
+    of the graph the browser opens on (default: the graph browser, which lists them all).
     """
     import uvicorn
 
@@ -139,6 +142,8 @@ def serve(
         )
     n_graphs = len(app.state.explorer.catalog.refresh())
     print(f"circuit-atlas explorer: {n_graphs} graph(s) from {data_dir} at {url}", flush=True)
+    if graph:
+        print(f"this graph: {url}?graph={quote(graph)}", flush=True)
     if model is not None:
         print(f"steering with model {model.lm.name} and transcoders {model.transcoders.scan}", flush=True)
     print("press Ctrl+C to stop", flush=True)
@@ -148,7 +153,7 @@ def serve(
             while not server.started and not server.should_exit:
                 time.sleep(0.05)
             if server.started:
-                webbrowser.open(url)
+                webbrowser.open(f"{url}?graph={quote(graph)}" if graph else url)
 
         threading.Thread(target=_open, daemon=True).start()
     try:

@@ -25,6 +25,7 @@ MAX_ENTRIES_PER_SECTION = 100_000
 MAX_NODE_IDS = 5000
 MAX_NEW_TOKENS = 64
 MAX_TOP_K = 50
+MAX_TOP_PAIRS = 50
 MAX_ROWS = 256
 MAX_NODES_PER_ROW = 1024
 MAX_ABS_VALUE = 1e6
@@ -186,6 +187,16 @@ class GraphSummary(ResponseBody):
     folder: str
     error: str | None
     warnings: list[str] = []
+    # What the graph browser lists (`listing.py`): None where the files do not say.
+    created: str | None = None
+    model: str | None = None
+    transcoders: str | None = None
+    n_tokens: int | None = None
+    n_features: int | None = None
+    n_nodes: int | None = None
+    n_links: int | None = None
+    replacement: float | None = None
+    completeness: float | None = None
 
 
 class GraphList(ResponseBody):
@@ -333,6 +344,91 @@ class SteerResult(ResponseBody):
 
 
 # ---------------------------------------------------------------------- error messages
+# ---------------------------------------------------------------------- attention panel
+class AttentionEdgeRef(ResponseBody):
+    source: str
+    target: str
+
+
+class AttentionStatus(ResponseBody):
+    graph_id: str
+    stored: bool = Field(description="explanations are stored beside the graph (or in its JSON)")
+    computable: bool = Field(description="the server's model can compute them for this graph")
+    reason: str | None = Field(description="why the panel cannot answer, and how to precompute")
+    edges: list[AttentionEdgeRef] = Field(description="the edges with stored head tables")
+
+
+class AttentionHead(ResponseBody):
+    layer: int
+    head: int
+    weight: float = Field(description="this head's part of the edge weight")
+    share: float | None = Field(description="weight / edge (None for a zero edge)")
+    query_position: int = Field(description="the pattern entry carrying most of the head's weight")
+    key_position: int
+    explained: bool = Field(description="a QK explanation of this head can be shown")
+
+
+class EdgeHeads(ResponseBody):
+    graph_id: str
+    source: str
+    target: str
+    source_label: str
+    target_label: str
+    source_position: int
+    target_position: int
+    same_position: bool
+    edge: float
+    hop: str
+    residual: float = Field(description="paths with no attention (same-position edges only)")
+    total: float = Field(description="heads + residual; equals the edge")
+    heads: list[AttentionHead]
+    origin: Literal["stored", "computed"]
+    note: str | None
+
+
+class QKTerm(ResponseBody):
+    id: str = Field(description="a graph node id for tokens, features and errors")
+    kind: str
+    label: str
+    position: int | None
+    node: bool = Field(description="the term is a kind of graph node (token, feature, error)")
+    in_graph: bool = Field(description="the term is a node of this graph (can be pinned)")
+
+
+class QKTermTotal(QKTerm):
+    value: float = Field(description="the term's share of the score, summed over the other side")
+
+
+class QKPair(ResponseBody):
+    query: QKTerm
+    key: QKTerm
+    value: float = Field(description="the pair's share of the pre-softmax score")
+    weight_effect: float = Field(description="how much the key's attention weight drops without it")
+
+
+class HeadExplanation(ResponseBody):
+    graph_id: str
+    source: str
+    target: str
+    origin: Literal["stored", "computed"]
+    layer: int
+    head: int
+    query_position: int
+    key_position: int
+    query_token: str
+    key_token: str
+    score: float
+    logit: float
+    softcap: float | None
+    attention_weight: float
+    unexplained: float
+    n_query_terms: int
+    n_key_terms: int
+    pairs: list[QKPair]
+    query_terms: list[QKTermTotal]
+    key_terms: list[QKTermTotal]
+
+
 def describe_errors(errors: list[dict[str, Any]], *, skip: tuple[str, ...] = ("body",)) -> str:
     """One line per validation error (at most five), each naming the field by its path:
     ``interventions[0].value: Input should be less than or equal to 1000000``."""

@@ -184,6 +184,11 @@ class Steerer:
         self._pending = 0
 
     @property
+    def model_lock(self) -> threading.Lock:
+        """Held while the model runs; other users of the model (the attention panel) take it too."""
+        return self._lock
+
+    @property
     def available(self) -> bool:
         return self.model is not None
 

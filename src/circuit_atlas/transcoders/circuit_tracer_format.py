@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from circuit_atlas.errors import TranscoderFormatError, TranscoderFormatWarning
-from circuit_atlas.transcoders.decoders import MappedDecoder
+from circuit_atlas.transcoders.decoders import read_decoder
 from circuit_atlas.transcoders.encoders import encoder_source, read_encoder
 from circuit_atlas.transcoders.gemmascope import (
     is_gemmascope2_file,
@@ -41,7 +41,6 @@ from circuit_atlas.transcoders.safetensors_io import SafetensorsFile, TensorSour
 from circuit_atlas.transcoders.validation import (
     check_keys,
     check_layer_sequence,
-    check_mapped,
     check_shape,
     read_tensor,
 )
@@ -123,7 +122,7 @@ def read_directory(directory: Path, options: ReadOptions) -> SetParts:
         kind, layers, input_hook=config["feature_input_hook"],
         output_hook=config["feature_output_hook"], where=str(config_path),
         activation=config.get("activation"), k=config.get("k"),
-        scan=config.get("scan") or str(directory.resolve()), model_name=config.get("model_name"),
+        scan=config.get("scan"), model_name=config.get("model_name"),
     )
 
 
@@ -212,11 +211,7 @@ def read_plt_layer(file: SafetensorsFile, options: ReadOptions) -> LayerParts:
         W_skip=read_tensor(file, "W_skip", [d, d], dtype, "[d_out, d_in]") if "W_skip" in file else None,
         k=_read_k(file) if "k" in file else None,
     )
-    if options.lazy_decoder:
-        check_mapped(file, "W_dec", [F, d], "[F, d]")
-        parts.W_dec = MappedDecoder(file, "W_dec", dtype=dtype)
-    else:
-        parts.W_dec = read_tensor(file, "W_dec", [F, d], dtype, "[F, d]")
+    parts.W_dec = read_decoder(file, "W_dec", [F, d], dtype, options.lazy_decoder, "[F, d]")
     return parts
 
 
@@ -270,11 +265,7 @@ def _read_clt_layer(enc_path: Path, dec_path: Path, i: int, n_layers: int,
         threshold=read_tensor(enc, th, [F], dtype) if th in enc else None,
         W_dec=torch.empty(0),
     )
-    if options.lazy_decoder:
-        check_mapped(dec, f"W_dec_{i}", dec_shape, meaning)
-        parts.W_dec = MappedDecoder(dec, f"W_dec_{i}", dtype=dtype)
-    else:
-        parts.W_dec = read_tensor(dec, f"W_dec_{i}", dec_shape, dtype, meaning)
+    parts.W_dec = read_decoder(dec, f"W_dec_{i}", dec_shape, dtype, options.lazy_decoder, meaning)
     return parts
 
 

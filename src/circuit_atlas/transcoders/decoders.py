@@ -16,7 +16,7 @@ import torch
 
 from circuit_atlas.errors import TranscoderFormatError
 from circuit_atlas.transcoders.safetensors_io import SafetensorsFile
-from circuit_atlas.transcoders.validation import all_finite, first_bad_row
+from circuit_atlas.transcoders.validation import all_finite, check_mapped, first_bad_row, read_tensor
 
 
 class DecoderStore(Protocol):
@@ -127,3 +127,14 @@ class MappedDecoder:
     def to(self, device: torch.device, dtype: torch.dtype) -> MappedDecoder:
         self.device, self.dtype = device, dtype
         return self
+
+
+def read_decoder(file: SafetensorsFile, key: str, expected: list[int], dtype: torch.dtype,
+                 lazy: bool, meaning: str = "") -> torch.Tensor | MappedDecoder:
+    """The decoder `key` of `file` (shape `expected`, `meaning` for messages) as an eager tensor or,
+    with `lazy`, rows mapped on demand. The shape and dtype are checked either way; the partner
+    of `encoders.read_encoder`, so every format reads decoders by one rule."""
+    if lazy:
+        check_mapped(file, key, expected, meaning)
+        return MappedDecoder(file, key, dtype=dtype)
+    return read_tensor(file, key, expected, dtype, meaning)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from circuit_atlas.errors import TranscoderFormatError, TranscoderFormatWarning
-from circuit_atlas.transcoders.decoders import MappedDecoder
+from circuit_atlas.transcoders.decoders import MappedDecoder, read_decoder
 from circuit_atlas.transcoders.encoders import read_encoder
 from circuit_atlas.transcoders.parts import LayerParts, ReadOptions, progress
 from circuit_atlas.transcoders.safetensors_io import SafetensorsFile
@@ -89,11 +89,7 @@ def read_gs2_plt_layer(file: SafetensorsFile, options: ReadOptions) -> LayerPart
     dtype = options.dtype
     check_keys(file.path, file.keys(), ["w_enc", "w_dec", "b_enc", "b_dec", "threshold"], [GS_SKIP])
     parts, d, F = _encoder_side(file, dtype, options.lazy_encoder)
-    if options.lazy_decoder:
-        check_mapped(file, "w_dec", [F, d], "[F, d]")
-        parts.W_dec = MappedDecoder(file, "w_dec", dtype=dtype)
-    else:
-        parts.W_dec = read_tensor(file, "w_dec", [F, d], dtype, "[F, d]")
+    parts.W_dec = read_decoder(file, "w_dec", [F, d], dtype, options.lazy_decoder, "[F, d]")
     return parts
 
 

@@ -43,7 +43,7 @@ def load_transcoders(ref: str | os.PathLike[str], *, device: torch.device | str 
         lazy_decoder=lazy_decoder, lazy_encoder=lazy_encoder,
     )
     if parsed.local_path is not None:
-        tc = load_directory(parsed.local_path, options)
+        tc = load_directory(parsed.local_path, options, name=parsed.text.strip())
     else:
         tc = _load_from_hub(parsed, options)
     if device is not None:
@@ -52,10 +52,18 @@ def load_transcoders(ref: str | os.PathLike[str], *, device: torch.device | str 
 
 
 def load_directory(directory: Path, options: ReadOptions | None = None, *,
-                   scan: str | None = None) -> Transcoders:
-    """Load a local folder in any format of the table; `scan` overrides the folder's own."""
+                   scan: str | None = None, name: str | None = None) -> Transcoders:
+    """Load a local folder in any format of the table; `scan` overrides the folder's own.
+
+    A folder whose config names no scan is identified by `name`, the reference as the user gave
+    it (default: `directory` as given). Never by its resolved path: the scan is written into
+    graphs, stores and exports that get shared, where the host's folders are nobody's business
+    and would be wrong on any other machine (`docs/formats.md` §2)."""
     options = options or ReadOptions()
-    return assemble(format_of(directory).read(directory, options), scan=scan)
+    found = format_of(directory).read(directory, options)
+    if found.scan is None:
+        found = dataclasses.replace(found, scan=name or str(directory))
+    return assemble(found, scan=scan)
 
 
 def _load_from_hub(ref: TranscoderRef, options: ReadOptions) -> Transcoders:

@@ -32,12 +32,12 @@ import torch
 from circuit_atlas.errors import TranscoderFormatError
 from circuit_atlas.io.atomic import atomic_write_json
 from circuit_atlas.io.dtypes import dtype_name
-from circuit_atlas.transcoders.decoders import MappedDecoder
+from circuit_atlas.transcoders.decoders import read_decoder
 from circuit_atlas.transcoders.encoders import encoder_source, read_encoder
 from circuit_atlas.transcoders.parts import KINDS, LayerParts, ReadOptions, SetParts, progress
 from circuit_atlas.transcoders.refs import TranscoderRef, fetch_weights
 from circuit_atlas.transcoders.safetensors_io import SafetensorsFile, TensorSource, write_safetensors
-from circuit_atlas.transcoders.validation import check_keys, check_mapped, read_tensor
+from circuit_atlas.transcoders.validation import check_keys, read_tensor
 
 if TYPE_CHECKING:  # for annotations only: core imports this module for `save_native`
     from circuit_atlas.transcoders.core import Transcoders
@@ -195,7 +195,7 @@ def read_native(directory: Path, options: ReadOptions) -> SetParts:
     return SetParts(
         config["kind"], layers, input_hook=config["input_hook"], output_hook=config["output_hook"],
         where=str(config_path), activation=config["activation"], k=config["k"],
-        scan=config.get("scan") or str(directory.resolve()), model_name=config.get("model_name"),
+        scan=config.get("scan"), model_name=config.get("model_name"),
     )
 
 
@@ -257,11 +257,7 @@ def _read_layer(directory: Path, layer: int, config: dict[str, Any],
         W_dec=torch.empty(0),
     )
     meaning = f"[F, T, d] with T = {'1 (PLT)' if targets == 1 and config['kind'] == 'plt' else f'L - {layer}'}"
-    if options.lazy_decoder:
-        check_mapped(dec, "W_dec", [F, targets, d], meaning)
-        parts.W_dec = MappedDecoder(dec, "W_dec", dtype=dtype)
-    else:
-        parts.W_dec = read_tensor(dec, "W_dec", [F, targets, d], dtype, meaning)
+    parts.W_dec = read_decoder(dec, "W_dec", [F, targets, d], dtype, options.lazy_decoder, meaning)
     return parts
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from circuit_atlas.errors import TranscoderFormatError
+from circuit_atlas.io.atomic import atomic_files
 
 # safetensors dtype tag -> (torch dtype, numpy dtype used to map the raw bytes)
 _DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
@@ -246,8 +247,9 @@ def write_safetensors(
 ) -> None:
     """Write a safetensors file that the official library reads, one chunk at a time.
 
-    Written to a temporary name and renamed, so an interrupted save never leaves a file that
-    looks complete.
+    Written to a temporary name, fsynced and renamed (`io.atomic.atomic_files`), so an interrupted
+    or failed save never leaves a file that looks complete, nor a temp file, and the old file
+    stays until the new one is whole.
     """
     sources = {k: v if isinstance(v, TensorSource) else TensorSource.of(v) for k, v in tensors.items()}
     header: dict[str, object] = {}
@@ -264,13 +266,11 @@ def write_safetensors(
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # the format pads the header to 8-byte alignment
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as handle:
+    with atomic_files(path) as (tmp,), open(tmp, "wb") as handle:
         handle.write(struct.pack("<Q", len(raw)))
         handle.write(raw)
         for name, src in sources.items():
             _write_chunks(handle, name, src, path)
-    os.replace(tmp, path)
 
 
 def _write_chunks(handle: object, name: str, src: TensorSource, path: Path) -> None:

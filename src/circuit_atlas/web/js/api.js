@@ -1,5 +1,8 @@
 // Thin wrappers over the server's JSON API; every failure becomes an Error with the server's
-// message, so the UI can show it as is.
+// message (file paths shortened to their last part: the UI never shows a filesystem path), so
+// the UI can show it as is.
+
+import { withoutPaths } from "./util.js";
 
 async function request(method, url, body) {
   const init = { method, headers: {} };
@@ -18,7 +21,7 @@ async function request(method, url, body) {
   if (!response.ok) {
     let detail = data && data.detail ? data.detail : `${response.status} ${response.statusText}`;
     if (Array.isArray(detail)) detail = detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
-    const error = new Error(detail);
+    const error = new Error(withoutPaths(detail));
     error.status = response.status;
     throw error;
   }
@@ -53,4 +56,14 @@ export const api = {
   feature: (layer, index) => request("GET", `api/features/${layer}/${index}`),
   steerStatus: (id) => request("GET", `api/graphs/${enc(id)}/steer`),
   steer: (id, body) => request("POST", `api/graphs/${enc(id)}/steer`, body),
+  compare: (a, b, nt, et) => request("GET", `api/compare/${enc(a)}/${enc(b)}${thresholdQuery(nt, et)}`),
+  suggestions: (id, nt, et, minSimilarity) => {
+    const q = thresholdQuery(nt, et);
+    return request("GET", `api/graphs/${enc(id)}/supernode-suggestions${q}${q ? "&" : "?"}min_similarity=${minSimilarity}`);
+  },
+  attention: (id) => request("GET", `api/graphs/${enc(id)}/attention`),
+  edgeHeads: (id, source, target) =>
+    request("GET", `api/graphs/${enc(id)}/attention/${enc(source)}/${enc(target)}`),
+  headExplanation: (id, source, target, layer, head, top = 10) =>
+    request("GET", `api/graphs/${enc(id)}/attention/${enc(source)}/${enc(target)}/${layer}/${head}?top=${top}`),
 };

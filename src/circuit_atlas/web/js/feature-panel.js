@@ -1,11 +1,23 @@
 // Feature details from the optional feature store: top-activating examples with per-token
-// highlighting and the tokens the feature promotes / suppresses. Hidden when there is no store.
+// highlighting, the tokens the feature promotes / suppresses (the server leaves special tokens
+// out) and the density of its activations, with this node's activation marked. Hidden when there
+// is no store.
 
 import { api } from "./api.js";
 import { clear, el, featureCoords, fmt, showToken } from "./util.js";
 
 const MAX_EXAMPLES_PER_GROUP = 6;
 const CONTEXT = 12;
+const SVG_NS = "http://www.w3.org/2000/svg";
+const HIST_W = 320;
+const HIST_H = 64;
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return node;
+}
 
 export class FeaturePanel {
   constructor(root, app) {
@@ -66,6 +78,7 @@ export class FeaturePanel {
     if (feature.activation_frequency !== undefined) stats.push(`active on ${fmt(100 * feature.activation_frequency, 3)}% of tokens`);
     if (feature.act_max !== undefined) stats.push(`max ${fmt(feature.act_max, 2)}`);
     if (stats.length) parts.push(el("div", { class: "meta" }, stats.join(" · ")));
+    parts.push(this.histogram(feature, node.activation));
     parts.push(this.logitRow("Promotes", feature.top_logits, "pos"));
     parts.push(this.logitRow("Suppresses", feature.bottom_logits, "neg"));
     const actMax = feature.act_max || this.maxAct(feature) || 1;
@@ -76,6 +89,48 @@ export class FeaturePanel {
       }
     }
     clear(this.root).append(...parts.filter(Boolean));
+  }
+
+  /**
+   * Bars of the store's activation histogram (equal-width bins over [0, act_max]); heights on a
+   * log scale, since the smallest activations usually outnumber the largest by orders of
+   * magnitude. A red line marks this node's activation.
+   */
+  histogram(feature, activation) {
+    const bars = Array.isArray(feature.histogram) ? feature.histogram.map(Number) : [];
+    const top = Math.max(0, ...bars.filter(Number.isFinite));
+    const actMax = Number(feature.act_max) || 0;
+    if (!bars.length || top <= 0 || actMax <= 0) return null;
+    const plotH = HIST_H - 14;
+    const w = HIST_W / bars.length;
+    const scale = Math.log1p(top);
+    const chart = svg("svg", { width: HIST_W, height: HIST_H, class: "hist", role: "img", "data-testid": "feature-histogram" });
+    bars.forEach((count, i) => {
+      if (!(count > 0)) return;
+      const h = Math.max(1, (plotH * Math.log1p(count)) / scale);
+      const lo = (i * actMax) / bars.length;
+      const hi = ((i + 1) * actMax) / bars.length;
+      chart.append(
+        svg("rect", { x: i * w + 0.5, y: plotH - h, width: Math.max(w - 1, 0.5), height: h, class: "hist-bar" },
+          svg("title", {}, `${fmt(lo, 2)} – ${fmt(hi, 2)}: ${Math.round(count)} tokens`)),
+      );
+    });
+    chart.append(svg("line", { x1: 0, x2: HIST_W, y1: plotH + 0.5, y2: plotH + 0.5, class: "hist-axis" }));
+    chart.append(svg("text", { x: 0, y: HIST_H - 2, class: "hist-tick" }, "0"));
+    chart.append(svg("text", { x: HIST_W, y: HIST_H - 2, class: "hist-tick", "text-anchor": "end" }, fmt(actMax, 2)));
+    if (Number.isFinite(activation) && activation > 0) {
+      const x = Math.min(HIST_W - 1, (HIST_W * activation) / actMax);
+      chart.append(
+        svg("line", { x1: x, x2: x, y1: 0, y2: plotH, class: "hist-here", "data-testid": "histogram-here" },
+          svg("title", {}, `this node: ${fmt(activation, 3)}`)),
+      );
+    }
+    return el(
+      "div",
+      { class: "hist-box" },
+      el("h3", {}, "Activation density", el("span", { class: "count" }, "log scale")),
+      chart,
+    );
   }
 
   maxAct(feature) {

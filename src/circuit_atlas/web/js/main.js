@@ -2,13 +2,17 @@
 // talks to the API, keeps the URL in sync, and tells the views to redraw.
 
 import { api } from "./api.js";
+import { AttentionPanel } from "./attention-panel.js";
+import { ComparePicker, DiffView, readDiffState } from "./diff-view.js";
 import { FeaturePanel } from "./feature-panel.js";
+import { GraphBrowser } from "./graph-browser.js";
 import { GraphCanvas } from "./graph-canvas.js";
 import { NodePanel } from "./node-panel.js";
 import { SteerPanel } from "./steer-panel.js";
 import { SubgraphPane } from "./subgraph.js";
+import { SuggestionPanel } from "./supernode-suggestions.js";
 import { readUrlState, writeUrlState } from "./urlstate.js";
-import { debounce, describeNode, el, fmt, newId, nodeKind, showToken } from "./util.js";
+import { debounce, describeNode, el, fmt, newId, nodeKind, showToken, withoutPaths } from "./util.js";
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -33,9 +37,13 @@ class App {
       labelOf: (node) => this.displayName(node),
     });
     this.nodePanel = new NodePanel($("#node-panel"), this);
+    this.attention = new AttentionPanel($("#attention-panel"), this);
     this.featurePanel = new FeaturePanel($("#feature-panel"), this);
     this.subgraph = new SubgraphPane($("#subgraph"), this);
     this.steer = new SteerPanel($("#steer"), this);
+    this.suggestions = new SuggestionPanel($("#suggestions"), this);
+    this.diff = new DiffView($("#diff"), this);
+    this.browser = new GraphBrowser($("#browser"), { picker: new ComparePicker((a, b) => this.diff.open(a, b)) });
     this.reloadView = debounce(() => this.loadView(), 200);
     this.bindControls();
     window.__atlas = this; // lets tests and curious users inspect the state
@@ -95,12 +103,40 @@ class App {
         el("option", { value: g.id }, `${g.id} — ${showToken(g.prompt).slice(0, 80)}`),
       ),
     );
-    if (!listing.graphs.length) {
-      this.setStatus("No graphs in the data folder. Write one with `circuit-atlas trace`.", true);
+    const diff = readDiffState();
+    if (diff) {
+      await this.diff.open(diff.a, diff.b, diff);
       return;
     }
-    const known = listing.graphs.some((g) => g.id === url.graph);
-    await this.openGraph(known ? url.graph : listing.graphs[0].id, known ? url : {});
+    if (!url.graph) {
+      this.showBrowser();
+      return;
+    }
+    if (!listing.graphs.some((g) => g.id === url.graph)) {
+      this.showBrowser(this.unknownGraphText(url.graph));
+      return;
+    }
+    await this.openGraph(url.graph, url);
+  }
+
+  unknownGraphText(graphId) {
+    const n = this.state.graphs.length;
+    return (
+      `There is no graph “${graphId}” in this data folder` +
+      (n ? ` — choose one of its ${n} graph${n === 1 ? "" : "s"} below.` : ".")
+    );
+  }
+
+  /** The landing page: every graph of the folder (graph-browser.js), with an optional notice. */
+  showBrowser(notice = "") {
+    document.body.dataset.mode = "browser";
+    document.title = "circuit-atlas · graphs";
+    this.state.graphId = null;
+    this.state.doc = null;
+    this.browser.show(this.state.graphs, notice);
+    const n = this.state.graphs.length;
+    this.setStatus(notice ? "Unknown graph" : `${n} graph${n === 1 ? "" : "s"}`, Boolean(notice));
+    document.body.dataset.ready = "1";
   }
 
   /** A graph file may carry a saved view (qParams, docs/graph-json.md §4): use it when the URL has none. */
@@ -118,6 +154,12 @@ class App {
 
   async openGraph(graphId, url = {}) {
     const summary = this.state.graphs.find((g) => g.id === graphId);
+    if (!summary) {
+      this.showBrowser(this.unknownGraphText(graphId));
+      return;
+    }
+    document.body.dataset.mode = "graph";
+    document.title = `${showToken(summary.prompt || graphId).slice(0, 60)} · circuit-atlas`;
     const s = this.state;
     s.graphId = graphId;
     $("#graph-select").value = graphId;
@@ -130,8 +172,11 @@ class App {
     $("#edge-threshold").value = s.edgeThreshold;
     $("#edge-threshold").disabled = !summary.has_native;
     $("#edge-threshold").title = summary.has_native ? "" : "JSON-only graph: edges cannot be re-pruned";
+    $("#compare-open").disabled = !summary.has_native;
     this.showThresholds();
     this.steer.setGraph(graphId);
+    this.suggestions.setGraph(graphId);
+    this.attention.setGraph(graphId);
     try {
       s.annotations = await api.annotations(graphId);
     } catch (error) {
@@ -167,12 +212,16 @@ class App {
     try {
       doc = await api.graph(s.graphId, s.nodeThreshold, s.edgeThreshold);
     } catch (error) {
-      if (ticket === this._viewTicket) this.setStatus(error.message, true);
+      if (ticket !== this._viewTicket) return;
+      if (error.status === 404) this.showBrowser(this.unknownGraphText(s.graphId));
+      else this.setStatus(error.message, true);
       return;
     }
     if (ticket !== this._viewTicket) return; // a newer slider position is already on its way
+    performance.mark("atlas-view-loaded");
     s.doc = doc;
     this.canvas.setGraph(s.doc);
+    performance.mark("atlas-graph-set");
     const view = s.doc.view || {};
     document.body.dataset.nodeCount = String(view.n_nodes ?? s.doc.nodes.length);
     document.body.dataset.linkCount = String(view.n_links ?? s.doc.links.length);
@@ -291,6 +340,7 @@ class App {
   // -- controls ------------------------------------------------------------------------------
   bindControls() {
     $("#graph-select").addEventListener("change", (e) => this.openGraph(e.target.value));
+    $("#compare-open").addEventListener("click", () => this.diff.openFrom(this.state.graphId));
     for (const [id, key] of [
       ["#node-threshold", "nodeThreshold"],
       ["#edge-threshold", "edgeThreshold"],
@@ -349,7 +399,7 @@ class App {
 
   setStatus(text, isError = false) {
     const status = $("#status");
-    status.textContent = text;
+    status.textContent = withoutPaths(text);
     status.classList.toggle("error", isError);
   }
 

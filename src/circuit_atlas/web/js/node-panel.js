@@ -1,7 +1,11 @@
-// The selected node: its editable label and its strongest inputs and outputs.
+// The selected node: its editable label and its strongest inputs and outputs. Long edge lists
+// show their first rows with a button for the rest, so the feature panel below stays in reach
+// (the header also links to it).
 
 import { api } from "./api.js";
 import { clear, edgeColor, el, fmt, nodeKind, showToken } from "./util.js";
+
+export const COLLAPSED_ROWS = 10;
 
 const KIND_NAMES = {
   feature: "Feature",
@@ -16,6 +20,8 @@ export class NodePanel {
     this.app = app;
     this.scope = "view";
     this.request = 0;
+    this.expanded = { incoming: false, outgoing: false };
+    this.shownId = null;
     this.showEmpty();
   }
 
@@ -48,6 +54,9 @@ export class NodePanel {
       return;
     }
     if (ticket !== this.request) return;
+    if (this.shownId !== nodeId) this.expanded = { incoming: false, outgoing: false };
+    this.shownId = nodeId;
+    this.data = data;
     this.render(data);
   }
 
@@ -70,6 +79,22 @@ export class NodePanel {
         { class: "panel-head" },
         el("span", { class: `badge badge-${kind}` }, KIND_NAMES[kind]),
         el("code", { class: "node-id", "data-testid": "node-id" }, node.node_id),
+        kind === "feature" && this.app.state.featuresAvailable
+          ? el(
+              "a",
+              {
+                href: "#feature-panel",
+                class: "jump",
+                title: "Jump to the feature's examples and output tokens",
+                "data-testid": "jump-feature",
+                onclick: (e) => {
+                  e.preventDefault();
+                  document.getElementById("feature-panel").scrollIntoView({ block: "start", behavior: "instant" });
+                },
+              },
+              "examples ↓",
+            )
+          : null,
         el(
           "button",
           {
@@ -136,18 +161,32 @@ export class NodePanel {
     );
   }
 
+  /** Where a row's node sits, when its name does not say already: "L3 @12", "@12". */
+  rowTag(row, name) {
+    const kind = nodeKind(row);
+    if (kind === "logit" || row.ctx_idx === undefined || row.ctx_idx === null) return "";
+    const at = `@${row.ctx_idx}`;
+    if (name.includes(at)) return ""; // the description names it already
+    return kind === "feature" || kind === "error" ? `L${row.layer} ${at}` : at;
+  }
+
   edgeList(title, rows, total, direction) {
     const maxAbs = Math.max(1e-12, ...rows.map((r) => Math.abs(r.weight)));
     const list = el("ol", { class: "edge-list", "data-testid": `edges-${direction}` });
-    for (const row of rows) {
+    const open = this.expanded[direction];
+    const shown = open ? rows : rows.slice(0, COLLAPSED_ROWS);
+    for (const row of shown) {
       const width = `${Math.max(2, (100 * Math.abs(row.weight)) / maxAbs)}%`;
+      const name = this.app.labelForRow(row);
+      const tag = this.rowTag(row, name);
+      const heads = this.app.attention ? this.app.attention.rowButton(row, this.data.node, direction) : null;
       list.append(
         el(
           "li",
           {
-            class: "edge-row",
+            class: `edge-row${heads ? " has-heads" : ""}`,
             "data-node-id": row.node_id,
-            title: `${this.app.labelForRow(row)}\n${row.node_id}  weight ${row.weight}`,
+            title: `${name}${tag ? ` (${tag})` : ""}\n${row.node_id}  weight ${row.weight}`,
             onclick: (e) => {
               if (e.ctrlKey || e.metaKey) this.app.togglePin(row.node_id);
               else this.app.selectNode(row.node_id);
@@ -159,16 +198,34 @@ export class NodePanel {
             el("span", { style: { width, background: edgeColor(row.weight) } }),
           ),
           el("span", { class: "edge-weight" }, fmt(row.weight, 3)),
-          el("span", { class: "edge-label" }, this.app.labelForRow(row)),
+          el("span", { class: "edge-label" }, name),
+          el("span", { class: "edge-tag" }, tag),
+          heads,
         ),
       );
     }
     const more = total > rows.length ? ` (top ${rows.length} of ${total})` : ` (${total})`;
+    const toggle =
+      rows.length > COLLAPSED_ROWS
+        ? el(
+            "button",
+            {
+              class: "small more",
+              "data-testid": `more-${direction}`,
+              onclick: () => {
+                this.expanded[direction] = !open;
+                this.render(this.data);
+              },
+            },
+            open ? "Show fewer" : `Show all ${rows.length}`,
+          )
+        : null;
     return el(
       "section",
       { class: "edges" },
       el("h3", {}, title, el("span", { class: "count" }, more)),
       rows.length ? list : el("div", { class: "empty small" }, "none"),
+      toggle,
     );
   }
 }

@@ -1,6 +1,9 @@
-// The pinned subgraph: pinned nodes and supernodes laid out by layer and position, with every
-// edge among them taken from the unpruned graph (so pins survive the pruning slider), grouping
-// into supernodes, and replacement / completeness scores of the pinned set.
+// The pinned subgraph: pinned nodes and supernodes laid out in layers (embeddings at the bottom,
+// logits at the top; within a layer by position, then reordered so that edges cross less), with
+// every edge among them taken from the unpruned graph (so pins survive the pruning slider) and
+// its weight written on it, grouping into supernodes, and replacement / completeness scores of
+// the pinned set. Boxes never overlap: a layer wider than the pane, or more layers than fit its
+// height, make the drawing scroll. The pane's height is dragged at its top edge (and remembered).
 
 import { api } from "./api.js";
 import { canvasMeasurer, fitText } from "./labels.js";
@@ -8,7 +11,13 @@ import { clear, debounce, edgeColor, el, fmt, nodeKind } from "./util.js";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const BOX_W = 132;
-const BOX_H = 34;
+const BOX_H = 30;
+const H_GAP = 18; // between boxes of a layer
+const V_GAP = 16; // at least, between layers: room for a weight label
+const MARGIN = 12;
+const MAX_WEIGHT_LABELS = 60;
+const HEIGHT_KEY = "circuit-atlas.subgraph-height";
+const MIN_HEIGHT = 90;
 
 function svg(tag, attrs = {}, ...children) {
   const node = document.createElementNS(SVG_NS, tag);
@@ -28,6 +37,7 @@ function svg(tag, attrs = {}, ...children) {
 const TEXT_ROOM = BOX_W - 14;
 const measureTitle = canvasMeasurer('600 11.5px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif');
 const measureSubtitle = canvasMeasurer("10px ui-monospace, Menlo, monospace");
+const measureWeight = canvasMeasurer("600 10.5px system-ui, sans-serif");
 
 export class SubgraphPane {
   constructor(root, app) {
@@ -42,7 +52,15 @@ export class SubgraphPane {
     this.canvasBox = el("div", { class: "sub-canvas", "data-testid": "subgraph" });
     this.groups = el("div", { class: "sub-groups", "data-testid": "supernode-list" });
     this.body.append(this.canvasBox, this.groups);
-    root.append(this.toolbar, this.body);
+    this.handle = el("div", {
+      class: "sub-resize",
+      title: "Drag to resize the subgraph pane (double-click: back to its usual height)",
+      "data-testid": "subgraph-resize",
+      role: "separator",
+      "aria-orientation": "horizontal",
+    });
+    root.append(this.handle, this.toolbar, this.body);
+    this.bindResize();
     this.refreshScores = debounce(() => this.updateScores(), 250);
     new ResizeObserver(() => this.draw()).observe(this.canvasBox);
   }
@@ -95,35 +113,105 @@ export class SubgraphPane {
     return items;
   }
 
-  layout(items, width, height) {
+  // -- the pane's height ---------------------------------------------------------------------
+  bindResize() {
+    const layout = this.root.parentElement;
+    const saved = Number(localStorage.getItem(HEIGHT_KEY));
+    if (saved >= MIN_HEIGHT) this.setHeight(saved, false);
+    this.handle.addEventListener("pointerdown", (e) => {
+      if (e.button !== 0) return;
+      e.preventDefault();
+      this.handle.setPointerCapture(e.pointerId);
+      const startY = e.clientY;
+      const startH = this.root.getBoundingClientRect().height;
+      const move = (ev) => this.setHeight(startH - (ev.clientY - startY), false);
+      const up = (ev) => {
+        this.handle.removeEventListener("pointermove", move);
+        this.handle.removeEventListener("pointerup", up);
+        this.handle.releasePointerCapture(ev.pointerId);
+        this.setHeight(this.root.getBoundingClientRect().height, true);
+      };
+      this.handle.addEventListener("pointermove", move);
+      this.handle.addEventListener("pointerup", up);
+    });
+    this.handle.addEventListener("dblclick", () => {
+      layout.style.gridTemplateRows = "";
+      localStorage.removeItem(HEIGHT_KEY);
+    });
+  }
+
+  /** Give the pane `height` px (kept between MIN_HEIGHT and most of the window). */
+  setHeight(height, remember) {
+    const layout = this.root.parentElement;
+    const room = layout.getBoundingClientRect().height || window.innerHeight;
+    const h = Math.round(Math.min(Math.max(height, MIN_HEIGHT), Math.max(MIN_HEIGHT, room - 160)));
+    layout.style.gridTemplateRows = `minmax(0, 1fr) ${h}px`;
+    if (remember) localStorage.setItem(HEIGHT_KEY, String(h));
+  }
+
+  // -- layout --------------------------------------------------------------------------------
+  /**
+   * Layers bottom to top; in each, items ordered by position, then by the mean position of
+   * their neighbours in the layers below and above (two sweeps), then spread so that boxes are
+   * at least H_GAP apart while staying near their token's share of the width. Sets item.x, .y
+   * (box centres) and returns the drawing's {width, height}.
+   */
+  layout(items, links, width, height) {
     const levelOf = (n) => {
       const kind = nodeKind(n);
       if (kind === "embedding") return -1;
       if (kind === "logit") return 1e6;
       return Number(n.layer);
     };
+    let maxPos = Math.max(1, this.app.tokens().length - 1);
     for (const item of items) {
       const ms = item.members.length ? item.members : [{ layer: 0, ctx_idx: 0, feature_type: "" }];
       item.level = ms.reduce((a, n) => a + levelOf(n), 0) / ms.length;
       item.pos = ms.reduce((a, n) => a + Number(n.ctx_idx || 0), 0) / ms.length;
+      maxPos = Math.max(maxPos, item.pos);
     }
     const levels = [...new Set(items.map((i) => i.level))].sort((a, b) => a - b);
-    const rowGap = levels.length > 1 ? (height - 2 * BOX_H) / (levels.length - 1) : 0;
-    const rows = new Map();
-    for (const item of items) {
-      if (!rows.has(item.level)) rows.set(item.level, []);
-      rows.get(item.level).push(item);
+    const rows = levels.map((level) => items.filter((i) => i.level === level));
+    rows.forEach((row) => row.sort((a, b) => a.pos - b.pos || a.id.localeCompare(b.id)));
+    const neighbours = new Map(items.map((i) => [i.id, []]));
+    for (const link of links) {
+      neighbours.get(link.source)?.push(link.target);
+      neighbours.get(link.target)?.push(link.source);
     }
-    for (const [level, members] of rows) {
-      members.sort((a, b) => a.pos - b.pos || a.id.localeCompare(b.id));
-      const y = levels.length > 1 ? height - BOX_H - levels.indexOf(level) * rowGap : height / 2;
-      const step = Math.min(BOX_W + 18, (width - BOX_W) / Math.max(members.length - 1, 1));
-      const start = members.length > 1 ? (width - step * (members.length - 1)) / 2 : width / 2;
-      members.forEach((item, i) => {
-        item.x = start + i * step;
+    const rank = new Map();
+    const setRanks = () => rows.forEach((row) => row.forEach((item, i) => rank.set(item.id, i / Math.max(row.length - 1, 1))));
+    setRanks();
+    for (let sweep = 0; sweep < 2; sweep += 1) {
+      for (const row of rows) {
+        const key = new Map(row.map((item) => {
+          const others = neighbours.get(item.id).filter((id) => rank.has(id));
+          const own = rank.get(item.id);
+          return [item.id, others.length ? (own + others.reduce((a, id) => a + rank.get(id), 0)) / (others.length + 1) : own];
+        }));
+        row.sort((a, b) => key.get(a.id) - key.get(b.id) || a.pos - b.pos);
+        setRanks();
+      }
+    }
+    const slot = BOX_W + H_GAP;
+    const widest = Math.max(...rows.map((row) => row.length));
+    const drawWidth = Math.max(width, widest * slot - H_GAP + 2 * MARGIN);
+    const drawHeight = Math.max(height, rows.length * (BOX_H + V_GAP) - V_GAP + 2 * MARGIN);
+    const left = MARGIN + BOX_W / 2;
+    const right = drawWidth - MARGIN - BOX_W / 2;
+    const rowGap = rows.length > 1 ? (drawHeight - 2 * MARGIN - BOX_H) / (rows.length - 1) : 0;
+    rows.forEach((row, r) => {
+      const y = rows.length > 1 ? drawHeight - MARGIN - BOX_H / 2 - r * rowGap : drawHeight / 2;
+      // Wanted places: the token's share of the width; then pushed apart, right then left.
+      const xs = row.map((item) => left + ((right - left) * item.pos) / maxPos);
+      for (let i = 1; i < xs.length; i += 1) xs[i] = Math.max(xs[i], xs[i - 1] + slot);
+      if (xs.length) xs[xs.length - 1] = Math.min(xs[xs.length - 1], right);
+      for (let i = xs.length - 2; i >= 0; i -= 1) xs[i] = Math.min(xs[i], xs[i + 1] - slot);
+      row.forEach((item, i) => {
+        item.x = xs[i];
         item.y = y;
       });
-    }
+    });
+    return { width: drawWidth, height: drawHeight };
   }
 
   /** Edges between display items: sums of member-to-member weights (internal ones dropped). */
@@ -154,7 +242,8 @@ export class SubgraphPane {
     this.drawGroups();
     const items = this.items();
     const width = Math.max(this.canvasBox.clientWidth, 200);
-    const height = Math.max(this.canvasBox.clientHeight, 120);
+    const height = Math.max(this.canvasBox.clientHeight, 60);
+    const scroll = { left: this.canvasBox.scrollLeft, top: this.canvasBox.scrollTop };
     clear(this.canvasBox);
     if (!items.length) {
       this.canvasBox.append(
@@ -162,32 +251,58 @@ export class SubgraphPane {
       );
       return;
     }
-    this.layout(items, width, height);
     const links = this.itemLinks(items);
+    const size = this.layout(items, links, width, height);
     const maxAbs = Math.max(1e-12, ...links.map((l) => Math.abs(l.weight)));
     const byId = new Map(items.map((i) => [i.id, i]));
-    const root = svg("svg", { width, height, class: "sub-svg" });
-    for (const link of links) {
+    const root = svg("svg", { width: size.width, height: size.height, class: "sub-svg", "data-testid": "subgraph-svg" });
+    const labels = [];
+    const sorted = links.slice().sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight));
+    for (const link of sorted.slice().reverse()) {
       const a = byId.get(link.source);
       const b = byId.get(link.target);
       const strength = Math.abs(link.weight) / maxAbs;
-      const midY = (a.y + b.y) / 2;
+      const up = b.y < a.y; // edges run from sources up to targets
+      const ay = a.y + (up ? -BOX_H / 2 : BOX_H / 2);
+      const by = b.y + (up ? BOX_H / 2 : -BOX_H / 2);
+      const midY = (ay + by) / 2;
       root.append(
         svg(
           "path",
           {
-            d: `M${a.x},${a.y - BOX_H / 2} C${a.x},${midY} ${b.x},${midY} ${b.x},${b.y + BOX_H / 2}`,
+            d: `M${a.x},${ay} C${a.x},${midY} ${b.x},${midY} ${b.x},${by}`,
             fill: "none",
             stroke: edgeColor(link.weight),
             "stroke-width": 0.6 + 4 * strength,
             "stroke-opacity": 0.25 + 0.6 * strength,
+            class: "sub-edge",
           },
           svg("title", {}, `${fmt(link.weight, 3)}`),
         ),
       );
     }
     for (const item of items) root.append(this.itemBox(item));
+    // Weights at the middle of their edges, strongest first, where they hide nothing.
+    const taken = items.map((i) => ({ x0: i.x - BOX_W / 2, x1: i.x + BOX_W / 2, y0: i.y - BOX_H / 2, y1: i.y + BOX_H / 2 }));
+    for (const link of sorted) {
+      if (labels.length >= MAX_WEIGHT_LABELS) break;
+      const a = byId.get(link.source);
+      const b = byId.get(link.target);
+      const text = fmt(link.weight, 2);
+      const w = measureWeight(text) + 6;
+      const cx = (a.x + b.x) / 2;
+      const cy = (a.y + b.y) / 2;
+      const box = { x0: cx - w / 2, x1: cx + w / 2, y0: cy - 7, y1: cy + 7 };
+      if (taken.some((t) => box.x0 < t.x1 && t.x0 < box.x1 && box.y0 < t.y1 && t.y0 < box.y1)) continue;
+      taken.push(box);
+      labels.push(
+        svg("text", { x: cx, y: cy + 4, class: `sub-weight ${link.weight >= 0 ? "pos" : "neg"}`, "text-anchor": "middle", "data-testid": "edge-weight" }, text),
+      );
+    }
+    root.append(...labels);
     this.canvasBox.append(root);
+    this.canvasBox.scrollLeft = scroll.left;
+    this.canvasBox.scrollTop = scroll.top;
   }
 
   /** Redraw, then let the Steer panel pick up changed pins or groups. */
@@ -230,8 +345,8 @@ export class SubgraphPane {
       },
       svg("title", {}, item.supernode ? `${title}: ${item.memberIds.join(", ")}` : `${title}\n${subtitle}`),
       svg("rect", { width: BOX_W, height: BOX_H, rx: 6 }),
-      svg("text", { x: 8, y: 14, class: "t1" }, fitText(title, TEXT_ROOM, measureTitle)),
-      svg("text", { x: 8, y: 27, class: "t2" }, fitText(subtitle, TEXT_ROOM, measureSubtitle)),
+      svg("text", { x: 8, y: 13, class: "t1" }, fitText(title, TEXT_ROOM, measureTitle)),
+      svg("text", { x: 8, y: 25, class: "t2" }, fitText(subtitle, TEXT_ROOM, measureSubtitle)),
     );
     return group;
   }

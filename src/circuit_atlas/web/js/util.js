@@ -101,17 +101,62 @@ export function newId(prefix) {
   return `${prefix}-${Date.now().toString(36)}${rand}`;
 }
 
-/** A short description for nodes without a label: "L3 #1204", "Error L2", "Emb “ cat”". */
+/** A short description for nodes without a label: "L3 #1204 “ cat” @7", "Error L2 “ cat” @7",
+ * "Emb “ and” @12" (the position, since one token can occur at many). */
 export function describeNode(node, tokens = [], schemaVersion = 1) {
   if (!node) return "";
   const kind = nodeKind(node);
-  const token = tokens[node.ctx_idx];
-  const at = token !== undefined ? ` “${showToken(token)}”` : "";
+  const pos = node.ctx_idx;
+  const token = tokens[pos];
+  const at = `${token !== undefined ? ` “${showToken(token)}”` : ""}${pos !== undefined && pos !== null ? ` @${pos}` : ""}`;
   if (kind === "feature") {
     const coords = featureCoords(node, schemaVersion);
     return coords ? `L${coords.layer} #${coords.index}${at}` : `feature${at}`;
   }
   if (kind === "error") return `Error L${node.layer}${at}`;
   if (kind === "embedding") return `Emb${at}`;
-  return node.clerp || `logit ${node.feature}`;
+  return logitText(node);
+}
+
+/** Where a node sits, for rows that show a label: "@12" (logits: the output they explain). */
+export function positionTag(node) {
+  if (!node || nodeKind(node) === "logit" || node.ctx_idx === undefined || node.ctx_idx === null) return "";
+  return `@${node.ctx_idx}`;
+}
+
+/** The output token of a logit node, from its clerp `Output "tok" (p=…)` (the graph-JSON form). */
+export function logitToken(node) {
+  const match = /"(.*)"/s.exec(node.clerp || "");
+  return match ? match[1] : String(node.feature ?? "");
+}
+
+/** A logit node's probability: `token_prob`, else the `p=` of its clerp, else null. */
+export function logitProbability(node) {
+  if (typeof node.token_prob === "number" && node.token_prob > 0) return node.token_prob;
+  const match = /\(p=([0-9.eE+-]+)\)/.exec(node.clerp || "");
+  return match ? Number(match[1]) : null;
+}
+
+/** A probability as a short percentage: "77%", "3.9%", "0.42%", "<0.01%". */
+export function formatProbability(p) {
+  if (p === null || p === undefined || !Number.isFinite(p)) return "";
+  const pct = 100 * p;
+  if (pct >= 9.95) return `${pct.toFixed(0)}%`;
+  if (pct >= 0.995) return `${pct.toFixed(1)}%`;
+  if (pct >= 0.01) return `${pct.toFixed(2)}%`;
+  return "<0.01%";
+}
+
+/** A logit's label on the graph: its token and probability, e.g. "austin 77%". */
+export function logitText(node) {
+  const p = formatProbability(logitProbability(node));
+  return `${showToken(logitToken(node))}${p ? ` ${p}` : ""}`;
+}
+
+/** Messages from the server may name files; the UI never shows a filesystem path. */
+export function withoutPaths(text) {
+  return String(text ?? "").replace(/(?:[A-Za-z]:)?(?:[\\/][^\s\\/'"`)]+){2,}[\\/]?/g, (path) => {
+    const parts = path.split(/[\\/]/).filter(Boolean);
+    return `…/${parts[parts.length - 1]}`;
+  });
 }
