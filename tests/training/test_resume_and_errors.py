@@ -219,3 +219,17 @@ def test_resume_accepts_the_same_model_or_corpus_named_another_way(tmp_path, mon
         run("demo", "other.jsonl", steps=12)
     with pytest.raises(TrainingConfigError, match="model 'demo', now 'some/hub-model'"):
         run("some/hub-model", "lines.jsonl", steps=12)
+
+
+@pytest.mark.parametrize("setting", [None, True])
+def test_checkpoints_record_the_resolved_decoder_normalisation(tmp_path, setting):
+    """A later change of the default must not change how a saved run continues."""
+    import dataclasses
+
+    data = _data()
+    arch, cfg = _configs("topk", steps=5)
+    arch = dataclasses.replace(arch, normalize_decoder=setting)
+    Trainer(arch, cfg, TensorActivationSource(data.inputs, data.targets, seed=5),
+            out_dir=tmp_path, progress=False).run()
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["architecture"]["normalize_decoder"] is bool(setting)

@@ -80,9 +80,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     opt.add_argument("--lr-decay-fraction", type=float, default=0.2,
                      help="final fraction of steps with linear decay to 0")
     opt.add_argument("--normalize-decoder", dest="normalize_decoder", action="store_true",
-                     default=None, help="keep decoder rows at unit norm (default: on for plt / "
-                                        "skip with topk or batchtopk; off for relu, jumprelu, "
-                                        "clt and --init-from)")
+                     default=None, help="keep decoder rows at unit norm (default: off; "
+                                        "measured in docs/training.md)")
     opt.add_argument("--no-normalize-decoder", dest="normalize_decoder", action="store_false")
     opt.add_argument("--sparsity-coefficient", type=float, default=1e-3)
     opt.add_argument("--sparsity-c", type=float, default=4.0, help="tanh scale c")

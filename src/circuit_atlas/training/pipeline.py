@@ -323,9 +323,8 @@ def fit_context_length(requested: int | None, max_positions: int | None, model: 
 
 
 def _arch_overrides(job: TrainJob) -> dict[str, Any]:
-    """A set to start from keeps its own decoder scale unless normalisation is asked for."""
-    if job.normalize_decoder is None and job.init_from is not None:
-        return {"normalize_decoder": False}
+    """Decoder normalisation only when asked for (a set to start from keeps its own decoder
+    scale unless it is)."""
     return {} if job.normalize_decoder is None else {"normalize_decoder": job.normalize_decoder}
 
 

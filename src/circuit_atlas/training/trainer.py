@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -404,7 +404,8 @@ class Trainer:
         dist.barrier()
         if dist.is_main():
             state = {"step": self.step, "world_size": self.world_size,
-                     "architecture": to_json_dict(self.arch), "optim": to_json_dict(self.optim),
+                     "architecture": to_json_dict(self._resolved_arch()),
+                     "optim": to_json_dict(self.optim),
                      "metadata": self.metadata}
             ckpt.write_checkpoint_files(tmp, self.stack.state_dict(), self.optimizer,
                                         {"dead.since_fired": self.dead.since_fired}, state)
@@ -412,6 +413,11 @@ class Trainer:
         dist.barrier()
         self.last_checkpoint_step = self.step
         return self.out_dir / ckpt.CHECKPOINT_DIR
+
+    def _resolved_arch(self) -> ArchitectureConfig:
+        """The architecture with its defaults resolved, so a later change of a default never
+        changes how a checkpoint's run continues."""
+        return replace(self.arch, normalize_decoder=self.arch.unit_decoder)
 
     def load(self, directory: Path) -> None:
         """Restore everything a step depends on: weights, buffers, Adam, counters, data order."""
