@@ -184,12 +184,13 @@ def test_eval_clamps_the_context_to_the_model_positions(tmp_path, capsys):
     lm.save(tmp_path / "model")
     random_transcoders("plt", n_layers=2, d_model=32, n_features=16, seed=2,
                        input_hook="hook_resid_mid", output_hook="hook_mlp_out").save_native(tmp_path / "tc")
-    # 8 documents of 96 words: enough for two 128-token windows, so an unclamped run would pass.
+    # 8 documents of 96 words: enough for two 128-token windows, so an unclamped run would pass
+    # (packed windows, so that the count is two full windows).
     (tmp_path / "corpus.txt").write_text("\n\n".join(" ".join(WORDS) for _ in range(8)))
     out = tmp_path / "eval.json"
     code = main(["eval-transcoders", "--model", str(tmp_path / "model"), "--transcoders",
                  str(tmp_path / "tc"), "--corpus", str(tmp_path / "corpus.txt"), "--windows", "2",
-                 "--json", str(out), "--quiet"])
+                 "--layout", "packed", "--json", str(out), "--quiet"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert "exceeds the 64 positions" in err and "evaluating 64-token windows" in err

@@ -44,7 +44,11 @@ def test_jumprelu_input_gradient_is_the_gate():
     assert torch.equal(h.grad, torch.tensor([[[0.0, 1.0]]]))
 
 
-def test_topk_per_token_matches_sorting():
+def test_topk_per_token_matches_sorting_and_the_exported_topk():
+    """Training TopK is circuit-tracer's TopK (no ReLU: a kept negative value stays), so the
+    exported TopK set computes exactly what was trained."""
+    from circuit_atlas.transcoders.activations import top_k
+
     gen = torch.Generator().manual_seed(1)
     pre = torch.randn(7, 2, 10, generator=gen)
     out = topk_per_token(pre, 3)
@@ -53,8 +57,10 @@ def test_topk_per_token_matches_sorting():
             row = pre[n, layer]
             keep = row.argsort(descending=True)[:3]
             expected = torch.zeros(10)
-            expected[keep] = row[keep].clamp_min(0)
+            expected[keep] = row[keep]
             assert torch.equal(out[n, layer], expected)
+    assert (out < 0).any()  # this draw has rows with fewer than 3 positive values
+    assert torch.equal(out, top_k(pre, 3))
 
 
 def test_batch_topk_keeps_k_times_n_largest_per_layer():

@@ -85,7 +85,35 @@ def test_export_on_raw_activations_matches_training_on_normalised(kind, activati
     torch.testing.assert_close(y_raw, y_raw_expected, rtol=1e-5, atol=1e-5)
 
 
-def test_topk_exports_estimated_threshold_for_every_feature():
+def test_topk_is_exported_as_topk():
     stack = _stack("plt", "topk", k=2)
     w = stack.export_weights()
+    assert (w.activation, w.k, w.threshold) == ("topk", 2, None)
+
+
+def test_batchtopk_exports_fitted_thresholds_once_fitted():
+    stack = _stack("plt", "batchtopk", k=2)
+    w = stack.export_weights()  # not fitted yet: the running estimate for every feature
     torch.testing.assert_close(w.threshold, stack.threshold_estimate[:, None].expand(3, 7))
+    fitted = torch.rand(3, 7)
+    with torch.no_grad():
+        stack.feature_threshold.copy_(fitted)
+        stack.feature_threshold_fitted.fill_(True)
+    torch.testing.assert_close(stack.export_weights().threshold, fitted)
+
+
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_decoder_normalisation_keeps_unit_rows_and_projects_gradients(kind):
+    stack = TranscoderStack(ArchitectureConfig(kind=kind, n_layers=3, d_model=5, n_features=7,
+                                               activation="topk", k=2,
+                                               normalize_decoder=True), seed=0)
+    stack.normalize_decoder_rows()
+    torch.testing.assert_close(stack.decoder_norms(), torch.ones(3, 7))
+    out = stack(torch.randn(9, 3, 5))
+    out.recon.pow(3).sum().backward()
+    stack.project_decoder_gradients()
+    for param in stack.decoder_parameters():  # each row's gradient is orthogonal to the row
+        rows = param.detach().reshape(param.shape[0], -1) if kind == "clt" else param.detach()
+        grads = param.grad.reshape(rows.shape)
+        assert ((rows * grads).sum(-1).abs() <= 1e-6 * (1 + grads.norm(dim=-1))).all()
+        assert grads.abs().max() > 1e-3

@@ -65,6 +65,17 @@ def test_train_then_eval_transcoders(workspace, capsys):
                  "16", "--windows", "8", "--quiet", "--lazy-encoder"]) == 0
     assert capsys.readouterr().out == tables[-1]
     assert "layer" in tables[0] and "loss recovered" in tables[0]
+    # packed: 8 full windows; one document per window: as many documents as fill 8 windows'
+    # worth of tokens (the last one may overrun), padding not counted
+    counts = {}
+    for layout in ("packed", "documents"):
+        assert main(["eval-transcoders", "--model", str(workspace / "model"), "--transcoders",
+                     str(out / "transcoders"), "--corpus", str(workspace / "corpus.jsonl"),
+                     "--context-length", "16", "--windows", "8", "--quiet", "--layout", layout,
+                     "--json", str(workspace / f"{layout}.json")]) == 0
+        counts[layout] = json.loads((workspace / f"{layout}.json").read_text())["n_tokens"]
+    capsys.readouterr()
+    assert counts["packed"] == 8 * 16 <= counts["documents"] < 8 * 16 + 16
 
     # re-running the finished command resumes at step 30 and trains no further
     assert main(_train_args(workspace, out, "--input-hook", "mlp.hook_in",
@@ -144,3 +155,102 @@ def test_activation_cache_is_built_once_and_checked(workspace, capsys):
     args[args.index("--out") + 1] = str(workspace / "cached3")
     assert main(args) == 1
     assert "was built for" in capsys.readouterr().err
+
+
+def test_layers_out_of_range_and_k_above_width_fail_before_the_model_loads(workspace, capsys):
+    args = _train_args(workspace, workspace / "bad-layers", "--layers", "1,5-6")
+    args[args.index("--kind") + 1] = "plt"
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "--layers: layer 5 is out of range" in err and "has 2 layers" in err
+    assert not (workspace / "bad-layers").exists()
+    args = _train_args(workspace, workspace / "bad-k", "--activation", "topk", "--k", "25")
+    assert main(args) == 1
+    assert "--k (25) must not exceed --features (24)" in capsys.readouterr().err
+    args = _train_args(workspace, workspace / "bad-clt", "--layers", "1")
+    assert main(args) == 1
+    assert "cross-layer transcoder couples every layer" in capsys.readouterr().err
+
+
+def test_partial_run_then_init_from_completes_the_set(workspace, capsys):
+    from circuit_atlas.errors import TranscoderFormatError
+    from circuit_atlas.transcoders import load_transcoders
+
+    part = workspace / "part"
+    args = _train_args(workspace, part, "--layers", "1", "--activation", "topk", "--k", "3")
+    args[args.index("--kind") + 1] = "plt"
+    args[args.index("--steps") + 1] = "10"
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "holds only some layers" in printed and "export check (ok)" in printed
+    assert not (part / "circuit_tracer").exists()
+    with pytest.raises(TranscoderFormatError, match="partial set: it holds layer\\(s\\) 1 of a "
+                                                    "2-layer model"):
+        load_transcoders(str(part / "transcoders"))
+    whole = workspace / "whole"
+    args = _train_args(workspace, whole, "--layers", "0", "--activation", "topk", "--k", "3",
+                       "--init-from", str(part / "transcoders"))
+    args[args.index("--kind") + 1] = "plt"
+    args[args.index("--steps") + 1] = "10"
+    assert main(args) == 0
+    capsys.readouterr()
+    full = load_transcoders(str(whole / "circuit_tracer"))
+    partial_layer = load_transcoders(str(whole / "transcoders"))
+    assert full.n_layers == 2 and full.activation_name == "topk" and full.k == 3
+    from safetensors.torch import load_file
+
+    trained_alone = load_file(str(part / "transcoders" / "encoder_1.safetensors"))
+    torch.testing.assert_close(full.encoder_weight(1), trained_alone["W_enc"])
+    torch.testing.assert_close(partial_layer.encoder_weight(1), trained_alone["W_enc"])
+
+
+def test_train_on_the_demo_model_with_default_context_length(tmp_path, capsys):
+    """The demo model has 64 positions: the default 128-token windows shrink to fit, the layout
+    is chosen by asking the model (single lines), and the exported configs name the model as
+    it was given ("demo"), not the bundled folder's absolute path."""
+    import yaml
+
+    from circuit_atlas.demo import bundle, toyworld
+
+    lines = toyworld.generate_corpus(bundle.demo_world(), 600, seed=5)
+    corpus = tmp_path / "lines.jsonl"
+    corpus.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+    out = tmp_path / "run"
+    assert main(["train", "--model", "demo", "--corpus", str(corpus), "--kind", "plt",
+                 "--features", "32", "--activation", "batchtopk", "--k", "4", "--tokens",
+                 "1024", "--batch-size", "256", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "windows: documents" in printed and "64-token windows" in printed
+    assert "has 64 positions" in printed
+    assert "export check" in printed and "loss recovered" in printed
+    config = yaml.safe_load((out / "circuit_tracer" / "config.yaml").read_text())
+    assert config["model_name"] == "demo"
+    native = json.loads((out / "transcoders" / "circuit_atlas_transcoders.json").read_text())
+    assert native["model_name"] == "demo" and native["activation"] == "jumprelu"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["windows"]["mode"] == "documents" and summary["context_length"] == 64
+    assert summary["export_check"]["relative_gap"] is not None
+
+
+def test_eval_on_packed_lines_refuses_loss_recovered_and_documents_give_it(tmp_path, capsys):
+    """The demo model was trained on single lines: packed windows are text it cannot predict
+    (zero-ablating its MLPs beats it there), so loss recovered is refused with the reason; one
+    line per window gives a meaningful value."""
+    from circuit_atlas.demo import bundle, toyworld
+
+    lines = toyworld.generate_corpus(bundle.demo_world(), 200, seed=9)
+    corpus = tmp_path / "lines.jsonl"
+    corpus.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+    reports = {}
+    for layout in ("packed", "documents"):
+        out = tmp_path / f"{layout}.json"
+        assert main(["eval-transcoders", "--model", "demo", "--transcoders", "demo-plt",
+                     "--corpus", str(corpus), "--windows", "4", "--layout", layout, "--quiet",
+                     "--json", str(out)]) == 0
+        reports[layout] = (json.loads(out.read_text()), capsys.readouterr().out)
+    packed, printed = reports["packed"]
+    assert packed["ce_zero_ablation"] <= packed["ce_original"]
+    assert packed["loss_recovered"] is None and "try --layout documents" in printed
+    documents, printed = reports["documents"]
+    assert documents["ce_zero_ablation"] > documents["ce_original"]
+    assert 0.5 < documents["loss_recovered"] <= 1 and "loss recovered   0." in printed

@@ -40,18 +40,21 @@ def _stack_reference(stack, x_raw):
 @pytest.mark.parametrize("kind,activation", [("plt", "relu"), ("plt", "jumprelu"),
                                              ("skip", "jumprelu"), ("clt", "jumprelu"),
                                              ("clt", "relu"), ("plt", "batchtopk"),
-                                             ("clt", "topk")])
+                                             ("plt", "topk"), ("skip", "topk"), ("clt", "topk")])
 def test_exported_sets_reproduce_the_stack(tmp_path, kind, activation):
     stack = _trained_like_stack(kind, activation)
     written = export_transcoders(stack, tmp_path, input_hook="mlp.hook_in",
                                  output_hook="mlp.hook_out", model_name="tiny-llama")
-    assert set(written) == {"native", "circuit_tracer"}
+    # circuit-tracer's cross-layer files cannot hold TopK: that one is native only
+    formats = {"native"} if (kind, activation) == ("clt", "topk") else {"native", "circuit_tracer"}
+    assert set(written) == formats
     x_raw = torch.randn(5, L, D) * 2
     acts, recon = _stack_reference(stack, x_raw)
     for fmt, path in written.items():
         tc = load_transcoders(str(path))
         assert tc.kind == ("clt" if kind == "clt" else "plt")
-        assert tc.activation_name == ("relu" if activation == "relu" else "jumprelu")
+        assert tc.activation_name == {"batchtopk": "jumprelu"}.get(activation, activation)
+        assert tc.k == (3 if activation == "topk" else None)
         assert tc.has_skip == (kind == "skip")
         assert (tc.input_hook, tc.output_hook) == ("mlp.hook_in", "mlp.hook_out")
         by_source = {s: tc.encode(s, x_raw[:, s]) for s in range(L)}
@@ -61,15 +64,19 @@ def test_exported_sets_reproduce_the_stack(tmp_path, kind, activation):
             torch.testing.assert_close(tc.reconstruct(layer, by_source, x_raw[:, layer]),
                                        recon[:, layer], rtol=1e-5, atol=1e-5,
                                        msg=f"{fmt} reconstruction, layer {layer}")
+    if "circuit_tracer" not in written:
+        return
     config = yaml.safe_load((written["circuit_tracer"] / "config.yaml").read_text())
+    if activation == "topk":
+        assert (config["activation"], config["k"]) == ("topk", 3)
     assert config["model_kind"] == ("cross_layer_transcoder" if kind == "clt"
                                     else "transcoder_set")
     assert config["feature_input_hook"] == "mlp.hook_in"
     assert config["model_name"] == "tiny-llama"
 
 
-def test_topk_export_fires_about_k_features_on_training_like_data():
-    """The converted JumpReLU threshold is the batch threshold: mean L0 ≈ k on similar data."""
+def test_batchtopk_running_threshold_fires_about_k_features_on_training_like_data():
+    """Before the per-feature fit, the JumpReLU threshold is the batch threshold: mean L0 ≈ k."""
     from circuit_atlas.training.activations import batch_threshold
 
     stack = _trained_like_stack("plt", "batchtopk")

@@ -54,9 +54,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, activat
     for key in sa:
         assert torch.equal(sa[key], sb[key]), key
     # the log holds each metrics step exactly once
-    steps = [json.loads(line)["step"] for line in
-             (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [4, 8, 12, 16, 20]
+    records = [json.loads(line) for line in
+               (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "fvu" in r] == [4, 8, 12, 16, 20]
+    assert [r["step"] for r in records if "export" in r] == [20]  # the final export check
 
 
 def _adam_state(out_dir):
@@ -157,3 +158,78 @@ def test_resume_with_another_model_or_corpus_is_refused(tmp_path):
     trainer("a.jsonl").run()
     with pytest.raises(TrainingConfigError, match="corpus 'a.jsonl', now 'b.jsonl'"):
         trainer("b.jsonl").run()
+
+
+def test_resume_after_a_kill_mid_log_line_drops_the_torn_line(tmp_path):
+    """A run killed while appending to metrics.jsonl leaves half a line; resuming must not
+    choke on it, and the records after the checkpoint go."""
+    _trainer(tmp_path, steps=10).run()  # checkpoints at 5 and 10
+    log = tmp_path / "metrics.jsonl"
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write('{"step": 12, "loss": {"reconst')  # the kill
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 10
+    _trainer(tmp_path, steps=20).run()
+    records = [json.loads(line) for line in log.read_text().splitlines()]  # all parse
+    steps = [r["step"] for r in records if "fvu" in r]
+    assert steps == [4, 8, 10, 12, 16, 20]  # 10: the first run's last step
+    assert not list(tmp_path.glob(".metrics.jsonl.*.tmp"))
+
+
+def test_log_rewrite_is_atomic(tmp_path, monkeypatch):
+    from circuit_atlas.training.metrics import JsonlLog
+
+    log = JsonlLog(tmp_path / "metrics.jsonl")
+    for step in (1, 2, 3):
+        log.write({"step": step})
+    before = log.path.read_text()
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("circuit_atlas.io.atomic.os.replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        log.truncate_after(1)
+    assert log.path.read_text() == before  # old file intact, no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_resume_accepts_the_same_model_or_corpus_named_another_way(tmp_path, monkeypatch):
+    """`demo` and the bundled folder (how checkpoints recorded it before models were kept as
+    given), relative and absolute paths, symlinks: the same run; another file is not."""
+    from circuit_atlas.io.presets import BUNDLED_ASSETS
+
+    data = _data()
+    arch, cfg = _configs(steps=5)
+    (tmp_path / "lines.jsonl").write_text("x\n")
+    (tmp_path / "other.jsonl").write_text("y\n")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "lines.jsonl")
+    monkeypatch.chdir(tmp_path)
+
+    def run(model, corpus, steps=5):
+        arch, cfg = _configs(steps=steps)
+        Trainer(arch, cfg, TensorActivationSource(data.inputs, data.targets, seed=5),
+                out_dir=tmp_path / "run", progress=False,
+                metadata={"model": model, "corpus": corpus}).run()
+
+    run(str(BUNDLED_ASSETS / "model"), str(tmp_path / "lines.jsonl"))
+    run("demo", "lines.jsonl", steps=8)
+    run("demo", "link.jsonl", steps=10)
+    with pytest.raises(TrainingConfigError, match="corpus 'link.jsonl', now 'other.jsonl'"):
+        run("demo", "other.jsonl", steps=12)
+    with pytest.raises(TrainingConfigError, match="model 'demo', now 'some/hub-model'"):
+        run("some/hub-model", "lines.jsonl", steps=12)
+
+
+@pytest.mark.parametrize("setting", [None, True])
+def test_checkpoints_record_the_resolved_decoder_normalisation(tmp_path, setting):
+    """A later change of the default must not change how a saved run continues."""
+    import dataclasses
+
+    data = _data()
+    arch, cfg = _configs("topk", steps=5)
+    arch = dataclasses.replace(arch, normalize_decoder=setting)
+    Trainer(arch, cfg, TensorActivationSource(data.inputs, data.targets, seed=5),
+            out_dir=tmp_path, progress=False).run()
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["architecture"]["normalize_decoder"] is bool(setting)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from circuit_atlas.cli.common import (add_lazy_encoder_argument, check_at_least, check_output_file,
                                       resolve_device)
 from circuit_atlas.errors import CircuitAtlasError
+from circuit_atlas.io.atomic import atomic_write_json
 
 DEFAULT_CONTEXT_LENGTH = 128
 
@@ -35,8 +35,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--context-length", type=int, default=None,
                         help=f"tokens per window (default: {DEFAULT_CONTEXT_LENGTH}, or the model's "
                              "maximum positions when that is smaller)")
-    parser.add_argument("--windows", type=int, default=64, help="token windows to evaluate (default 64)")
+    parser.add_argument("--windows", type=int, default=64,
+                        help="evaluate this many windows' worth of tokens (default 64)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per model pass (default 8)")
+    parser.add_argument("--layout", default="auto", choices=("auto", "packed", "documents"),
+                        help="packed: documents concatenated into full windows; documents: one "
+                             "document per window, padding never scored; auto (default): "
+                             "documents unless the model predicts packed text as well")
     parser.add_argument("--device", help="cpu, cuda, … (default: cuda if available)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
@@ -46,9 +51,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def model_max_positions(ref: str) -> int | None:
-    """The model's maximum positions from its config alone (no weights), or None when the config
-    cannot be read here; the model load that follows then reports why."""
+def read_model_config(ref: str):
+    """The model's (text) config alone, without weights, or None when it cannot be read here;
+    the model load that follows then reports why."""
     from circuit_atlas.demo.bundle import resolve_model_ref
 
     ref = resolve_model_ref(ref)
@@ -59,8 +64,12 @@ def model_max_positions(ref: str) -> int | None:
         config = AutoConfig.from_pretrained(str(local) if local.is_dir() else ref)
     except Exception:  # noqa: BLE001 - any failure is reported by the real load
         return None
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def model_max_positions(ref: str) -> int | None:
+    """The model's maximum positions from its config alone (no weights), or None."""
+    config = read_model_config(ref)
     value = getattr(config, "max_position_embeddings", None)
     return int(value) if isinstance(value, int) and value > 0 else None
 
@@ -95,9 +104,10 @@ def run_eval(args) -> int:
     report = run_eval_job(args.model, args.transcoders, args.corpus, text_field=args.text_field,
                           context_length=length, windows=args.windows,
                           batch_size=args.batch_size, device=device, dtype=args.dtype,
-                          progress=not args.quiet, lazy_encoder=args.lazy_encoder)
+                          progress=not args.quiet, lazy_encoder=args.lazy_encoder,
+                          window_mode=args.layout)
     print(report.table())
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_json(), indent=1), encoding="utf-8")
+        atomic_write_json(args.json, report.to_json())
     return 0

@@ -1,7 +1,9 @@
 """MLP (input, output) pairs of the demo model over toy-world lines, one line per sequence.
 
-Why not the training package's `ModelActivationSource`: it packs documents into long windows,
-so later lines see earlier ones as context. The demo model was trained on single lines
+Why its own pairs rather than the training package's `ModelActivationSource`: that source
+packed documents into long windows when the demo's build was written, so later lines saw earlier
+ones as context (it now also offers one document per window, `--layout documents`, which is what
+`circuit-atlas train` picks for this model). The demo model was trained on single lines
 (`<bos> words <eos>`, right-padded) and every prompt the demo traces is one such line, so
 transcoders trained on packed windows would learn activations of contexts the model never saw.
 Here each line is its own sequence: `<bos>` + words (no `<eos>`: traced prompts have none),

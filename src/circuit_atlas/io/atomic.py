@@ -11,11 +11,10 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TextIO
 
 
 def atomic_write_json(path: Path, obj: Any, *, indent: int | None = 1, sort_keys: bool = False,
@@ -24,26 +23,25 @@ def atomic_write_json(path: Path, obj: Any, *, indent: int | None = 1, sort_keys
 
     ``allow_nan=False`` refuses NaN and infinities (ValueError) for files other tools parse as
     strict JSON (graph JSON).
-
-    Why each step: the temp file lives in the same folder so ``os.replace`` is a rename on one
-    file system (atomic); fsync before the rename makes sure the new bytes are on disk before
-    the name points at them; fsync of the folder makes the rename itself durable.
     """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            _dump(obj, handle, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    _replace_atomically(path, lambda handle: _dump(obj, handle, indent=indent, sort_keys=sort_keys,
+                                                   allow_nan=allow_nan))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) the same way, for files that are not one JSON document
+    (JSON-lines logs)."""
+    _replace_atomically(path, lambda handle: handle.write(text))
+
+
+def _replace_atomically(path: Path, write: Callable[[TextIO], Any]) -> None:
+    """One file through `atomic_files`: a temp file in the same folder (so the rename is atomic,
+    and created with the mode a new file gets), fsynced before the rename so the new bytes are
+    on disk before the name points at them, then the folder fsynced so the rename is durable. A
+    failed write leaves the old file and no temp file."""
+    with atomic_files(Path(path)) as (tmp,):
+        with open(tmp, "w", encoding="utf-8") as handle:
+            write(handle)
 
 
 def _dump(obj: Any, handle: Any, *, indent: int | None, sort_keys: bool, allow_nan: bool) -> None:

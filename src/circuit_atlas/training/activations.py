@@ -8,8 +8,11 @@ replaces the Dirac delta of the step by a rectangle kernel of width ε (the *ban
     ∂a/∂θ := −(θ/ε)·K((h − θ)/ε),   K(u) = 1[|u| < ½],      ∂a/∂h := 1[h > θ].
 
 The forward value is exact, so the function used at inference is the same one that was trained
-(strict `>`, as in circuit-tracer). TopK / BatchTopK are trained as such and converted to JumpReLU
-for inference with a threshold estimated during training (`batch_threshold`).
+(strict `>`, as in circuit-tracer). TopK is trained exactly as circuit-tracer applies it (the k
+largest pre-activations per token, no ReLU), so the exported TopK set computes what was trained.
+BatchTopK's cut-off depends on the batch, so it is converted to a JumpReLU for inference with
+per-feature thresholds fitted after training (`thresholds.py`; `batch_threshold` gives the
+running estimate used before that).
 """
 
 from __future__ import annotations
@@ -52,13 +55,15 @@ def jumprelu(h: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torc
 
 
 def topk_per_token(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k largest pre-activations of every (token, layer) row, then ReLU.
+    """Keep the k largest pre-activations of every (token, layer) row and zero the rest.
 
-    The ReLU (absent from circuit-tracer's inference TopK) keeps trained activations non-negative,
-    so the JumpReLU they are converted to (θ > 0) reproduces them.
+    No ReLU, exactly like circuit-tracer's (and our loader's) TopK, so training and the exported
+    set agree bit for bit. A kept value is negative only when fewer than k pre-activations of a
+    token are positive, which centred encoders make rare; it is then a genuine (negative)
+    activation in both.
     """
     values, indices = pre.topk(k, dim=-1)
-    return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
+    return torch.zeros_like(pre).scatter(-1, indices, values)
 
 
 def batch_topk(pre: torch.Tensor, k: int) -> torch.Tensor:
@@ -77,8 +82,8 @@ def batch_threshold(pre: torch.Tensor, k: int) -> torch.Tensor:
     """Per-layer threshold `[L]` at which a JumpReLU keeps on average k features per token on
     this batch: the (k·N)-th largest positive pre-activation (BatchTopK's smallest kept value).
 
-    Used for both TopK and BatchTopK, since for TopK the per-token cut-off varies and the
-    batch-level cut-off is what matches the mean L0.
+    The running mean of this value is BatchTopK's fallback threshold for features that the
+    per-feature fit sees too rarely.
     """
     n_tokens, n_layers, n_features = pre.shape
     per_layer = torch.relu(pre.detach().float()).transpose(0, 1).reshape(n_layers, -1)

@@ -41,11 +41,13 @@ class ExportedWeights:
     """Weights in raw model units (scales folded in), ready for any on-disk format.
 
     `W_dec[s]` is `[F, d]` for PLT/skip and `[F, L−s, d]` for CLT; `threshold` is `[L, F]` for
-    JumpReLU (TopK/BatchTopK are exported as JumpReLU) and None for ReLU.
+    JumpReLU (BatchTopK is exported as JumpReLU with per-feature thresholds) and None for ReLU
+    and TopK; `k` is TopK's k (None otherwise).
     """
 
     kind: str
     activation: str
+    k: int | None
     W_enc: torch.Tensor
     b_enc: torch.Tensor
     W_dec: list[torch.Tensor]
@@ -80,9 +82,12 @@ class TranscoderStack(nn.Module):
             self.log_threshold = None
         self.register_buffer("input_scale", torch.ones(L))
         self.register_buffer("target_scale", torch.ones(L))
-        # TopK/BatchTopK → JumpReLU conversion: EMA of the batch threshold and its update count.
+        # BatchTopK → JumpReLU conversion: EMA of the batch threshold and its update count (the
+        # fallback), and the per-feature thresholds fitted after training (`thresholds.py`).
         self.register_buffer("threshold_estimate", torch.zeros(L))
         self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("feature_threshold", torch.zeros(L, F))
+        self.register_buffer("feature_threshold_fitted", torch.zeros((), dtype=torch.bool))
 
     # -- shapes -----------------------------------------------------------------------------
     @property
@@ -111,7 +116,7 @@ class TranscoderStack(nn.Module):
         return torch.einsum("nld,lfd->nlf", x, self.W_enc) + self.b_enc
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        """Training activation (TopK/BatchTopK stay TopK here; see `activate_inference`)."""
+        """Training activation (BatchTopK stays BatchTopK here; see `activate_inference`)."""
         act = self.config.activation
         if act == "relu":
             return torch.relu(pre)
@@ -122,16 +127,31 @@ class TranscoderStack(nn.Module):
         return batch_topk(pre, self.config.k)
 
     def inference_threshold(self) -> torch.Tensor | None:
-        """θ `[L, F]` of the exported JumpReLU, or None for ReLU."""
+        """θ `[L, F]` of the exported JumpReLU, or None for ReLU and TopK.
+
+        BatchTopK uses the per-feature thresholds fitted after training, or, before they are
+        fitted, the running estimate of the batch cut-off for every feature."""
         act = self.config.activation
-        if act == "relu":
+        if act in ("relu", "topk"):
             return None
         if act == "jumprelu":
             return self.threshold().detach()
+        if bool(self.feature_threshold_fitted):
+            return self.feature_threshold.detach()
         return self.threshold_estimate.detach()[:, None].expand(self.n_layers, self.n_features)
 
+    @property
+    def inference_activation(self) -> str:
+        """The activation function of the exported transcoders: relu, jumprelu or topk."""
+        act = self.config.activation
+        return "jumprelu" if act == "batchtopk" else act
+
     def activate_inference(self, pre: torch.Tensor) -> torch.Tensor:
-        """The activation function of the exported transcoders: ReLU or strict JumpReLU."""
+        """The exported transcoders' activation: ReLU, strict JumpReLU or TopK. TopK is the same
+        function in training and inference (per token, no batch dependence), so it is exported
+        as TopK; only BatchTopK, whose cut-off depends on the batch, becomes a JumpReLU."""
+        if self.config.activation == "topk":
+            return topk_per_token(pre, self.config.k)
         theta = self.inference_threshold()
         if theta is None:
             return torch.relu(pre)
@@ -158,6 +178,55 @@ class TranscoderStack(nn.Module):
         """‖W_dec‖ `[L, F]`; for a CLT the norm of the concatenation over all target layers."""
         return torch.stack([b.pow(2).sum(dim=(1, 2)).sqrt() for b in self.decoder_blocks()])
 
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """The decoder weights as parameters: one `[F, T, d]` per source (CLT) or `[L, F, d]`."""
+        return list(self.W_dec) if self.config.cross_layer else [self.W_dec]
+
+    @torch.no_grad()
+    def project_decoder_gradients(self) -> None:
+        """Remove from each decoder row's gradient its component along the row, so a step
+        (to first order) only turns the row; `normalize_decoder_rows` then undoes the rest."""
+        for param in self.decoder_parameters():
+            if param.grad is None:
+                continue
+            cross = self.config.cross_layer
+            rows, grads = _feature_rows(param, cross), _feature_rows(param.grad, cross)
+            unit = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            grads -= (grads * unit).sum(-1, keepdim=True) * unit
+
+    @torch.no_grad()
+    def normalize_decoder_rows(self) -> None:
+        """Rescale every feature's decoder row (all its target layers together) to unit norm;
+        rows that are exactly zero stay zero."""
+        for param in self.decoder_parameters():
+            rows = _feature_rows(param, self.config.cross_layer)
+            rows /= rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    # -- one layer at a time (a model pass with the transcoders in place) ----------------------
+    def layer_activations(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Training activations `[n, F]` of stack layer `layer` for normalised inputs `[n, d]`
+        (BatchTopK selects over these n tokens)."""
+        pre = (x @ self.W_enc[layer].T + self.b_enc[layer]).float()
+        if self.config.activation in ("topk", "batchtopk"):
+            select = topk_per_token if self.config.activation == "topk" else batch_topk
+            return select(pre[:, None], self.config.k)[:, 0]
+        if self.config.activation == "relu":
+            return torch.relu(pre)
+        return jumprelu(pre, self.threshold()[layer], self.config.bandwidth)
+
+    def layer_reconstruction(self, target: int, acts: dict[int, torch.Tensor],
+                             x: torch.Tensor) -> torch.Tensor:
+        """Normalised reconstruction `[n, d]` of stack layer `target` from the activations of its
+        source layers (`acts[s]` `[n, F]`, all s ≤ target for a CLT) and its normalised input."""
+        if self.config.cross_layer:
+            recon = sum(acts[s] @ self.W_dec[s][:, target - s] for s in range(target + 1))
+        else:
+            recon = acts[target] @ self.W_dec[target]
+        recon = recon + self.b_dec[target]
+        if self.W_skip is not None:
+            recon = recon + x @ self.W_skip[target].T
+        return recon
+
     def forward(self, x: torch.Tensor) -> StackOutput:
         pre = self.pre_activations(x).float()
         acts = self.activate(pre)
@@ -179,9 +248,11 @@ class TranscoderStack(nn.Module):
         if self.W_skip is not None:
             W_skip = self.W_skip.detach().float() * (s_out / s_in)[:, None, None]
         theta = self.inference_threshold()
+        topk = self.config.activation == "topk"
         return ExportedWeights(
             kind=self.config.kind,
-            activation="relu" if theta is None else "jumprelu",
+            activation=self.inference_activation,
+            k=self.config.k if topk else None,
             W_enc=W_enc.contiguous(),
             b_enc=self.b_enc.detach().float().clone(),
             W_dec=[w.contiguous() for w in W_dec],
@@ -189,6 +260,12 @@ class TranscoderStack(nn.Module):
             W_skip=None if W_skip is None else W_skip.contiguous(),
             threshold=None if theta is None else theta.float().contiguous().clone(),
         )
+
+
+def _feature_rows(tensor: torch.Tensor, cross_layer: bool) -> torch.Tensor:
+    """A view with one row per feature on the last axis: a PLT decoder `[L, F, d]` already is
+    one; a CLT block `[F, T, d]` becomes `[F, T·d]` (a feature's row spans its target layers)."""
+    return tensor.view(tensor.shape[0], -1) if cross_layer else tensor
 
 
 def _unit_rows(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from circuit_atlas.io.atomic import atomic_write_json
 from circuit_atlas.training.errors import TrainingDataError
 from circuit_atlas.training.source import ActivationSource, ShuffledIndex, SourceState, rank_slice
 
@@ -52,7 +53,7 @@ def build_activation_cache(source: ActivationSource, directory: str | Path, *, n
     config = {"format": CACHE_FORMAT, "version": 1, "n_layers": source.n_layers,
               "d_model": source.d_model, "dtype": str(dtype).removeprefix("torch."),
               "total_tokens": written, "shards": shards, "metadata": metadata or {}}
-    (directory / CACHE_CONFIG).write_text(json.dumps(config, indent=1), encoding="utf-8")
+    atomic_write_json(directory / CACHE_CONFIG, config)
     return directory
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from circuit_atlas.io.atomic import atomic_write_json
 from circuit_atlas.training.errors import TrainingDataError
 
 CHECKPOINT_DIR = "checkpoint"
@@ -90,13 +91,13 @@ def write_checkpoint_files(directory: Path, model: dict[str, torch.Tensor],
     save_file(opt_tensors, str(directory / "optimizer.safetensors"))
     save_file(trainer_tensors, str(directory / "trainer.safetensors"))
     state = dict(state, format=FORMAT, optimizer=opt_meta)
-    (directory / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+    atomic_write_json(directory / "state.json", state)
 
 
 def write_rank_source_state(directory: Path, rank: int, source_state: dict[str, Any]) -> None:
     tensors, plain = split_state(source_state, "")
     save_file(tensors, str(directory / f"source_r{rank}.safetensors"))
-    (directory / f"source_r{rank}.json").write_text(json.dumps(plain), encoding="utf-8")
+    atomic_write_json(directory / f"source_r{rank}.json", plain, indent=None)
 
 
 def read_rank_source_state(directory: Path, rank: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ offending argument, before any tensor is allocated.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,16 @@ class ArchitectureConfig:
     estimator and `initial_threshold` the starting θ; both are in units of the normalised
     pre-activations (encoder rows start at unit norm and inputs at unit variance per coordinate,
     so pre-activations start near N(0, 1)).
+    `decoder_init_norm` is the starting norm of a decoder row relative to √d (0: decoders start
+    at zero, so the first steps move only the encoders' choice of features).
+    `normalize_decoder` keeps every decoder row at unit norm (the gradient's component along
+    the row is removed before each step and the row rescaled after it), so a feature's
+    activation alone carries its magnitude; None (default) means off: through `circuit-atlas
+    train` on the comparison task it raised the FVU (0.00032 → 0.00036 and 0.00023 → 0.00038
+    over two seeds), although on stored, fully shuffled activations it helped (docs/training.md).
+    `unit_decoder` gives the resolved value (checkpoints record it). `center_encoder` sets the encoder bias at start so
+    that the mean input has pre-activation 0: residual streams have a large mean, which would
+    otherwise decide which features fire first.
     """
 
     kind: str
@@ -41,6 +52,8 @@ class ArchitectureConfig:
     bandwidth: float = 0.1
     initial_threshold: float = 0.5
     decoder_init_norm: float = 0.1
+    normalize_decoder: bool | None = None
+    center_encoder: bool = True
 
     @property
     def cross_layer(self) -> bool:
@@ -49,6 +62,11 @@ class ArchitectureConfig:
     @property
     def has_skip(self) -> bool:
         return self.kind == "skip"
+
+    @property
+    def unit_decoder(self) -> bool:
+        """Whether decoder rows are kept at unit norm (see `normalize_decoder`)."""
+        return bool(self.normalize_decoder)
 
     def validate(self) -> "ArchitectureConfig":
         if self.kind not in KINDS:
@@ -70,7 +88,9 @@ class ArchitectureConfig:
                     f"--k ({self.k}) must not exceed --features ({self.n_features})")
         _positive_float("bandwidth", self.bandwidth)
         _positive_float("initial_threshold", self.initial_threshold)
-        _positive_float("decoder_init_norm", self.decoder_init_norm)
+        if not self.decoder_init_norm >= 0:
+            raise TrainingConfigError(
+                f"decoder_init_norm must be ≥ 0, got {self.decoder_init_norm}")
         return self
 
 
@@ -88,20 +108,23 @@ class OptimConfig:
 
     steps: int = 1000
     batch_size: int = 4096
-    lr: float = 2e-4
-    lr_warmup_steps: int = 100
+    lr: float | None = None
+    lr_warmup_steps: int | None = None
     lr_decay_fraction: float = 0.2
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     grad_clip: float = 1.0
+    grad_accumulation: int = 1
     sparsity_coefficient: float = 1e-3
     sparsity_c: float = 4.0
     sparsity_warmup_steps: int = 0
     preact_coefficient: float = 3e-6
     auxk_coefficient: float = 1.0 / 32
     auxk_k: int | None = None
-    dead_after_tokens: int = 10_000_000
+    dead_after_tokens: int | None = None
+    kl_coefficient: float = 0.0
     threshold_ema: float = 0.99
+    threshold_fit_batches: int = 16
     normalize: bool = True
     normalization_batches: int = 4
     mixed_precision: str = "auto"
@@ -112,22 +135,31 @@ class OptimConfig:
     def validate(self) -> "OptimConfig":
         _positive_int("--steps", self.steps)
         _positive_int("--batch-size", self.batch_size)
-        _positive_float("--lr", self.lr)
-        _non_negative_int("--lr-warmup-steps", self.lr_warmup_steps)
+        if self.lr is not None:
+            _positive_float("--lr", self.lr)
+        if self.lr_warmup_steps is not None:
+            _non_negative_int("--lr-warmup-steps", self.lr_warmup_steps)
         if not 0.0 <= self.lr_decay_fraction <= 1.0:
             raise TrainingConfigError(
                 f"--lr-decay-fraction must be in [0, 1], got {self.lr_decay_fraction}")
         for name in ("sparsity_coefficient", "preact_coefficient", "auxk_coefficient",
-                     "grad_clip"):
+                     "grad_clip", "kl_coefficient"):
             value = getattr(self, name)
-            if not value >= 0.0:  # also rejects NaN
+            if not isinstance(value, (int, float)) or not value >= 0.0:  # also rejects NaN
                 raise TrainingConfigError(f"--{name.replace('_', '-')} must be ≥ 0, got {value}")
         _positive_float("--sparsity-c", self.sparsity_c)
         _non_negative_int("--sparsity-warmup-steps", self.sparsity_warmup_steps)
-        _positive_int("--dead-after-tokens", self.dead_after_tokens)
+        if self.dead_after_tokens is not None:
+            _positive_int("--dead-after-tokens", self.dead_after_tokens)
+        _positive_int("--grad-accumulation", self.grad_accumulation)
+        if self.batch_size % self.grad_accumulation:
+            raise TrainingConfigError(
+                f"--batch-size {self.batch_size} must be divisible by --grad-accumulation "
+                f"{self.grad_accumulation} (each step sums that many equal micro-batches)")
         _positive_int("--log-every", self.log_every)
         _positive_int("--checkpoint-every", self.checkpoint_every)
         _positive_int("normalization_batches", self.normalization_batches)
+        _non_negative_int("threshold_fit_batches", self.threshold_fit_batches)
         if self.auxk_k is not None:
             _positive_int("auxk_k", self.auxk_k)
         if not 0.0 <= self.threshold_ema < 1.0:
@@ -137,6 +169,89 @@ class OptimConfig:
                 f"--mixed-precision must be auto, bf16 or none, got {self.mixed_precision!r}")
         return self
 
+    @property
+    def total_tokens(self) -> int:
+        """The run's token budget (every step sees `batch_size` tokens)."""
+        return self.steps * self.batch_size
+
+    def resolved(self, n_features: int) -> "OptimConfig":
+        """A copy with every automatic setting (None) replaced by its value for this run.
+
+        The rules (measured in `benchmarks/training_defaults.py`, see docs/training.md):
+        the learning rate falls with the square root of the width, warm-up is a fixed share
+        of the steps, and a feature counts as dead (and joins the AuxK loss) after a share of
+        the token budget, so short runs revive features while they still have steps to learn.
+        """
+        return dataclasses.replace(
+            self,
+            lr=self.lr if self.lr is not None else auto_learning_rate(n_features),
+            lr_warmup_steps=(self.lr_warmup_steps if self.lr_warmup_steps is not None
+                             else auto_warmup_steps(self.steps)),
+            dead_after_tokens=(self.dead_after_tokens if self.dead_after_tokens is not None
+                               else auto_dead_after_tokens(self.total_tokens, self.batch_size)),
+        ).validate()
+
+
+# Automatic settings (see `OptimConfig.resolved`); constants chosen from measurements.
+LR_AT_16K_FEATURES = 2e-4
+WARMUP_FRACTION = 0.05
+MAX_WARMUP_STEPS = 1000
+DEAD_AFTER_FRACTION = 0.1
+MAX_DEAD_AFTER_TOKENS = 10_000_000
+
+
+DEFAULT_TOKENS = 4_096_000
+MIN_STEPS = 5000
+MIN_BATCH, MAX_BATCH = 256, 4096
+
+
+def budget(tokens: int | None = None, batch_size: int | None = None,
+           steps: int | None = None) -> tuple[int, int]:
+    """`(steps, batch_size)` of a run from what the user gave (the CLI's `--tokens`,
+    `--batch-size`, `--steps`; any may be None).
+
+    The batch size, when not given, comes from the token budget: the largest power of two that
+    still leaves `MIN_STEPS` optimiser steps, within [256, 4096]. On a fixed budget the number of
+    updates is what limits how far training gets (3M tokens of the demo comparison: FVU 0.0025
+    at 4096 tokens per step, 0.0005 at 1024, 0.0003 at 512); large budgets keep large batches,
+    which use an accelerator well. `--steps` without a batch size keeps 4096 per step.
+    """
+    if steps is not None and tokens is not None:
+        raise TrainingConfigError("give --steps or --tokens, not both")
+    if batch_size is None:
+        if steps is not None:
+            batch_size = MAX_BATCH
+        else:
+            wanted = (tokens or DEFAULT_TOKENS) // MIN_STEPS
+            batch_size = MIN_BATCH
+            while batch_size * 2 <= min(wanted, MAX_BATCH):
+                batch_size *= 2
+    if steps is None:
+        steps = max(1, (tokens or DEFAULT_TOKENS) // batch_size)
+    return steps, batch_size
+
+
+def auto_learning_rate(n_features: int) -> float:
+    """Adam learning rate ∝ 1/√width, anchored at 16 384 features."""
+    return LR_AT_16K_FEATURES * math.sqrt(16384 / n_features)
+
+
+def auto_warmup_steps(steps: int) -> int:
+    return min(MAX_WARMUP_STEPS, int(round(WARMUP_FRACTION * steps)))
+
+
+def auto_dead_after_tokens(total_tokens: int, batch_size: int) -> int:
+    return max(batch_size, min(MAX_DEAD_AFTER_TOKENS, int(DEAD_AFTER_FRACTION * total_tokens)))
+
+
+def same_training(a: ArchitectureConfig, b: ArchitectureConfig) -> bool:
+    """Whether two architectures train the same way: equal, except that the encoder centring
+    (it only sets the starting bias) may differ and decoder normalisation is compared as
+    resolved (`unit_decoder`), so checkpoints from before these settings still resume."""
+    ignored = {"center_encoder": None, "normalize_decoder": None}
+    return (dataclasses.replace(a, **ignored) == dataclasses.replace(b, **ignored)
+            and a.unit_decoder == b.unit_decoder)
+
 
 def to_json_dict(config: ArchitectureConfig | OptimConfig) -> dict[str, Any]:
     """Dataclass → JSON-ready dict (tuples become lists)."""
@@ -144,7 +259,11 @@ def to_json_dict(config: ArchitectureConfig | OptimConfig) -> dict[str, Any]:
 
 
 def architecture_from_dict(data: dict[str, Any]) -> ArchitectureConfig:
-    return ArchitectureConfig(**_known_fields(ArchitectureConfig, data)).validate()
+    values = _known_fields(ArchitectureConfig, data)
+    # checkpoints from before these settings existed trained without them
+    values.setdefault("normalize_decoder", False)
+    values.setdefault("center_encoder", False)
+    return ArchitectureConfig(**values).validate()
 
 
 def optim_from_dict(data: dict[str, Any]) -> OptimConfig:

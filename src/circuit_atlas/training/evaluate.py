@@ -14,6 +14,15 @@ here, downloaded, or converted alike. Three passes per batch of windows:
 loss recovered = (L_zero − L_repl) / (L_zero − L_orig): 1 means the replacement predicts as well as
 the original model, 0 as badly as deleting every MLP. Zeroed positions (position 0, …) keep their
 original values in passes 2 and 3: transcoders are never used there (features and errors are 0).
+
+The ratio only means something when the model beats its own zero-ablation (L_zero > L_orig). On
+text the model cannot predict (say, packed windows for a model trained on single lines) deleting
+the MLPs can *lower* the loss; the report then refuses to give a loss recovered and says why.
+
+Batches are `[B, P]` token windows, or `(tokens, mask)` pairs of right-padded windows whose
+`mask` marks real tokens: padding enters no loss, no reconstruction metric and no L0.
+A set of some layers only (`layers`: the model layer of each of the set's layers) is evaluated on
+those layers; the other MLPs keep running in passes 2 and 3.
 """
 
 from __future__ import annotations
@@ -46,18 +55,33 @@ class EvalReport:
     n_tokens: int
 
     @property
-    def loss_recovered(self) -> float:
+    def loss_recovered(self) -> float | None:
+        """None when the ratio is meaningless (see `loss_recovered_refusal`)."""
+        if self.loss_recovered_refusal is not None:
+            return None
         gap = self.ce_zero_ablation - self.ce_original
-        return float("nan") if gap == 0 else (self.ce_zero_ablation - self.ce_replacement) / gap
+        return (self.ce_zero_ablation - self.ce_replacement) / gap
+
+    @property
+    def loss_recovered_refusal(self) -> str | None:
+        """Why no loss recovered is reported, or None when it is."""
+        if self.ce_zero_ablation > self.ce_original:
+            return None
+        return (f"zero-ablating the MLPs gives a next-token loss ({self.ce_zero_ablation:.4f}) "
+                f"no higher than the model's own ({self.ce_original:.4f}), so this text is not "
+                "text the model predicts (packed windows for a model trained on single "
+                "documents? try --layout documents)")
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["loss_recovered"] = self.loss_recovered
+        if self.loss_recovered_refusal is not None:
+            data["loss_recovered_refused"] = self.loss_recovered_refusal
         return data
 
     def table(self) -> str:
         """The metrics table the CLI prints."""
-        lines = [f"{'layer':>5}  {'NMSE':>8}  {'FVU':>8}  {'L0':>9}  {'dead':>6}"]
+        lines = [f"{'layer':>5}  {'NMSE':>8}  {'FVU':>8}  {'L0':>9}  {'never':>6}"]
         for row in self.layers:
             lines.append(f"{row.layer:>5}  {row.nmse:>8.4f}  {row.fvu:>8.4f}  {row.l0:>9.2f}  "
                          f"{row.dead_fraction:>6.3f}")
@@ -69,47 +93,59 @@ class EvalReport:
         lines.append("")
         lines.append(f"next-token loss  original {self.ce_original:.4f}  replacement "
                      f"{self.ce_replacement:.4f}  zero-ablated MLPs {self.ce_zero_ablation:.4f}")
-        lines.append(f"loss recovered   {self.loss_recovered:.4f}   ({self.n_tokens} tokens)")
+        if self.loss_recovered is None:
+            lines.append(f"loss recovered   not reported: {self.loss_recovered_refusal}")
+        else:
+            lines.append(f"loss recovered   {self.loss_recovered:.4f}   ({self.n_tokens} tokens)")
         return "\n".join(lines)
 
 
 @torch.no_grad()
-def evaluate_transcoders(lm, transcoders, batches: Iterable[torch.Tensor], *,
-                         progress: bool = True) -> EvalReport:
-    """Evaluate `transcoders` on batches of token windows `[B, P]` (see module docstring)."""
+def evaluate_transcoders(lm, transcoders, batches: Iterable[torch.Tensor | tuple], *,
+                         progress: bool = True, layers: list[int] | None = None) -> EvalReport:
+    """Evaluate `transcoders` on batches of token windows (see module docstring)."""
     tc = transcoders
-    tc.validate_against(lm.n_layers, lm.d_model, lm.name)
+    if layers is None:
+        tc.validate_against(lm.n_layers, lm.d_model, lm.name)
+        layers = list(range(tc.n_layers))
+    index = {model_layer: i for i, model_layer in enumerate(layers)}
     z = lm.n_zeroed_positions
     sums: list[MetricSums | None] = [None] * tc.n_layers
     ever_active = torch.zeros(tc.n_layers, tc.n_features, dtype=torch.bool)
     ce = {"original": [0.0, 0], "replacement": [0.0, 0], "zero": [0.0, 0]}
     n_tokens = 0
-    for tokens in tqdm(batches, disable=not progress, desc="evaluating", unit="batch"):
+    for batch in tqdm(batches, disable=not progress, desc="evaluating", unit="batch"):
+        tokens, mask = batch if isinstance(batch, (tuple, list)) else (batch, None)
         tokens = tokens.to(lm.device)
+        mask = (torch.ones_like(tokens, dtype=torch.bool) if mask is None
+                else mask.to(lm.device))
+        keep = mask.clone()
+        keep[:, :z] = False
         clean = lm.forward(tokens, input_hook=tc.input_hook, output_hook=tc.output_hook,
                            record_internals=False)
-        _accumulate(ce["original"], clean.logits, tokens)
-        acts = {s: _encode(tc, s, clean.inputs[s], z) for s in range(tc.n_layers)}
-        for layer in range(tc.n_layers):
-            recon = tc.reconstruct(layer, acts, clean.inputs[layer])
-            keep = slice(z, None)
+        _accumulate(ce["original"], clean.logits, tokens, mask)
+        acts = {i: _encode(tc, i, clean.inputs[layer], z) for i, layer in enumerate(layers)}
+        for i, layer in enumerate(layers):
+            recon = tc.reconstruct(i, acts, clean.inputs[layer])
             batch_sums = MetricSums.from_batch(
-                recon[:, keep].reshape(-1, 1, tc.d_model).float(),
-                clean.outputs[layer][:, keep].reshape(-1, 1, tc.d_model).float(),
-                acts[layer][:, keep].reshape(-1, 1, tc.n_features))
-            sums[layer] = batch_sums if sums[layer] is None else sums[layer].add(batch_sums)
-            ever_active[layer] |= (acts[layer] > 0).reshape(-1, tc.n_features).any(0).cpu()
-        _accumulate(ce["replacement"], _replacement_logits(lm, tc, tokens, z), tokens)
-        _accumulate(ce["zero"], _zero_ablated_logits(lm, tc, tokens, z), tokens)
-        n_tokens += tokens.numel()
+                recon[keep].reshape(-1, 1, tc.d_model).float(),
+                clean.outputs[layer][keep].reshape(-1, 1, tc.d_model).float(),
+                acts[i][keep].reshape(-1, 1, tc.n_features))
+            sums[i] = batch_sums if sums[i] is None else sums[i].add(batch_sums)
+            ever_active[i] |= (acts[i][keep] != 0).any(0).cpu()
+        _accumulate(ce["replacement"], _replacement_logits(lm, tc, tokens, z, index), tokens,
+                    mask)
+        _accumulate(ce["zero"], _zero_ablated_logits(lm, tc, tokens, z, index), tokens, mask)
+        n_tokens += int(mask.sum())
     if n_tokens == 0:
         raise TrainingDataError("no evaluation text: the held-out corpus gave no token windows")
-    layers = []
-    for layer, s in enumerate(sums):
-        layers.append(LayerEval(layer, s.nmse()[0], s.fvu()[0], float(s.l0()[0]),
-                                1.0 - ever_active[layer].double().mean().item()))
+    report_layers = []
+    for i, s in enumerate(sums):
+        report_layers.append(LayerEval(layers[i], s.nmse()[0], s.fvu()[0], float(s.l0()[0]),
+                                       1.0 - ever_active[i].double().mean().item()))
     mean = {k: v[0] / max(v[1], 1) for k, v in ce.items()}
-    return EvalReport(layers, mean["original"], mean["replacement"], mean["zero"], n_tokens)
+    return EvalReport(report_layers, mean["original"], mean["replacement"], mean["zero"],
+                      n_tokens)
 
 
 def _encode(tc, layer: int, x: torch.Tensor, n_zeroed: int) -> torch.Tensor:
@@ -118,19 +154,26 @@ def _encode(tc, layer: int, x: torch.Tensor, n_zeroed: int) -> torch.Tensor:
     return acts
 
 
-def _accumulate(total: list, logits: torch.Tensor, tokens: torch.Tensor) -> None:
+def _accumulate(total: list, logits: torch.Tensor, tokens: torch.Tensor,
+                mask: torch.Tensor) -> None:
+    """Next-token NLL summed over the positions whose next token is real."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     nll = -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    total[0] += nll.sum().item()
-    total[1] += nll.numel()
+    real = mask[:, 1:]
+    total[0] += nll[real].sum().item()
+    total[1] += int(real.sum())
 
 
-def _replacement_logits(lm, tc, tokens: torch.Tensor, n_zeroed: int) -> torch.Tensor:
+def _replacement_logits(lm, tc, tokens: torch.Tensor, n_zeroed: int,
+                        index: dict[int, int]) -> torch.Tensor:
     acts: dict[int, torch.Tensor] = {}
 
     def edit(layer: int, x_in: torch.Tensor, y_out: torch.Tensor) -> torch.Tensor:
-        acts[layer] = _encode(tc, layer, x_in, n_zeroed)
-        recon = tc.reconstruct(layer, acts, x_in).to(y_out.dtype)
+        if layer not in index:
+            return y_out
+        i = index[layer]
+        acts[i] = _encode(tc, i, x_in, n_zeroed)
+        recon = tc.reconstruct(i, acts, x_in).to(y_out.dtype)
         recon[:, :n_zeroed] = y_out[:, :n_zeroed]
         return recon
 
@@ -138,12 +181,14 @@ def _replacement_logits(lm, tc, tokens: torch.Tensor, n_zeroed: int) -> torch.Te
                       output_edit=edit, record_internals=False).logits
 
 
-def _zero_ablated_logits(lm, tc, tokens: torch.Tensor, n_zeroed: int) -> torch.Tensor:
+def _zero_ablated_logits(lm, tc, tokens: torch.Tensor, n_zeroed: int,
+                         index: dict[int, int]) -> torch.Tensor:
     def edit(layer: int, x_in: torch.Tensor, y_out: torch.Tensor) -> torch.Tensor:
+        if layer not in index:
+            return y_out
         out = torch.zeros_like(y_out)
         out[:, :n_zeroed] = y_out[:, :n_zeroed]
         return out
 
     return lm.forward(tokens, input_hook=tc.input_hook, output_hook=tc.output_hook,
                       output_edit=edit, record_internals=False).logits
-

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from circuit_atlas.io.atomic import atomic_write_text
 from circuit_atlas.io.distributed import all_reduce
 
 
@@ -35,7 +36,7 @@ class MetricSums:
             sq_error=(target - recon).pow(2).sum(-1).sum(0),
             sq_target=target.pow(2).sum(-1).sum(0),
             sum_target=target.sum(0),
-            active=(acts > 0).sum((0, 2)).double(),
+            active=(acts != 0).sum((0, 2)).double(),
             tokens=torch.tensor(float(target.shape[0]), dtype=torch.float64,
                                 device=target.device),
         )
@@ -76,7 +77,7 @@ class DeadTracker:
 
     @torch.no_grad()
     def update(self, acts: torch.Tensor, global_tokens: int) -> None:
-        fired = all_reduce((acts > 0).any(0), "max")
+        fired = all_reduce((acts != 0).any(0), "max")
         self.since_fired = torch.where(fired, torch.zeros_like(self.since_fired),
                                        self.since_fired + global_tokens)
 
@@ -99,15 +100,30 @@ class JsonlLog:
             handle.write(json.dumps(record) + "\n")
 
     def truncate_after(self, step: int) -> None:
-        """Drop records of steps > `step` (written by a run that is being resumed from `step`)."""
+        """Drop records of steps > `step` (written by a run that is being resumed from `step`),
+        and a last line torn by a run killed mid-write; the rewrite is atomic."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        kept = [line for line, record in _parsed_lines(self.path)
+                if record is not None and record.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
+        return [record for _, record in _parsed_lines(self.path) if record is not None]
+
+
+def _parsed_lines(path: Path) -> list[tuple[str, dict[str, Any] | None]]:
+    """(line, record) for each non-blank line; record None where the line is not a JSON object
+    (only a torn last line, from a run killed while appending, can be)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        rows.append((line, record if isinstance(record, dict) else None))
+    return rows

@@ -9,7 +9,11 @@ explicitly and is versioned.
 Layout of a directory:
 - `circuit_atlas_transcoders.json`: {"format": "circuit-atlas-transcoders", "version": 1, "kind",
   "n_layers", "d_model", "n_features", "activation", "k", "input_hook", "output_hook",
-  "model_name", "scan", "dtype", "skip"}. Written last, so its presence marks a complete save.
+  "model_name", "scan", "dtype", "skip"}, and "layers" (a sorted list of layer numbers) only in a
+  *partial* set: `circuit-atlas train --layers` of some layers of an n_layers model writes files
+  for those layers alone. A partial set cannot be traced with (`load_transcoders` says so);
+  training reads it to start from or to complete it (`read_native_layers`). Written last, so its
+  presence marks a complete save.
 - `encoder_{l}.safetensors`: `W_enc [F, d]`, `b_enc [F]`, `b_dec [d]` (bias of target layer l),
   `threshold [F]` (JumpReLU only), `W_skip [d_out, d_in]` applied as `x · W_skipᵀ` (skip only;
   the same convention for PLT and CLT).
@@ -50,24 +54,41 @@ _DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 # writer
 
 
-def save_native(tc: Transcoders, directory: str | Path) -> None:
-    """Write `tc` (decoders streamed chunk by chunk, so lazy sets convert in bounded memory)."""
+def save_native(tc: Transcoders, directory: str | Path, *, layer_numbers: list[int] | None = None,
+                n_model_layers: int | None = None) -> None:
+    """Write `tc` (decoders streamed chunk by chunk, so lazy sets convert in bounded memory).
+
+    `layer_numbers` / `n_model_layers` write a partial set: layer i of `tc` is layer
+    `layer_numbers[i]` of an `n_model_layers`-layer model (PLT only; see the module docstring).
+    """
     directory = Path(directory)
+    numbers = list(range(tc.n_layers)) if layer_numbers is None else list(layer_numbers)
+    total = tc.n_layers if n_model_layers is None else n_model_layers
+    partial = numbers != list(range(total))
+    if len(numbers) != tc.n_layers or sorted(set(numbers)) != numbers or \
+            not all(0 <= n < total for n in numbers):
+        raise TranscoderFormatError(f"layer numbers {numbers} do not fit a {tc.n_layers}-layer "
+                                    f"set of a {total}-layer model")
+    if partial and tc.kind != "plt":
+        raise TranscoderFormatError("only per-layer transcoders can be saved as a partial set")
     tc.check_output_dir(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).unlink(missing_ok=True)
     for old in [*directory.glob("encoder_*.safetensors"), *directory.glob("decoder_*.safetensors")]:
         old.unlink()
     for layer in progress(range(tc.n_layers), "writing transcoders"):
-        write_safetensors(directory / f"encoder_{layer}.safetensors", _encoder_tensors(tc, layer))
-        write_safetensors(directory / f"decoder_{layer}.safetensors", {"W_dec": _decoder_source(tc, layer)})
+        number = numbers[layer]
+        write_safetensors(directory / f"encoder_{number}.safetensors", _encoder_tensors(tc, layer))
+        write_safetensors(directory / f"decoder_{number}.safetensors", {"W_dec": _decoder_source(tc, layer)})
     config = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": tc.kind,
-        "n_layers": tc.n_layers, "d_model": tc.d_model, "n_features": tc.n_features,
+        "n_layers": total, "d_model": tc.d_model, "n_features": tc.n_features,
         "activation": tc.activation_name, "k": tc.k,
         "input_hook": tc.input_hook, "output_hook": tc.output_hook,
         "model_name": tc.model_name, "scan": _portable_scan(tc.scan), "dtype": dtype_name(tc.dtype), "skip": tc.has_skip,
     }
+    if partial:
+        config["layers"] = numbers
     atomic_write_json(directory / CONFIG_FILE, config, indent=2)  # last: marks a complete save
 
 
@@ -128,7 +149,21 @@ def read_native_config(path: Path) -> dict[str, Any]:
     _expect(path, config, "k", int, optional=True, positive=True)
     _expect(path, config, "dtype", str, choices=tuple(_DTYPE_NAMES))
     _expect(path, config, "skip", bool)
+    layers = config.get("layers")
+    if layers is not None:
+        ok = isinstance(layers, list) and layers and all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n < config["n_layers"]
+            for n in layers) and sorted(set(layers)) == layers
+        if not ok or config["kind"] != "plt":
+            raise TranscoderFormatError(
+                f"{path}: key 'layers' must be a sorted list of distinct layer numbers in "
+                f"0..{config['n_layers'] - 1} (partial sets are per-layer), got {layers!r}")
     return config
+
+
+def config_layers(config: dict[str, Any]) -> list[int]:
+    """The layer numbers a directory holds (all of them unless it is a partial set)."""
+    return list(config.get("layers") or range(config["n_layers"]))
 
 
 def _expect(path: Path, config: dict[str, Any], key: str, kind: type, *, optional: bool = False,
@@ -147,7 +182,14 @@ def read_native(directory: Path, options: ReadOptions) -> SetParts:
     """Read a native folder; every file is checked against the config's sizes."""
     config_path = directory / CONFIG_FILE
     config = read_native_config(config_path)
-    _check_no_extra_layers(directory, config["n_layers"])
+    held = config_layers(config)
+    if len(held) != config["n_layers"]:
+        raise TranscoderFormatError(
+            f"{directory} is a partial set: it holds layer(s) {', '.join(map(str, held))} of a "
+            f"{config['n_layers']}-layer model (written by `circuit-atlas train --layers`), and "
+            "tracing needs every layer; train the others with `circuit-atlas train --layers "
+            f"<the rest> --init-from {directory}` to complete it")
+    _check_no_extra_layers(directory, held)
     layers = [_read_layer(directory, layer, config, options)
               for layer in progress(range(config["n_layers"]), "reading transcoders")]
     return SetParts(
@@ -157,18 +199,30 @@ def read_native(directory: Path, options: ReadOptions) -> SetParts:
     )
 
 
+def read_native_layers(directory: Path, *, dtype: torch.dtype = torch.float32
+                       ) -> tuple[dict[str, Any], dict[int, LayerParts]]:
+    """The config and the layers (by layer number, eagerly read) of a native directory, partial
+    or complete: what training needs to start from an existing set or to complete one."""
+    config = read_native_config(directory / CONFIG_FILE)
+    held = config_layers(config)
+    _check_no_extra_layers(directory, held)
+    options = ReadOptions(dtype=dtype, lazy_decoder=False)
+    return config, {layer: _read_layer(directory, layer, config, options) for layer in held}
+
+
 def fetch_native(ref: TranscoderRef, config_path: Path) -> tuple[Path, None]:
     """From the hub: the config is there; download the weight files beside it."""
     return fetch_weights(ref, [CONFIG_FILE, *WEIGHT_PATTERNS]), None
 
 
-def _check_no_extra_layers(directory: Path, n_layers: int) -> None:
+def _check_no_extra_layers(directory: Path, layers: list[int]) -> None:
     for prefix in ("encoder_", "decoder_"):
         for path in directory.glob(f"{prefix}*.safetensors"):
             suffix = path.name[len(prefix):-len(".safetensors")]
-            if not suffix.isdigit() or int(suffix) >= n_layers:
+            if not suffix.isdigit() or int(suffix) not in layers:
                 raise TranscoderFormatError(
-                    f"{path}: unexpected file; {CONFIG_FILE} says n_layers={n_layers}"
+                    f"{path}: unexpected file; {CONFIG_FILE} lists layers "
+                    f"{', '.join(map(str, layers))}"
                 )
 
 
