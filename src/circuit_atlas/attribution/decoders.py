@@ -16,6 +16,7 @@ busiest, so one block is one batched matrix product `[p, m, d] × [p, d, B]`.
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -85,26 +86,59 @@ class DecoderPlan:
                 used += size
         return used
 
-    def rows_of(self, transcoders, block: SlotBlock, target: int, count: int) -> torch.Tensor:
+    def rows_of(self, transcoders, block: SlotBlock, target: int, count: int,
+                scratch: Scratch | None = None) -> torch.Tensor:
         """Unscaled rows `[count, m, d]` of the first `count` positions of `block`."""
         if block.rows is not None:
             return block.rows[:count]
-        return gather_rows(transcoders, block, target, self.dtype, count)
+        return gather_rows(transcoders, block, target, self.dtype, count, scratch)
+
+
+class Scratch:
+    """Flat buffers reused by name while one gradient is contracted.
+
+    On CPU every fresh tensor of a block's size (tens of MB) is mapped anew and page-faulted on
+    first touch, which cost more than the gather and the product themselves (the compact engine
+    was slower than the dense one at d_model 2048 for this alone); one buffer per role serves every
+    block of a layer instead.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """An uninitialised tensor of `shape` (the first elements of the role's buffer)."""
+        numel = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype or buffer.device != device:
+            buffer = torch.empty(numel, dtype=dtype, device=device)
+            self._buffers[name] = buffer
+        return buffer[:numel].view(shape)
 
 
 def gather_rows(transcoders, block: SlotBlock, target: int, dtype: torch.dtype,
-                count: int | None = None) -> torch.Tensor:
-    """Decoder rows `[p, m, d]` (not scaled by activation) of a block's slots, zeros in padding."""
+                count: int | None = None, scratch: Scratch | None = None) -> torch.Tensor:
+    """Decoder rows `[p, m, d]` (not scaled by activation) of a block's slots, zeros in padding.
+
+    With `scratch` the rows live in its reused buffers (valid until the next block's gather)."""
     count = block.columns.shape[0] if count is None else count
     width = block.columns.shape[1]
     d_model = transcoders.d_model
-    out = torch.zeros(count * width, d_model, dtype=dtype, device=block.columns.device)
+    device = block.columns.device
+    if scratch is None:
+        out = torch.zeros(count * width, d_model, dtype=dtype, device=device)
+    else:
+        out = scratch.get("rows", (count * width, d_model), dtype, device).zero_()
     for source, (flat, features) in block.by_source.items():
         used = int(torch.searchsorted(flat, torch.tensor(count * width, device=flat.device)))
         if used == 0:
             continue
-        rows = transcoders.decoder_rows(source, features[:used], target)
-        out.index_copy_(0, flat[:used], rows.to(device=out.device, dtype=dtype))
+        if scratch is None:
+            rows = transcoders.decoder_rows(source, features[:used], target).to(device=device, dtype=dtype)
+        else:
+            staging = scratch.get("staging", (used, d_model), dtype, device)
+            rows = transcoders.decoder_rows_into(source, features[:used], target, staging)
+        out.index_copy_(0, flat[:used], rows)
     return out.view(count, width, d_model)
 
 
@@ -194,12 +228,23 @@ def contract(out: torch.Tensor, gradient: torch.Tensor, plan: DecoderPlan, targe
     """
     reach = min(reach, gradient.shape[1])
     by_position = gradient.permute(1, 2, 0)  # [P', d, B] view: one gather per block
+    scratch = Scratch()  # the blocks' rows, gradients and products: one buffer each (see Scratch)
+    batch, d_model = int(gradient.shape[0]), int(gradient.shape[2])
     for block in plan.blocks[target]:
         count = bisect.bisect_left(block.position_list, reach)
         if count == 0:
             continue
-        rows = plan.rows_of(transcoders, block, target, count)  # [count, m, d]
-        grads = by_position[block.positions[:count]].to(rows.dtype)  # [count, d, B]
-        dots = torch.bmm(rows, grads).float()  # [count, m, B]
+        rows = plan.rows_of(transcoders, block, target, count, scratch)  # [count, m, d]
+        positions = block.positions[:count]
+        if gradient.dtype == rows.dtype:
+            grads = scratch.get("grads", (count, d_model, batch), rows.dtype, rows.device)
+            torch.index_select(by_position, 0, positions, out=grads)  # [count, d, B]
+        else:
+            grads = by_position[positions].to(rows.dtype)
+        if rows.dtype == torch.float32:
+            dots = scratch.get("dots", (count, rows.shape[1], batch), rows.dtype, rows.device)
+            torch.bmm(rows, grads, out=dots)  # [count, m, B]
+        else:
+            dots = torch.bmm(rows, grads).float()
         dots *= block.activations[:count, :, None]
         out.index_add_(1, block.columns[:count].reshape(-1), dots.reshape(-1, dots.shape[-1]).t())

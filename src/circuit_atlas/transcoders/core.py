@@ -296,6 +296,22 @@ class Transcoders:
         rows = self._decoders[source_layer].rows(self._features(features), target_layer - source_layer)
         return rows.to(device=self.device, dtype=self.dtype)
 
+    def decoder_rows_into(self, source_layer: int, features: torch.Tensor | Sequence[int], target_layer: int,
+                          out: torch.Tensor) -> torch.Tensor:
+        """`decoder_rows` written into `out` `[n, d]` (returned), a buffer the caller reuses.
+
+        On CPU a fresh tensor of tens of MB costs its page faults on first touch, more than the
+        gather itself; callers gathering many such blocks (attribution) keep one buffer instead.
+        In-memory decoders of `out`'s dtype and device are gathered straight into it.
+        """
+        store = self._decoders[source_layer]
+        weight = getattr(store, "weight", None)
+        if (isinstance(store, EagerDecoder) and weight.dtype == out.dtype == self.dtype and weight.device == out.device
+                and target_layer in self.target_layers(source_layer)):
+            idx = self._features(features).to(weight.device)
+            return torch.index_select(weight[:, target_layer - source_layer], 0, idx, out=out)
+        return out.copy_(self.decoder_rows(source_layer, features, target_layer))
+
     def decoder_rows_all(self, source_layer: int, features: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """Decoder vectors `[n, T, d]` for every target in `target_layers(source_layer)`, one read."""
         self.target_layers(source_layer)
