@@ -27,6 +27,23 @@ def test_lazy_rows_equal_eager_rows(make_ct_clt):
     assert lazy.decoder_rows(0, torch.tensor([], dtype=torch.long), 1).shape == (0, 16)
 
 
+def test_rows_into_a_buffer_equal_rows(make_ct_clt):
+    """`decoder_rows_into` (the compact engine's reused buffers) writes exactly `decoder_rows`,
+    for in-memory CLT decoders (strided target slices) and mapped ones, and for out-of-range
+    features raises like `decoder_rows`."""
+    root, _raw = make_ct_clt(L=3, d=16, F=500)
+    idx = torch.randint(0, 500, (64,), generator=torch.Generator().manual_seed(1))
+    for tc in (load_transcoders(str(root)), load_transcoders(str(root), lazy_decoder=False)):
+        buffer = torch.full((64, 16), float("nan"))
+        for source in range(3):
+            for target in tc.target_layers(source):
+                out = tc.decoder_rows_into(source, idx, target, buffer)
+                assert out.data_ptr() == buffer.data_ptr()
+                assert torch.equal(out, tc.decoder_rows(source, idx, target))
+        with pytest.raises(Exception, match="out of range"):
+            tc.decoder_rows_into(0, torch.tensor([500]), 0, buffer[:1])
+
+
 def test_lazy_rows_follow_dtype(make_ct_plt):
     root, raw = make_ct_plt(dtype=torch.bfloat16)
     tc = load_transcoders(str(root), dtype=torch.float16)
