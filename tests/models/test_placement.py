@@ -25,14 +25,21 @@ from ..conftest import build_model, prompt_ids
 pytest.importorskip("accelerate")
 
 
+def ties_embeddings(lm) -> bool:
+    return bool(lm.text_config.tie_word_embeddings)
+
+
 def offloading_map(lm) -> dict[str, str]:
-    """Every top-level module of the decoder on the CPU, except layer 1 and the LM head: disk."""
+    """Every top-level module of the decoder on the CPU, except layer 1 and the LM head: disk
+    (with the token embedding when the two share their weight, as in Gemma)."""
     base = lm.adapter.base
     device_map = {f"{base}.{name}": "cpu" for name, _ in lm.module(base).named_children()
                   if name != "layers"}
     for layer in range(lm.n_layers):
         device_map[f"{lm.adapter.layers}.{layer}"] = "disk" if layer == 1 else "cpu"
     device_map[lm.adapter.lm_head] = "disk"
+    if ties_embeddings(lm):
+        device_map[lm.adapter.embed_tokens] = "disk"
     return device_map
 
 
@@ -54,6 +61,8 @@ def test_offloaded_weights_really_are_off_device(pair):
     _, twin = pair
     layer = twin.lm.layer_module(1, twin.lm.adapter.layer_mlp)
     assert all(p.is_meta for p in layer.parameters()), "layer 1 should be offloaded to disk"
+    head = twin.lm.hf_model.get_output_embeddings()
+    assert head.weight.is_meta, "the LM head should be offloaded to disk"
     assert twin.lm.device == torch.device("cpu")
     assert placement.is_dispatched(twin.lm.hf_model)
 
@@ -113,6 +122,10 @@ def test_loading_refuses_conflicting_or_incomplete_requests(tmp_path, monkeypatc
         load_language_model(saved, device_map={"model": "cpu", "lm_head": "disk"})
     with pytest.raises(ModelLoadError, match="only applies"):
         load_language_model(saved, offload_folder=tmp_path)
+    tied = build_model("gemma2-plt").lm.save(tmp_path / "tied")
+    with pytest.raises(ModelLoadError, match="ties 'lm_head'"):
+        load_language_model(tied, device_map={"model": "cpu", "lm_head": "disk"},
+                            offload_folder=tmp_path / "offload")
     monkeypatch.setattr(placement, "_align_module_device", None)
     with pytest.raises(ModelLoadError, match=r"circuit-atlas\[multi-gpu\]"):
         load_language_model(saved, device_map="auto")

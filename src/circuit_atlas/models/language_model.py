@@ -22,6 +22,7 @@ from circuit_atlas.models.freeze import ForwardRecord, FreezeSpec
 from circuit_atlas.models.norms import find_norms
 from circuit_atlas.models.placement import (
     DeviceMap,
+    check_tied_placement,
     execution_device,
     is_dispatched,
     loaded_weights,
@@ -407,7 +408,9 @@ def load_language_model(
     except Exception as exc:  # transformers raises OSError/ValueError/HF errors here
         raise ModelLoadError(f"could not read the model config of {ref!r}: {exc}") from None
     arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
-    adapter_for_architecture(arch)  # fail before reading any weights
+    adapter = adapter_for_architecture(arch)  # fail before reading any weights
+    if device_map is not None and _ties_embeddings(config):
+        check_tied_placement(device_map, adapter.embed_tokens, adapter.lm_head)
     try:
         kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
         if device_map is not None:
@@ -446,3 +449,8 @@ def _check_device_map(device_map: DeviceMap | None, device: torch.device | None,
         raise ModelLoadError("the device_map offloads modules to 'disk'; give offload_folder "
                              "(--offload-folder), the directory their weights are written to")
     return device_map
+
+
+def _ties_embeddings(config) -> bool:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return bool(getattr(text, "tie_word_embeddings", getattr(config, "tie_word_embeddings", False)))

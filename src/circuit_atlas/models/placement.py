@@ -78,6 +78,32 @@ def uses_disk(device_map: DeviceMap | None) -> bool:
     return isinstance(device_map, Mapping) and "disk" in device_map.values()
 
 
+def placement_of(device_map: Mapping[str, str | int], path: str) -> str | int | None:
+    """Where an explicit device_map puts the module at `path`: the entry of the longest key that
+    is `path` or one of its parents (transformers' rule), None when no key covers it."""
+    best = None
+    for key, device in device_map.items():
+        if key == "" or path == key or path.startswith(key + "."):
+            if best is None or len(key) > len(best[0]):
+                best = (key, device)
+    return None if best is None else best[1]
+
+
+def check_tied_placement(device_map: DeviceMap, embed_path: str, head_path: str) -> None:
+    """A checkpoint whose LM head shares the token embedding's weight (Gemma, tied Llamas) keeps
+    one copy of it; transformers writes only that copy to the offload folder, so a map sending
+    the two modules to different places fails at the first forward with a bare KeyError. Refuse
+    it here instead, naming both entries."""
+    if not isinstance(device_map, Mapping):
+        return
+    embed, head = placement_of(device_map, embed_path), placement_of(device_map, head_path)
+    if embed != head:
+        raise ModelLoadError(
+            f"this checkpoint ties {head_path!r} to {embed_path!r} (one shared weight), but the "
+            f"device_map puts them on {head!r} and {embed!r}; map both to the same device"
+        )
+
+
 def require_accelerate(what: str = "device_map") -> None:
     if not accelerate_available():
         raise ModelLoadError(
