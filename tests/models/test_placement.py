@@ -15,7 +15,8 @@ import torch
 import circuit_atlas
 from circuit_atlas.attribution.qk import QKExplainer
 from circuit_atlas.errors import ModelLoadError
-from circuit_atlas.interventions import Intervention, intervene
+from circuit_atlas.features.open_store import _fingerprint
+from circuit_atlas.interventions import Intervention, generate, intervene
 from circuit_atlas.models import load_language_model
 from circuit_atlas.models import placement
 
@@ -89,6 +90,24 @@ def test_interventions_and_logits_match(pair):
         got = intervene(twin, tokens, edit, mode=mode)
         assert not torch.allclose(expected.logits, expected.clean_logits), "the ablation changed nothing"
         assert torch.allclose(got.logits, expected.logits, atol=1e-5), mode
+
+
+def test_steered_generation_matches(pair):
+    """Generation runs transformers' KV-cached forward through accelerate's hooks, with edits."""
+    model, twin = pair
+    tokens = prompt_ids(model, length=6, seed=4)
+    # every third feature of layer 0 held high on the prompt and every generated position
+    steer = Intervention(0, slice(1, None), list(range(0, 64, 3)), value=30.0)
+    expected = generate(model, tokens, [steer], max_new_tokens=4)
+    got = generate(twin, tokens, [steer], max_new_tokens=4)
+    assert expected.steered.token_ids != expected.default.token_ids, "the steering changed nothing"
+    assert got.default.token_ids == expected.default.token_ids
+    assert got.steered.token_ids == expected.steered.token_ids
+
+
+def test_feature_store_fingerprint_reads_offloaded_weights(pair):
+    model, twin = pair
+    assert _fingerprint(twin) == _fingerprint(model)
 
 
 def test_qk_attribution_matches(pair):
