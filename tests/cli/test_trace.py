@@ -201,3 +201,18 @@ def test_trace_bad_device_map_is_one_line(saved_pair, tmp_path, capsys, extra, m
                  "--out", str(tmp_path), *extra])
     err = capsys.readouterr().err
     assert code != 0 and message in err and "Traceback" not in err
+
+
+def test_device_map_is_refused_under_torchrun_and_kept_for_one_process():
+    from argparse import Namespace
+
+    from circuit_atlas.cli.common import rank_placement
+    from circuit_atlas.errors import CircuitAtlasError
+
+    args = Namespace(device=None, device_map="auto", offload_folder=None)
+    with pytest.raises(CircuitAtlasError, match="torchrun"):
+        rank_placement(args, world_size=2)
+    assert rank_placement(args, world_size=1) == {"device": None, "device_map": "auto",
+                                                  "offload_folder": None}
+    assert rank_placement(Namespace(device="cpu", device_map=None, offload_folder=None), 2) == {
+        "device": "cpu"}

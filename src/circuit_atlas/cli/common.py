@@ -134,6 +134,18 @@ def resolve_rank_device(device: str) -> str:
     return device
 
 
+def rank_placement(args: argparse.Namespace, world_size: int) -> dict:
+    """`model_placement` for commands that deal work out to torchrun ranks: bare cuda becomes
+    this rank's GPU, and a --device-map (which would give every rank all GPUs) is refused."""
+    placement = model_placement(args)
+    if placement["device"] is None and world_size > 1:
+        raise CircuitAtlasError("--device-map cannot be used under torchrun: each rank would "
+                                "spread its copy over every GPU; use one process instead")
+    if placement["device"] is not None:
+        placement["device"] = resolve_rank_device(placement["device"])
+    return placement
+
+
 def _first_existing(path: Path) -> Path:
     """`path` or its nearest existing ancestor (the folder a mkdir -p would start from)."""
     current = path
