@@ -139,6 +139,9 @@ def test_loading_refuses_conflicting_or_incomplete_requests(tmp_path, monkeypatc
         load_language_model(saved, device="cpu", device_map="auto")
     with pytest.raises(ModelLoadError, match="offload_folder"):
         load_language_model(saved, device_map={"model": "cpu", "lm_head": "disk"})
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="device_map entry 'lm_head': '?cuda:1'? is not available"):
+            load_language_model(saved, device_map={"model": "cpu", "lm_head": 1})
     with pytest.raises(ModelLoadError, match="only applies"):
         load_language_model(saved, offload_folder=tmp_path)
     tied = build_model("gemma2-plt").lm.save(tmp_path / "tied")

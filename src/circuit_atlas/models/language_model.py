@@ -21,6 +21,7 @@ from circuit_atlas.models.forward import EmbeddingEdit, OutputEdit, _Pass
 from circuit_atlas.models.freeze import ForwardRecord, FreezeSpec
 from circuit_atlas.models.norms import find_norms
 from circuit_atlas.models.placement import (
+    OFFLOAD_TARGETS,
     DeviceMap,
     check_tied_placement,
     execution_device,
@@ -445,6 +446,11 @@ def _check_device_map(device_map: DeviceMap | None, device: torch.device | None,
             "device_map decides where every layer goes"
         )
     require_accelerate()
+    if isinstance(device_map, Mapping):  # a missing GPU fails here, not inside transformers
+        for path, target in device_map.items():
+            if target not in OFFLOAD_TARGETS:
+                check_device(f"cuda:{target}" if isinstance(target, int) else target,
+                             what=f"device_map entry {path!r}:")
     if uses_disk(device_map) and offload_folder is None:
         raise ModelLoadError("the device_map offloads modules to 'disk'; give offload_folder "
                              "(--offload-folder), the directory their weights are written to")
