@@ -27,10 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch.autograd import forward_ad
 
-from circuit_atlas.errors import ShapeMismatchError
+from circuit_atlas.errors import ModelLoadError, ShapeMismatchError
 from circuit_atlas.models import ForwardRecord, FreezeSpec, LanguageModel, load_language_model
 from circuit_atlas.models.adapters import HOOK_MLP_OUT_RAW
 from circuit_atlas.models.freeze import prefix_record
+from circuit_atlas.models.placement import DeviceMap
 from circuit_atlas.transcoders import load_transcoders
 from circuit_atlas.io.dtypes import resolve_dtype
 
@@ -406,18 +407,28 @@ def load(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     lazy_encoder: bool = False,
+    device_map: DeviceMap | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> ReplacementModel:
     """Pair a model (hub id, local dir or `LanguageModel`) with transcoders (reference string or
     a loaded set), on one device and dtype. `load("demo", "demo")` is the bundled demo model with
     its cross-layer transcoders (`"demo-plt"`: per-layer ones).
 
     `lazy_encoder=True` keeps the encoders of a loaded reference on disk, read one layer at a
-    time (see `load_transcoders`); it does not apply to an already loaded set."""
+    time (see `load_transcoders`); it does not apply to an already loaded set.
+
+    `device_map` / `offload_folder` (instead of `device`) spread a model that does not fit one
+    device over several, with accelerate (`load_language_model`); the transcoders then live on
+    the model's first device, where attribution gathers its results."""
     torch_dtype = resolve_dtype(dtype)
     if isinstance(model, LanguageModel):
+        if device_map is not None or offload_folder is not None:
+            raise ModelLoadError("device_map and offload_folder apply when loading a model by "
+                                 "name or path, not to an already loaded LanguageModel")
         lm = model.to(device=device, dtype=torch_dtype)
     else:
-        lm = load_language_model(model, device=device, dtype=torch_dtype)
+        lm = load_language_model(model, device=device, dtype=torch_dtype, device_map=device_map,
+                                 offload_folder=offload_folder)
     if isinstance(transcoders, (str, os.PathLike)):
         transcoders = load_transcoders(str(transcoders), device=lm.device, dtype=lm.dtype,
                                        lazy_encoder=lazy_encoder)

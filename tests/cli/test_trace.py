@@ -170,3 +170,49 @@ def test_a_local_transcoder_folder_is_recorded_as_typed(tmp_path, monkeypatch):
     for file in (tmp_path / "graphs").rglob("*.json"):
         text = file.read_text()
         assert str(tmp_path) not in text and str(tmp_path.resolve()) not in text, file
+
+
+def test_trace_with_a_device_map_that_offloads_layers_gives_the_same_graph(saved_pair, tmp_path):
+    """--device-map with a layer and the LM head on disk (accelerate's offload, the multi-device
+    mechanism a CPU can run) traces the graph the plainly loaded model gives."""
+    pytest.importorskip("accelerate")
+    model_dir, tc_dir = saved_pair
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "disk", "model.layers.1": "cpu",
+                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "disk"}
+    common = ["trace", "--model", str(model_dir), "--transcoders", str(tc_dir), "--prompt",
+              "the capital of Texas is", "--out", str(tmp_path), "--max-feature-nodes", "20"]
+    assert main([*common, "--slug", "plain"]) == 0
+    assert main([*common, "--slug", "mapped", "--device-map", json.dumps(device_map),
+                 "--offload-folder", str(tmp_path / "offload")]) == 0
+    plain, mapped = Graph.load(tmp_path / "plain" / "graph"), Graph.load(tmp_path / "mapped" / "graph")
+    assert torch.equal(plain.selected_features, mapped.selected_features)
+    assert torch.allclose(mapped.adjacency, plain.adjacency, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--device-map", "everywhere"], "--device-map 'everywhere' is neither a strategy"),
+    (["--device-map", "auto", "--device", "cpu"], "either --device or --device-map"),
+    (["--offload-folder", "x"], "--offload-folder only applies"),
+    (["--device-map", '{"model": "cpu", "lm_head": "disk"}'], "give offload_folder"),
+])
+def test_trace_bad_device_map_is_one_line(saved_pair, tmp_path, capsys, extra, message):
+    model_dir, tc_dir = saved_pair
+    code = main(["trace", "--model", str(model_dir), "--transcoders", str(tc_dir), "--prompt", "the",
+                 "--out", str(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err and "Traceback" not in err
+
+
+def test_device_map_is_refused_under_torchrun_and_kept_for_one_process():
+    from argparse import Namespace
+
+    from circuit_atlas.cli.common import rank_placement
+    from circuit_atlas.errors import CircuitAtlasError
+
+    args = Namespace(device=None, device_map="auto", offload_folder=None)
+    with pytest.raises(CircuitAtlasError, match="torchrun"):
+        rank_placement(args, world_size=2)
+    assert rank_placement(args, world_size=1) == {"device": None, "device_map": "auto",
+                                                  "offload_folder": None}
+    assert rank_placement(Namespace(device="cpu", device_map=None, offload_folder=None), 2) == {
+        "device": "cpu"}

@@ -37,6 +37,7 @@ from circuit_atlas.models.adapters import HOOK_MLP_OUT_RAW
 from circuit_atlas.models.attention import AttentionCall, observe_attention
 from circuit_atlas.models.attention_probe import project_queries_keys
 from circuit_atlas.models.norms import apply_norm
+from circuit_atlas.models.placement import execution_device, loaded_weights
 
 TERM_KINDS = ("token", "position", "feature", "error", "skip", "transcoder_bias", "mlp", "head",
               "attention_bias", "query_bias", "key_bias")
@@ -366,8 +367,10 @@ class _TermBuilder:
         text = self.lm.token_strings([token])[0]
         self.add(Term(f"E_{token}_{p}", "token", f"token {text!r} @{p}", p), self.run.token_vectors[p])
         if self.adapter.position_embedding is not None:
-            table = self.lm.module(self.adapter.position_embedding).weight
-            self.add(Term(f"pos_{p}", "position", f"position embedding @{p}", p), table[p])
+            embedding = self.lm.module(self.adapter.position_embedding)
+            with loaded_weights(embedding):  # a device_map may have offloaded it
+                row = embedding.weight[p].to(self.lm.device, copy=True)
+            self.add(Term(f"pos_{p}", "position", f"position embedding @{p}", p), row)
 
     # --- attention ---------------------------------------------------------------------------
     def attention(self, layer: int, call: AttentionCall) -> None:
@@ -378,8 +381,11 @@ class _TermBuilder:
         blocks = torch.zeros(n_heads, n_heads * head_dim, dtype=heads.dtype, device=heads.device)
         for h in range(n_heads):
             blocks[h, h * head_dim : (h + 1) * head_dim] = heads[h]
-        per_head = _linear_part(out_proj, blocks)
-        bias = getattr(out_proj, "bias", None)
+        with loaded_weights(out_proj):  # a device_map may have offloaded it
+            where = execution_device(out_proj)
+            per_head = _linear_part(out_proj, blocks.to(where)).to(self.lm.device)
+            bias = getattr(out_proj, "bias", None)
+            bias = None if bias is None else bias.to(self.lm.device, copy=True)
         post = self.adapter.layer_post_attention_norm
         if post is not None:
             per_head = self._norm(layer, post, per_head)
@@ -447,7 +453,10 @@ class _TermBuilder:
         path = f"{self.adapter.layers}.{layer}.{part}"
         kind = self.lm._norms[path][1]
         inverse = self.run.record.norm_scales[path][0, self.position]
-        return apply_norm(kind, module, vectors.to(self.lm.dtype), inverse).output
+        with loaded_weights(module):  # a device_map may have offloaded it
+            where = execution_device(module)
+            out = apply_norm(kind, module, vectors.to(where, self.lm.dtype), inverse.to(where)).output
+        return out.to(self.lm.device)
 
 
 def _linear_part(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

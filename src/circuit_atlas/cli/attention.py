@@ -8,7 +8,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from circuit_atlas.cli.common import DTYPES, add_lazy_encoder_argument, check_at_least, resolve_device
+from circuit_atlas.cli.common import (
+    DTYPES,
+    add_device_map_arguments,
+    add_lazy_encoder_argument,
+    check_at_least,
+    model_placement,
+)
 from circuit_atlas.cli.export import find_graph, stored_attention
 from circuit_atlas.errors import CircuitAtlasError
 
@@ -76,6 +82,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_lazy_encoder_argument(model)
     model.add_argument("--dtype", choices=DTYPES, help="model dtype (default: float32)")
     model.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda if available)")
+    add_device_map_arguments(model)
     parser.set_defaults(func=run)
     return parser
 
@@ -126,10 +133,10 @@ class _Session:
             from circuit_atlas.replacement import load
 
             model_ref, transcoders_ref = self.model_refs()
-            device = resolve_device(self.args.device)
+            placement = model_placement(self.args)
             try:
-                self._model = load(model_ref, transcoders_ref, device=device,
-                                                 dtype=self.args.dtype, lazy_encoder=self.args.lazy_encoder)
+                self._model = load(model_ref, transcoders_ref, dtype=self.args.dtype,
+                                   lazy_encoder=self.args.lazy_encoder, **placement)
             except CircuitAtlasError as exc:
                 raise CircuitAtlasError(
                     f"{exc}\n(loading the model the graph names; pass --model and --transcoders to "

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from circuit_atlas.cli.common import check_output_dir, resolve_device, resolve_rank_device
+from circuit_atlas.cli.common import check_output_dir, rank_placement
 from circuit_atlas.cli.prompt_file import PromptRequest, read_prompt_file
 from circuit_atlas.errors import CircuitAtlasError
 
@@ -52,9 +52,8 @@ def run_batch(args: argparse.Namespace, *, check_numbers, check_destination, fea
     if todo:
         from circuit_atlas.replacement import load
 
-        device = resolve_rank_device(resolve_device(args.device))
-        model = load(args.model, args.transcoders, device=device, dtype=args.dtype,
-                                   lazy_encoder=args.lazy_encoder)
+        model = load(args.model, args.transcoders, dtype=args.dtype, lazy_encoder=args.lazy_encoder,
+                     **rank_placement(args, world))
         _check_targets(args.prompts, todo, model)
         failures = _trace_share(args, model, todo, todo[rank::world], labels, settings, rank == 0)
     if world > 1:

@@ -16,7 +16,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --transcoders (required), --lazy-encoder, --dtype, --device."""
+    """--model, --transcoders (required), --lazy-encoder, --dtype, --device, --device-map,
+    --offload-folder."""
     parser.add_argument("--model", required=True, help="hub id, local directory, or 'demo'")
     parser.add_argument(
         "--transcoders", required=True, help="hub id (repo[/sub][@rev]), local directory, or 'demo'"
@@ -24,6 +25,42 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_lazy_encoder_argument(parser)
     parser.add_argument("--dtype", choices=DTYPES, help="model dtype (default: float32)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda if available)")
+    add_device_map_arguments(parser)
+
+
+def add_device_map_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--device-map and --offload-folder: spread a model too large for one device."""
+    parser.add_argument(
+        "--device-map", metavar="MAP",
+        help="spread the model over several GPUs (or offload part of it) with accelerate, "
+             "instead of --device: auto, balanced, balanced_low_0, sequential, or a JSON object "
+             "of module path -> GPU index, 'cpu' or 'disk', e.g. "
+             '\'{"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, '
+             '"model.norm": 1, "lm_head": 1}\' (needs pip install "circuit-atlas[multi-gpu]")',
+    )
+    parser.add_argument(
+        "--offload-folder", metavar="DIR",
+        help="where weights of modules the --device-map sends to 'disk' are written",
+    )
+
+
+def model_placement(args: argparse.Namespace) -> dict:
+    """`load`'s device, device_map and offload_folder from --device / --device-map /
+    --offload-folder, checked before any model is read."""
+    from circuit_atlas.models.placement import parse_device_map
+
+    text = getattr(args, "device_map", None)
+    folder = getattr(args, "offload_folder", None)
+    if text is None or not str(text).strip():
+        if folder is not None:
+            raise CircuitAtlasError("--offload-folder only applies with a --device-map that "
+                                    "sends modules to 'disk'")
+        return {"device": resolve_device(args.device)}
+    if args.device is not None:
+        raise CircuitAtlasError("give either --device or --device-map, not both: the map decides "
+                                "where every layer goes")
+    return {"device": None, "device_map": parse_device_map(text, what="--device-map"),
+            "offload_folder": folder}
 
 
 def add_lazy_encoder_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -95,6 +132,18 @@ def resolve_rank_device(device: str) -> str:
     if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
         return f"cuda:{torch.cuda.current_device()}"
     return device
+
+
+def rank_placement(args: argparse.Namespace, world_size: int) -> dict:
+    """`model_placement` for commands that deal work out to torchrun ranks: bare cuda becomes
+    this rank's GPU, and a --device-map (which would give every rank all GPUs) is refused."""
+    placement = model_placement(args)
+    if placement["device"] is None and world_size > 1:
+        raise CircuitAtlasError("--device-map cannot be used under torchrun: each rank would "
+                                "spread its copy over every GPU; use one process instead")
+    if placement["device"] is not None:
+        placement["device"] = resolve_rank_device(placement["device"])
+    return placement
 
 
 def _first_existing(path: Path) -> Path:

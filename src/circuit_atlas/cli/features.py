@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 from circuit_atlas.cli.common import (
+    add_device_map_arguments,
     add_lazy_encoder_argument,
     check_at_least,
     check_output_dir,
-    resolve_device,
-    resolve_rank_device,
+    model_placement,
+    rank_placement,
 )
 
 EXAMPLES = """\
@@ -131,6 +132,7 @@ def _register_build(commands) -> None:
                    help="minimum seconds between commits (work since the last commit is redone "
                         "after a crash; 0 commits after every batch; default: 60)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda if available)")
+    add_device_map_arguments(p)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: float32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_build)
@@ -167,7 +169,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     check_build_numbers(args)
     check_output_dir(args.out, "--out")
-    device = resolve_device(args.device)
+    model_placement(args)  # a bad --device or --device-map fails before the corpus is opened
     corpus = open_feature_corpus(args.corpus, text_field=args.text_field,
                                  encoding_errors=args.encoding_errors, split=args.split)
     settings = BuildSettings(
@@ -177,9 +179,8 @@ def run_build(args: argparse.Namespace) -> int:
         **({} if args.block_documents is None else {"block_documents": args.block_documents}),
     )
     distributed.init_from_environment()
-    device = resolve_rank_device(device)
-    model = load(args.model, args.transcoders, device=device, dtype=args.dtype,
-                               lazy_encoder=args.lazy_encoder)
+    model = load(args.model, args.transcoders, dtype=args.dtype, lazy_encoder=args.lazy_encoder,
+                 **rank_placement(args, distributed.world_size()))
     report = build_feature_store(model, corpus, args.out, settings, batch_size=args.batch_size,
                                  commit_interval=args.commit_interval, progress=not args.no_progress)
     rank, world_size = distributed.rank(), distributed.world_size()

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from circuit_atlas.cli.common import add_lazy_encoder_argument
+from circuit_atlas.cli.common import add_device_map_arguments, add_lazy_encoder_argument
 from circuit_atlas.errors import CircuitAtlasError
 
 HELP = "open the graph explorer on a folder of graphs"
@@ -66,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--dtype", choices=["float32", "bfloat16", "float16"], default=None,
         help="model dtype (default float32)",
     )
+    add_device_map_arguments(steer)
     parser.set_defaults(func=run)
     return parser
 
@@ -98,24 +99,26 @@ def serve_folder(
 
 def load_steering_model(
     model: str | None, transcoders: str | None, device: str | None, dtype: str | None,
-    lazy_encoder: bool = False,
+    lazy_encoder: bool = False, device_map: str | None = None, offload_folder: str | None = None,
 ) -> Any | None:
     """The replacement model to hold for steering, or None when neither flag is given."""
     if model is None and transcoders is None:
-        if device is not None or dtype is not None:
-            raise CircuitAtlasError("serve: --device and --dtype need --model and --transcoders")
+        if device is not None or dtype is not None or device_map is not None:
+            raise CircuitAtlasError("serve: --device, --device-map and --dtype need --model and "
+                                    "--transcoders")
         return None
     if model is None or transcoders is None:
         missing = "--transcoders" if transcoders is None else "--model"
         raise CircuitAtlasError(
             f"serve: steering needs both --model and --transcoders; {missing} is missing"
         )
-    from circuit_atlas.cli.common import resolve_device
+    from circuit_atlas.cli.common import model_placement
     from circuit_atlas.replacement import load
 
-    device = resolve_device(device)
+    placement = model_placement(argparse.Namespace(device=device, device_map=device_map,
+                                                   offload_folder=offload_folder))
     print(f"loading {model} with transcoders {transcoders} for steering…", flush=True)
-    return load(model, transcoders, device=device, dtype=dtype, lazy_encoder=lazy_encoder)
+    return load(model, transcoders, dtype=dtype, lazy_encoder=lazy_encoder, **placement)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         raise CircuitAtlasError(f"serve: --features {args.features} does not exist")
     if not 0 <= args.port <= 65535:
         raise CircuitAtlasError(f"serve: --port must lie in 0..65535, got {args.port}")
-    model = load_steering_model(args.model, args.transcoders, args.device, args.dtype, args.lazy_encoder)
+    model = load_steering_model(args.model, args.transcoders, args.device, args.dtype, args.lazy_encoder,
+                                args.device_map, args.offload_folder)
     serve_folder(
         args.data_dir,
         host=args.host,

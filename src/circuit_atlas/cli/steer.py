@@ -8,7 +8,7 @@ import re
 
 import math
 
-from circuit_atlas.cli.common import add_model_arguments, add_prompt_arguments, prompt_from_args, resolve_device
+from circuit_atlas.cli.common import add_model_arguments, add_prompt_arguments, model_placement, prompt_from_args
 from circuit_atlas.errors import InterventionError
 
 EXAMPLE = """\
@@ -159,9 +159,8 @@ def run(args) -> int:
     from circuit_atlas.interventions import generate, intervene
 
     prompt = prompt_from_args(args)
-    device = resolve_device(args.device)
-    model = load(args.model, args.transcoders, device=device, dtype=args.dtype,
-                               lazy_encoder=args.lazy_encoder)
+    model = load(args.model, args.transcoders, dtype=args.dtype, lazy_encoder=args.lazy_encoder,
+                 **model_placement(args))
     prompt_only = _prompt_interventions(model, prompt, interventions)
     result = intervene(model, prompt, prompt_only, mode=args.mode, constrained_layers=layers,
                        freeze_attention=args.freeze_attention, top_k=args.top_k)

@@ -12,7 +12,7 @@ from circuit_atlas.cli.common import (
     check_at_least,
     check_output_dir,
     prompt_from_args,
-    resolve_device,
+    model_placement,
 )
 from circuit_atlas.cli.prompt_file import default_slug
 from circuit_atlas.errors import CircuitAtlasError
@@ -150,9 +150,8 @@ def run(args) -> int:
     # With --token-ids the default slug needs the decoded prompt; it is valid by construction.
     check_destination(args.out, args.slug or (None if isinstance(prompt, list) else default_slug(prompt)))
     labels = feature_labels(args.features)
-    device = resolve_device(args.device)
-    model = load(args.model, args.transcoders, device=device, dtype=args.dtype,
-                               lazy_encoder=args.lazy_encoder)
+    model = load(args.model, args.transcoders, dtype=args.dtype, lazy_encoder=args.lazy_encoder,
+                 **model_placement(args))
     graph = attribute(
         model,
         prompt,

@@ -22,6 +22,7 @@ from circuit_atlas.features.errors import FeatureStoreError
 from circuit_atlas.features.histogram import default_edges
 from circuit_atlas.features.settings import BuildSettings
 from circuit_atlas.features.windows import Cursor
+from circuit_atlas.models.placement import loaded_weights
 from circuit_atlas.models.token_text import token_display_strings
 from circuit_atlas.io.corpus import Corpus
 
@@ -37,8 +38,11 @@ def _fingerprint(model) -> str:
     so a store is never resumed with other weights that happen to have the same shapes."""
     tc, lm = model.transcoders, model.lm
     few = torch.arange(min(4, tc.n_features))
+    embedding = lm.module(lm.adapter.embed_tokens)
+    with loaded_weights(embedding):  # a device_map may have offloaded it
+        first_rows = embedding.weight[:4].detach().clone()
     pieces = [
-        lm.module(lm.adapter.embed_tokens).weight[:4],
+        first_rows,
         lm.unembedding[:4],
         tc.encoder_rows(0, few),
         tc.decoder_rows_all(tc.n_layers - 1, few),

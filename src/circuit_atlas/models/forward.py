@@ -21,6 +21,7 @@ from circuit_atlas.models.adapters import FamilyAdapter
 from circuit_atlas.models.attention import AttentionState, frozen_attention, state_from_live, use_attention
 from circuit_atlas.models.freeze import DETACH, LIVE, REPLAY, ForwardRecord, FreezeSpec, broadcast_replay
 from circuit_atlas.models.norms import apply_norm, inverse_scale
+from circuit_atlas.models.placement import execution_device, replaced_forward
 
 OutputEdit = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 EmbeddingEdit = Callable[[torch.Tensor], torch.Tensor]
@@ -66,6 +67,8 @@ class _Pass:
         self.scale_axes: dict[str, int] = {}
         self.n_positions = 0
         self.normalized: dict[str, torch.Tensor] = {}
+        # The first device (the embeddings'): with a device_map, layers sit on several devices.
+        self.home = execution_device(adapter.get(hf_model, adapter.embed_tokens))
 
     # --- attention (PatternSink) ---------------------------------------------------------------
     def pattern(self, layer: int, compute, shape: tuple[int, ...]) -> torch.Tensor:
@@ -122,9 +125,13 @@ class _Pass:
         return output, None
 
     # --- norms -----------------------------------------------------------------------------------
-    def _norm_hook(self, path: str, kind: str):
-        def hook(module, args, kwargs, output):
-            x = args[0] if args else next(iter(kwargs.values()))
+    def _norm_forward(self, path: str, module: nn.Module, kind: str):
+        """The norm's forward with our frozen-denominator computation. It replaces the module's
+        forward (rather than hooking its output) so that a module accelerate offloaded still has
+        its weights loaded while this runs (`placement.replaced_forward`)."""
+
+        def forward(*args, **kwargs):
+            x = _first(args, kwargs)
             mode = self.freeze.norms
             if mode == REPLAY:
                 saved = self.freeze.replay_from.norm_scales.get(path)
@@ -147,7 +154,7 @@ class _Pass:
                 self.scale_axes[path] = _position_axis(x, self.n_positions)
             return result.output
 
-        return hook
+        return forward
 
     # --- hook points ------------------------------------------------------------------------------
     def _capture(self, name: str, layer: int, value: torch.Tensor) -> None:
@@ -160,22 +167,26 @@ class _Pass:
         """At the output hook: apply the caller's edit and remember what flows on."""
         if name == self.output_hook:
             if self.output_edit is not None:
-                value = self.output_edit(layer, self.inputs[layer], value)
+                # Edits see tensors on the model's first device, where callers keep theirs; the
+                # result goes back to this layer's device (one device: both moves do nothing).
+                here = value.device
+                value = self.output_edit(layer, self.inputs[layer].to(self.home),
+                                         value.to(self.home)).to(here)
             self.outputs[layer] = value
         if name in self.hooks:
             self.hooks[name][layer] = value
         return value
 
     def install(self, stack: ExitStack) -> None:
-        """Register every hook; `stack` removes them. Norm hooks go first so that later hooks on
-        the same module see the frozen-denominator output."""
+        """Register every hook; `stack` removes them. Norm modules compute with frozen
+        denominators, so every hook on them sees that output."""
         ad, model = self.adapter, self.hf_model
 
         def keep(handle) -> None:
             stack.callback(handle.remove)
 
         for path, (module, kind) in self.norms.items():
-            keep(module.register_forward_hook(self._norm_hook(path, kind), with_kwargs=True))
+            stack.enter_context(replaced_forward(module, self._norm_forward(path, module, kind)))
 
         layers = ad.layer_modules(model)
         keep(layers[0].register_forward_pre_hook(self._embedding_hook, with_kwargs=True))
@@ -238,7 +249,8 @@ class _Pass:
         previous = mlp.__dict__.get("forward")  # a wrapper someone installed (e.g. accelerate's hooks)
 
         def forward(*args, **kwargs):
-            return value.detach().expand(batch, *value.shape[1:])
+            # On the device of the MLP's input: with a device_map, layers sit on several devices.
+            return value.detach().expand(batch, *value.shape[1:]).to(_first(args, kwargs).device)
 
         def restore() -> None:
             if previous is None:

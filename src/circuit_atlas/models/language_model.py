@@ -20,6 +20,17 @@ from circuit_atlas.models.attention import use_attention
 from circuit_atlas.models.forward import EmbeddingEdit, OutputEdit, _Pass
 from circuit_atlas.models.freeze import ForwardRecord, FreezeSpec
 from circuit_atlas.models.norms import find_norms
+from circuit_atlas.models.placement import (
+    OFFLOAD_TARGETS,
+    DeviceMap,
+    check_tied_placement,
+    execution_device,
+    is_dispatched,
+    loaded_weights,
+    parse_device_map,
+    require_accelerate,
+    uses_disk,
+)
 from circuit_atlas.models.prompts import Prompt, to_ids
 from circuit_atlas.models.token_text import token_display_strings
 
@@ -34,6 +45,9 @@ def unembedding_matrix(hf_model: nn.Module) -> torch.Tensor:
             f"{type(hf_model).__name__} has no output embedding (lm_head) weight, so logits cannot "
             "be attributed"
         )
+    if weight.is_meta:  # offloaded by a device_map: read a copy while accelerate has it loaded
+        with loaded_weights(head):
+            return head.weight.detach().clone()
     return weight
 
 def available_devices() -> list[str]:
@@ -129,6 +143,12 @@ class LanguageModel:
         """Move / cast the model in place and return self."""
         torch_dtype = resolve_dtype(dtype)
         device = check_device(device)
+        if is_dispatched(self.hf_model) and (device is not None or torch_dtype is not None):
+            raise ModelLoadError(
+                f"model {self.name!r} was loaded with a device_map, which placed its layers; it "
+                "cannot be moved or cast afterwards: load it again with the device_map and dtype "
+                "you want"
+            )
         if device is not None or torch_dtype is not None:
             self.hf_model.to(device=device, dtype=torch_dtype)
         return self
@@ -151,7 +171,9 @@ class LanguageModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        """Where tokens go in and results gather: the embeddings' device (the first device when
+        a device_map spread the layers; their execution device when they were offloaded)."""
+        return execution_device(self.adapter.get(self.hf_model, self.adapter.embed_tokens))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -356,9 +378,17 @@ def load_language_model(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    device_map: DeviceMap | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> LanguageModel:
     """Load a causal LM and its tokenizer from a local directory or a Hugging Face hub id
     (or a preset of `io.presets.MODEL_PRESETS`: `"demo"` is the bundled toy-world model).
+
+    `device_map` spreads a model too large for one device with accelerate (installed with the
+    `multi-gpu` extra): a strategy ("auto", "balanced", "balanced_low_0", "sequential") or a
+    mapping of module paths to a GPU index, "cpu" or "disk" (the last two keep those weights in
+    host memory or in `offload_folder` and bring them to the GPU for each pass). It replaces
+    `device`: give one or the other (`docs/long-prompts.md`, "Models that do not fit one GPU").
 
     The model's `name` is `ref` exactly as given ("demo", a hub id, the path as typed): it is
     recorded in graphs and stores that get shared, so it must never become a path the user did
@@ -369,6 +399,7 @@ def load_language_model(
     ref = model_preset(given)
     torch_dtype = resolve_dtype(dtype)
     device = check_device(device)  # before reading anything: a missing GPU fails fast
+    device_map = _check_device_map(device_map, device, offload_folder)
     if _looks_like_path(ref):
         ref = str(Path(ref).expanduser())
         if not Path(ref).is_dir():
@@ -378,9 +409,15 @@ def load_language_model(
     except Exception as exc:  # transformers raises OSError/ValueError/HF errors here
         raise ModelLoadError(f"could not read the model config of {ref!r}: {exc}") from None
     arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
-    adapter_for_architecture(arch)  # fail before reading any weights
+    adapter = adapter_for_architecture(arch)  # fail before reading any weights
+    if device_map is not None and _ties_embeddings(config):
+        check_tied_placement(device_map, adapter.embed_tokens, adapter.lm_head)
     try:
         kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+            if offload_folder is not None:
+                kwargs["offload_folder"] = str(offload_folder)
         with _quiet_weight_loading():
             hf_model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     except Exception as exc:
@@ -392,3 +429,34 @@ def load_language_model(
     if device is not None:
         hf_model = hf_model.to(device)
     return LanguageModel.from_hf(hf_model, tokenizer, name=given)
+
+
+def _check_device_map(device_map: DeviceMap | None, device: torch.device | None,
+                      offload_folder: str | os.PathLike | None) -> DeviceMap | None:
+    """Validate a device_map request before any weights are read."""
+    device_map = parse_device_map(device_map)
+    if device_map is None:
+        if offload_folder is not None:
+            raise ModelLoadError("offload_folder only applies with a device_map that offloads "
+                                 "modules to 'disk'")
+        return None
+    if device is not None:
+        raise ModelLoadError(
+            f"give either device ({str(device)!r}) or device_map ({device_map!r}), not both: the "
+            "device_map decides where every layer goes"
+        )
+    require_accelerate()
+    if isinstance(device_map, Mapping):  # a missing GPU fails here, not inside transformers
+        for path, target in device_map.items():
+            if target not in OFFLOAD_TARGETS:
+                check_device(f"cuda:{target}" if isinstance(target, int) else target,
+                             what=f"device_map entry {path!r}:")
+    if uses_disk(device_map) and offload_folder is None:
+        raise ModelLoadError("the device_map offloads modules to 'disk'; give offload_folder "
+                             "(--offload-folder), the directory their weights are written to")
+    return device_map
+
+
+def _ties_embeddings(config) -> bool:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return bool(getattr(text, "tie_word_embeddings", getattr(config, "tie_word_embeddings", False)))

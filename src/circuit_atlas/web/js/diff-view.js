@@ -8,9 +8,8 @@
 // so a link reopens it. `ComparePicker` adds the "choose two graphs" column to the browser.
 
 import { api } from "./api.js";
-import { clear, debounce, el, fmt, formatProbability, showToken, withoutPaths } from "./util.js";
+import { clear, debounce, el, fmt, formatProbability, showToken, svg, withoutPaths } from "./util.js";
 
-const SVG_NS = "http://www.w3.org/2000/svg";
 export const STATUS_COLOURS = { both: "#7b8494", "only a": "#d1495b", "only b": "#1f9e89" };
 const STATUS_TEXT = { both: "in both", "only a": "only in A", "only b": "only in B" };
 const MAX_EDGES = 400;
@@ -19,20 +18,6 @@ const MIN_LABEL_GAP = 44; // px between the centres of two token labels
 const LOGIT_STEP = 150; // px between targets (labels "austin → sacramento" cut to fit)
 const TABLE_ROWS = 12;
 const MARGIN = { left: 64, right: 20, top: 28, bottom: 58 };
-
-function svg(tag, attrs = {}, ...children) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null) continue;
-    if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, String(value));
-  }
-  for (const child of children.flat()) {
-    if (child === null || child === undefined) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return node;
-}
 
 // ------------------------------------------------------------------------------ URL state
 /** The diff view's state from the URL, or null when the URL does not ask for one. */

@@ -4,20 +4,12 @@
 // is no store.
 
 import { api } from "./api.js";
-import { clear, el, featureCoords, fmt, showToken } from "./util.js";
+import { clear, el, featureCoords, fmt, showToken, svg } from "./util.js";
 
 const MAX_EXAMPLES_PER_GROUP = 6;
 const CONTEXT = 12;
-const SVG_NS = "http://www.w3.org/2000/svg";
 const HIST_W = 320;
 const HIST_H = 64;
-
-function svg(tag, attrs = {}, ...children) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
-  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  return node;
-}
 
 export class FeaturePanel {
   constructor(root, app) {

@@ -7,9 +7,8 @@
 
 import { api } from "./api.js";
 import { canvasMeasurer, fitText } from "./labels.js";
-import { clear, debounce, edgeColor, el, fmt, nodeKind } from "./util.js";
+import { clear, debounce, edgeColor, el, fmt, nodeKind, svg } from "./util.js";
 
-const SVG_NS = "http://www.w3.org/2000/svg";
 const BOX_W = 132;
 const BOX_H = 30;
 const H_GAP = 18; // between boxes of a layer
@@ -18,20 +17,6 @@ const MARGIN = 12;
 const MAX_WEIGHT_LABELS = 60;
 const HEIGHT_KEY = "circuit-atlas.subgraph-height";
 const MIN_HEIGHT = 90;
-
-function svg(tag, attrs = {}, ...children) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null) continue;
-    if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, String(value));
-  }
-  for (const child of children.flat()) {
-    if (child === null || child === undefined) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return node;
-}
 
 // The box texts are cut to the box by measured width (the fonts match .sub-item text.t1 / .t2).
 const TEXT_ROOM = BOX_W - 14;
