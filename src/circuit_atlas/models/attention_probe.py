@@ -159,8 +159,8 @@ def _probe(lm, local: ForwardRecord, layer: int, slots: list[int], vectors: torc
         raise _Stop
 
     hf, adapter = lm.hf_model, lm.adapter
-    probe = _Pass(hf, adapter, lm._norms, A.HOOK_RESID_MID, A.HOOK_MLP_OUT,
-                  FreezeSpec(attention=LIVE, norms=REPLAY, replay_from=local), None, None, (), False)
+    probe = _Pass(hf, adapter, lm._norms, input_hook=A.HOOK_RESID_MID, output_hook=A.HOOK_MLP_OUT,
+                  freeze=FreezeSpec(attention=LIVE, norms=REPLAY, replay_from=local))
     probe.batch = 1
     with torch.no_grad(), forward_ad.dual_level(), ExitStack() as stack:
         hidden = forward_ad.make_dual(torch.zeros_like(tangent), tangent)

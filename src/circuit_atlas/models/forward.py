@@ -28,20 +28,24 @@ EmbeddingEdit = Callable[[torch.Tensor], torch.Tensor]
 
 
 class _Pass:
-    """State of one pass: the hooks write into it, `run` turns it into a `ForwardRecord`."""
+    """State of one pass: the hooks write into it, `run` turns it into a `ForwardRecord`.
+
+    Everything after the model, its adapter and its norms is keyword-only: the options are many
+    and of similar types, and a call that names them cannot swap two of them unnoticed."""
 
     def __init__(
         self,
         hf_model: nn.Module,
         adapter: FamilyAdapter,
         norms: dict[str, tuple[nn.Module, str]],
+        *,
         input_hook: str,
         output_hook: str,
         freeze: FreezeSpec,
-        output_edit: OutputEdit | None,
-        embedding_edit: EmbeddingEdit | None,
-        record_hooks: Sequence[str],
-        record_internals: bool,
+        output_edit: OutputEdit | None = None,
+        embedding_edit: EmbeddingEdit | None = None,
+        record_hooks: Sequence[str] = (),
+        record_internals: bool = False,
         mlp_values: Mapping[int, torch.Tensor] | None = None,
         attention_states: bool = False,
         record_residuals: bool = False,

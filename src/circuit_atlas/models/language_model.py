@@ -287,16 +287,16 @@ class LanguageModel:
             self.hf_model,
             self.adapter,
             self._norms,
-            input_hook,
-            output_hook,
-            freeze or FreezeSpec(),
-            output_edit,
-            embedding_edit,
-            record_hooks,
-            record_internals,
-            mlp_values,
-            attention_states,
-            record_residuals,
+            input_hook=input_hook,
+            output_hook=output_hook,
+            freeze=freeze or FreezeSpec(),
+            output_edit=output_edit,
+            embedding_edit=embedding_edit,
+            record_hooks=record_hooks,
+            record_internals=record_internals,
+            mlp_values=mlp_values,
+            attention_states=attention_states,
+            record_residuals=record_residuals,
         )
         return run.run(tokens, compute_logits)
 
@@ -326,8 +326,8 @@ class LanguageModel:
                 f"cached_step: past_length={past_length} but "
                 f"{'no cache was given' if cache is None else 'a cache was given'}; pass the cache "
                 "returned by the previous step and the number of tokens it holds")
-        hooks = _Pass(self.hf_model, self.adapter, self._norms, input_hook, output_hook,
-                      FreezeSpec.live(), output_edit, None, (), False)
+        hooks = _Pass(self.hf_model, self.adapter, self._norms, input_hook=input_hook,
+                      output_hook=output_hook, freeze=FreezeSpec.live(), output_edit=output_edit)
         hooks.batch = 1
         kwargs = {"use_cache": True, "attention_mask": torch.ones(
             1, past_length + int(ids.shape[0]), dtype=torch.long, device=self.device)}

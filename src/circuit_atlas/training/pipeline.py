@@ -192,8 +192,10 @@ def run_training_job(job: TrainJob) -> JobResult:
     source = _activation_source(job, lm, train_part, context_length, windows.mode, layers)
     eval_batches = held_out_batches(lm, held_out, context_length, job.eval_windows,
                                     job.model_batch_size, mode=windows.mode)
-    context = _RunContext(job, lm, hooks.input_hook, hooks.output_hook, layers, context_length,
-                          windows, eval_batches, base, train_part)
+    context = _RunContext(job=job, lm=lm, input_hook=hooks.input_hook,
+                          output_hook=hooks.output_hook, layers=layers,
+                          context_length=context_length, windows=windows,
+                          eval_batches=eval_batches, base=base, train_part=train_part)
     seeds = job.seeds or [job.optim.seed]
     if len(seeds) == 1:
         trainer = context.trainer(source, seeds[0], Path(job.out_dir))
@@ -219,18 +221,27 @@ def run_training_job(job: TrainJob) -> JobResult:
                      context_length, layers, first.tokens_per_second, seed_results, notes)
 
 
+@dataclass
 class _RunContext:
-    """What every seed's trainer and export share."""
+    """What every seed's trainer and export share (settled once, before any seed trains, so that
+    seeds run in lockstep differ only in their seed)."""
 
-    def __init__(self, job: TrainJob, lm, input_hook: str, output_hook: str, layers: list[int],
-                 context_length: int, windows: WindowChoice, eval_batches: list,
-                 base: BaseSet | None, train_part: Corpus) -> None:
-        self.job, self.lm = job, lm
-        self.input_hook, self.output_hook = input_hook, output_hook
-        self.layers, self.context_length, self.windows = layers, context_length, windows
-        self.eval_batches, self.base, self.train_part = eval_batches, base, train_part
-        self.partial = layers != list(range(lm.n_layers))
-        self.notes: list[str] = []
+    job: TrainJob
+    lm: Any
+    input_hook: str
+    output_hook: str
+    layers: list[int]
+    context_length: int
+    windows: WindowChoice
+    eval_batches: list
+    base: BaseSet | None
+    train_part: Corpus
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        """Whether only some of the model's layers are trained (the set is then a partial one)."""
+        return self.layers != list(range(self.lm.n_layers))
 
     def arch(self, n_features: int) -> ArchitectureConfig:
         job = self.job
