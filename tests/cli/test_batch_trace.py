@@ -13,9 +13,7 @@ import torch
 
 from circuit_atlas.cli.main import main
 from circuit_atlas.graph import Graph
-from circuit_atlas.models.tiny import tiny_language_model
 from circuit_atlas.server.catalog import GraphCatalog
-from circuit_atlas.transcoders.random import random_transcoders
 
 LINES = [
     '"the capital of Texas is"',
@@ -23,17 +21,6 @@ LINES = [
     "",
     '{"token_ids": [1, 8, 14, 9], "slug": "ids", "logit_diff": ["Austin", "Dallas"]}',
 ]
-
-
-@pytest.fixture(scope="module")
-def saved_pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    lm = tiny_language_model("llama", seed=1, n_layers=2, d_model=32)
-    lm.save(root / "model")
-    tc = random_transcoders("clt", n_layers=2, d_model=32, n_features=48, seed=2,
-                            input_hook="hook_resid_mid", output_hook="hook_mlp_out")
-    tc.save_native(root / "transcoders")
-    return root / "model", root / "transcoders"
 
 
 def _args(pair, prompts, out, *extra):

@@ -15,17 +15,6 @@ from circuit_atlas.models.tiny import tiny_language_model
 from circuit_atlas.transcoders.random import random_transcoders
 
 
-@pytest.fixture(scope="module")
-def saved_pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    lm = tiny_language_model("llama", seed=1, n_layers=2, d_model=32)
-    lm.save(root / "model")
-    tc = random_transcoders("clt", n_layers=2, d_model=32, n_features=48, seed=2,
-                            input_hook="hook_resid_mid", output_hook="hook_mlp_out")
-    tc.save_native(root / "transcoders")
-    return root / "model", root / "transcoders"
-
-
 def test_trace_writes_a_loadable_graph_and_a_valid_pruned_view(saved_pair, tmp_path, capsys):
     model_dir, tc_dir = saved_pair
     out = tmp_path / "graphs"

@@ -13,7 +13,8 @@ from circuit_atlas.cli.main import main
 from circuit_atlas.graph import write_graph_bundle
 from circuit_atlas.server.app import create_app
 
-from ..cli.test_batch_trace import _args, _write, saved_pair  # noqa: F401  (a fixture)
+from ..cli.conftest import saved_pair  # noqa: F401  (a fixture)
+from ..cli.test_batch_trace import _args, _write
 
 
 def _ids(root: Path) -> dict:
