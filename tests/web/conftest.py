@@ -6,6 +6,7 @@ Never downloads a browser: when /usr/bin/chromium is missing the tests are skipp
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -128,15 +129,25 @@ def site(tmp_path_factory):
                "long_tokens": LONG_TOKENS, "long_logit": LONG_LOGIT}
 
 
-@pytest.fixture()
-def page(browser):
+@contextmanager
+def watched_page(browser):
+    """A fresh 1400x880 page and the list its page errors and console errors are collected into,
+    so that a fixture can decide which of them fail the test once the page is closed."""
     context = browser.new_context(viewport={"width": 1400, "height": 880})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    yield page
-    context.close()
+    try:
+        yield page, errors
+    finally:
+        context.close()
+
+
+@pytest.fixture()
+def page(browser):
+    with watched_page(browser) as (page, errors):
+        yield page
     assert not errors, f"browser errors: {errors}"
 
 

@@ -16,6 +16,8 @@ from circuit_atlas.graph import to_graph_json
 from circuit_atlas.server.app import create_app
 from circuit_atlas.server.runner import BackgroundServer
 
+from .conftest import watched_page
+
 from ..city_graphs import write_city_bundles
 
 pytestmark = pytest.mark.browser
@@ -38,13 +40,8 @@ def cities(tmp_path_factory, demo_model):
 def refused_page(browser):
     """A page on which the only expected browser errors are the console's notes of 409 and 404
     answers (Chromium logs every failed fetch); any other error still fails the test."""
-    context = browser.new_context(viewport={"width": 1400, "height": 880})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    yield page
-    context.close()
+    with watched_page(browser) as (page, errors):
+        yield page
     unexpected = [e for e in errors if "status of 409" not in e and "status of 404" not in e]
     assert not unexpected and errors, f"browser errors: {errors}"
 
