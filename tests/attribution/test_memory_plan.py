@@ -38,10 +38,9 @@ def _clear_refs_available() -> bool:
 def test_plan_is_within_a_quarter_of_the_measured_peak(kind):
     shape = ["--shape", "cpu", "--d-model", "512", "--heads", "8", "--kv-heads", "4", "--features", "8192",
              "--l0", "64", "--max-feature-nodes", "512", "--batch-size", "32"]
-    # The resident-set high-water mark of one run differs between identical runs (393-576 MiB for
-    # the CLT case on one machine, depending on
-    # which buffers the allocator happens to reuse), and only downwards from what the plan must cover;
-    # the larger of two runs is the closer measure of what the computation needs.
+    # One run's resident-set high-water mark differs between identical runs (393-576 MiB for the
+    # CLT case on one machine, depending on which buffers the allocator happens to reuse), and only
+    # downwards from what the plan must cover: the larger of two runs is the closer measure.
     results = [_measure(shape, kind) for _ in range(2)]
     result = max(results, key=lambda r: r["peak_mib"])
     peak, estimate = result["peak_mib"], result["estimate_mib"]
