@@ -149,6 +149,8 @@ def attribute_kwargs(args) -> dict:
     kwargs = dict(max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size, progress=False)
     if args.engine is not None:
         kwargs["engine"] = args.engine
+    if args.memory_limit is not None:
+        kwargs["memory_limit"] = int(args.memory_limit * 2**30)
     return kwargs
 
 
@@ -200,6 +202,8 @@ def measure(kind: str, length: int, args) -> dict:
         "estimate_mib": None if estimate is None else round(estimate / 2**20, 1),
         "rows_per_s": round(rows / seconds, 1),
         "filled_columns": graph.settings.get("filled_columns"),
+        "rows_per_layer": torch.bincount(graph.active_features[graph.selected_features, 0],
+                                         minlength=args.layers).tolist(),
     }
 
 
@@ -274,6 +278,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", help="model and transcoder dtype (float32, bfloat16, ...)")
     parser.add_argument("--engine", choices=["compact", "dense"],
                         help="attribution engine (default: attribute()'s own default)")
+    parser.add_argument("--memory-limit", type=float, metavar="GIB",
+                        help="memory the run may plan for (default: what the device has available); a "
+                             "larger value runs a configuration whose plan exceeds the free memory")
     parser.add_argument("--estimate-only", action="store_true",
                         help="print the memory plan of each configuration without running it")
     parser.add_argument("--one", nargs=2, metavar=("KIND", "LENGTH"), help=argparse.SUPPRESS)

@@ -30,6 +30,7 @@ from torch.autograd import forward_ad
 from circuit_atlas.errors import ModelLoadError, ShapeMismatchError
 from circuit_atlas.models import ForwardRecord, FreezeSpec, LanguageModel, load_language_model
 from circuit_atlas.models.adapters import HOOK_MLP_OUT_RAW
+from circuit_atlas.models.frozen_hops import FrozenHops
 from circuit_atlas.models.freeze import prefix_record
 from circuit_atlas.models.placement import DeviceMap
 from circuit_atlas.transcoders import load_transcoders
@@ -285,6 +286,14 @@ class ReplacementModel:
             final_hidden=record.final_hidden,
             residuals=record.residuals,
         )
+
+    def frozen_hops(self, run: ReplacementRun) -> FrozenHops | None:
+        """Low-rank backward hops through the frozen model of `run` (the one `frozen_forward`
+        differentiates): the gradient entering a target's layer, and through the layers below it
+        while that is cheaper than a dense backward (`models/frozen_hops.py`). None where the
+        model's layout has no closed form (then autograd takes every hop)."""
+        has_skip = self.transcoders.has_skip
+        return FrozenHops.of(self.lm, run.record, self.input_hook, lambda layer: has_skip)
 
     @torch.no_grad()
     def frozen_tangents(

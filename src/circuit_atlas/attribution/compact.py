@@ -78,7 +78,7 @@ class _CompactEngine:
 
         inputs = SweepInputs(self.decoders, run.errors.to(dtype), run.token_vectors.to(dtype), trace.n_active,
                              model.transcoders)
-        self.sweep = LayerSweep(frozen_for, inputs, strategy, plan.sweep_budget)
+        self.sweep = LayerSweep(frozen_for, inputs, strategy, plan.sweep_budget, model.frozen_hops(run))
         n_rows = trace.n_logits + trace.n_selected
         self.n_groups = n_row_groups(n_rows, self.batch_size)
         self.batches_done = 0

@@ -28,6 +28,7 @@ import torch
 
 from circuit_atlas.attribution.decoders import DecoderPlan, contract
 from circuit_atlas.attribution.rows import LOGIT_LAYER, Injection
+from circuit_atlas.models.frozen_hops import FrozenHops, LowRankGradient
 
 # Gradients alive during one layer's batched backward, in units of batch × prefix × d_model × item
 # (from above, at the output hook, the injected cotangent, and the layer's internals; measured).
@@ -84,12 +85,15 @@ class LayerSweep:
     """Turns batches of targets into rows, holding about one layer's batched gradient at a time."""
 
     def __init__(self, frozen_for: Callable[[int], object], inputs: SweepInputs, strategy: str,
-                 budget: int | None = None):
+                 budget: int | None = None, hops: FrozenHops | None = None):
         """`frozen_for(length)` builds the frozen pass (with residuals) over the first `length`
         positions; `strategy` is "vmap" or "expand". `budget` bounds the bytes of one backward's
         gradients and row accumulators: a batch that would exceed it runs in parts (same rows;
-        the attention tiles are recomputed per part)."""
+        the attention tiles are recomputed per part). `hops` (`ReplacementModel.frozen_hops`)
+        takes the first hops below a batch's targets in low-rank form while that is cheaper
+        than autograd's dense hop; None leaves every hop to autograd."""
         self.frozen_for = frozen_for
+        self.hops = hops
         self.inputs = inputs
         self.strategy = strategy
         self.budget = budget
@@ -153,10 +157,15 @@ class LayerSweep:
     # --- the backward sweep ------------------------------------------------------------------------
     def _gradients(self, injection: Injection):
         """Yield `(layer, gradient at its output hook [B, P', d])` from the top layer down, then
-        `("embedding", gradient at the embedding)`. Layers above the deepest target are skipped."""
+        `("embedding", gradient at the embedding)`. Layers above the deepest target are skipped.
+
+        A batch of one layer's features starts in low-rank form (`frozen_hops`): the hop into
+        the targets' layer, then each hop below while it is cheaper than autograd's; from the
+        first dense hop on, autograd goes on layer by layer."""
         frozen = self.frozen
         batch = int(injection.layers.shape[0])
         targets = set(torch.unique(injection.layers).tolist())
+        low_rank = None
         if LOGIT_LAYER in targets:
             cotangent = self._cotangent(injection, LOGIT_LAYER)
             (above,) = self._grad([frozen.final_hidden], [cotangent], [frozen.residuals[-1]])
@@ -164,7 +173,19 @@ class LayerSweep:
             top = self.n_layers - 1
         else:
             above, top = None, max(targets)
+            if len(targets) == 1 and self.hops is not None:
+                low_rank = self.hops.entry(top, injection.positions, injection.vectors, self._length)
+                top = top if low_rank is None else top - 1
         for layer in range(top, -1, -1):
+            if low_rank is not None:
+                above = self._batched(low_rank.dense(frozen.residuals[layer + 1].dtype))
+                low_rank = self._low_rank_hop(layer, low_rank)
+                if low_rank is not None:  # autograd only for the output hook's gradient
+                    (at_output,) = self._grad([frozen.residuals[layer + 1]], [above], [frozen.outputs[layer]])
+                    if at_output is not None:
+                        yield layer, self._per_target(at_output, batch)
+                    del above, at_output
+                    continue
             outputs, cotangents = [], []
             if above is not None:
                 outputs.append(frozen.residuals[layer + 1])
@@ -179,11 +200,35 @@ class LayerSweep:
             if at_output is not None:
                 yield layer, self._per_target(at_output, batch)
             del at_output
+        if low_rank is not None:
+            above = self._batched(low_rank.dense(frozen.embeddings.dtype))
         if above is None:
             yield "embedding", torch.zeros((batch,) + tuple(frozen.embeddings.shape[1:]),
                                            dtype=frozen.embeddings.dtype, device=frozen.embeddings.device)
         else:
             yield "embedding", self._per_target(above, batch)
+
+    def _low_rank_hop(self, layer: int, gradient: LowRankGradient) -> LowRankGradient | None:
+        """The hop through `layer` in low-rank form when it costs less than the dense one and its
+        tensors fit the budget; None hands the gradient to autograd."""
+        batch, length, rank = gradient.coefficients.shape
+        cost = self.hops.through_cost(layer, batch, rank, length)
+        if cost is None:
+            return None
+        low, dense, memory = cost
+        if low >= dense or (self.budget is not None and memory > self.budget):
+            return None
+        return self.hops.through(layer, gradient)
+
+    def _batched(self, gradient: torch.Tensor) -> torch.Tensor:
+        """`[B, P', d]` shaped like `_grad`'s cotangents: `[B, 1, P', d]` for vmap, padded to the
+        expanded pass's copies otherwise."""
+        if self.strategy == "vmap":
+            return gradient[:, None]
+        padded = torch.zeros((self.frozen.batch_size,) + tuple(gradient.shape[1:]), dtype=gradient.dtype,
+                             device=gradient.device)
+        padded[: gradient.shape[0]] = gradient
+        return padded
 
     def _per_target(self, gradient: torch.Tensor, batch: int) -> torch.Tensor:
         """`[B, P', d]`: one gradient per target of the batch."""

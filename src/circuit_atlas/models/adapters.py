@@ -94,6 +94,10 @@ class FamilyAdapter:
     layer_pre_attention_norm: str = "input_layernorm"
     layer_attention_output: str = "self_attn.o_proj"
     layer_post_attention_norm: str | None = None
+    # The value projection (its own linear map, `[KV·hd, d]`): attribution takes the first hop of a
+    # feature row's backward pass in low-rank form through it (`models/frozen_hops.py`). None
+    # for families that fuse it with the query and key projections (GPT-2's `c_attn`).
+    layer_value_projection: str | None = "self_attn.v_proj"
     softcap_attr: str | None = None  # config attribute holding the final-logit soft-cap
     chat_prefix: ChatPrefix | None = None
 
@@ -242,6 +246,7 @@ ADAPTERS: dict[str, FamilyAdapter] = {
         norms={"LayerNorm": "layernorm"},
         layer_pre_attention_norm="ln_1",
         layer_attention_output="attn.c_proj",
+        layer_value_projection=None,
     ),
     "llama": _llama_like("llama", ("LlamaForCausalLM",), "LlamaRMSNorm"),
     "mistral": _llama_like("mistral", ("MistralForCausalLM",), "MistralRMSNorm"),

@@ -433,6 +433,19 @@ def _apply_frozen_transposed(state: AttentionState, grad: torch.Tensor) -> torch
     return _concatenate(by_keys, state.n_positions, grad.new_zeros, (*lead, kv), head_dim)
 
 
+def per_head_transposed(state: AttentionState, coefficients: torch.Tensor) -> torch.Tensor:
+    """`[H, P, N]`: `A_hᵀ · coefficients` for every query head `h` separately (not summed within
+    key-head groups), `coefficients` `[P, N]` float32 shared by all heads. Attribution's low-rank
+    hops (`models/frozen_hops.py`) move position coefficients back through a frozen pattern this
+    way; one tile of `A` at a time, like `_apply_frozen_transposed`."""
+    out = coefficients.new_zeros(state.n_heads, state.n_positions, coefficients.shape[1])
+    for block in state.blocks():
+        rows = block.q1 - block.q0
+        tile = state.pattern_block(block).view(state.n_heads, rows, -1).to(coefficients.dtype)
+        out[:, block.k0 : block.k1] += torch.matmul(tile.transpose(1, 2), coefficients[block.q0 : block.q1])
+    return out
+
+
 def _concatenate(pieces: dict[tuple[int, int], torch.Tensor], length: int, zeros, lead, width: int):
     """Join position spans `{(start, stop): [..., stop-start, width]}` along positions, zeros in
     the gaps (out of place: these run under vmap for batched gradients)."""

@@ -197,6 +197,11 @@ class LanguageModel:
     def embedding_scale(self) -> float:
         return self.adapter.embedding_scale(self.hf_model)
 
+    @property
+    def norms(self) -> dict[str, tuple[nn.Module, str]]:
+        """Every norm module of the decoder stack by full dotted path, with how it computes."""
+        return self._norms
+
     def module(self, path: str) -> nn.Module:
         return self.adapter.get(self.hf_model, path)
 
