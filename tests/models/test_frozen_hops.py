@@ -85,6 +85,20 @@ def test_hops_equal_autograd_through_the_frozen_pass(family, input_hook, compact
             _close(moved.dense(torch.float32), below, f"{family} {input_hook} through {layer - 1} length {length}")
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_logit_rows_start_below_the_final_norm(family):
+    model = _model(family, "hook_resid_mid")
+    run = model.run(prompt_ids(model, length=17, seed=3), compact=True)
+    positions, vectors = torch.tensor([16, 16, 12]), torch.randn(3, model.d_model, generator=torch.Generator().manual_seed(1))
+    start = model.frozen_hops(run).final(positions, vectors, 17)
+    frozen = model.frozen_forward(run.tokens, batch_size=3, run=run)
+    cotangent = torch.zeros_like(frozen.final_hidden)
+    cotangent[torch.arange(3), positions] = vectors
+    (reference,) = torch.autograd.grad(frozen.final_hidden, frozen.residuals[-1], cotangent)
+    assert start.rank == 1
+    _close(start.dense(torch.float32), reference, f"{family} final norm")
+
+
 def test_sliding_window_and_soft_cap_rows_beyond_the_window():
     """Gemma-2 with a window shorter than the prompt: keys outside it get no gradient."""
     lm = tiny_language_model("gemma2", seed=3, n_layers=2, d_model=32, max_positions=128)
@@ -123,8 +137,12 @@ def test_layers_with_a_skip_path_are_not_crossed_in_low_rank_form():
 
 def test_attribution_takes_low_rank_hops_for_feature_rows(monkeypatch):
     """The compact engine uses them (a silent fallback to autograd would only cost time)."""
-    calls = {"entry": 0, "through": 0}
-    entry, through = FrozenHops.entry, FrozenHops.through
+    calls = {"entry": 0, "through": 0, "final": 0}
+    entry, through, final = FrozenHops.entry, FrozenHops.through, FrozenHops.final
+
+    def counting_final(self, *args):
+        calls["final"] += 1
+        return final(self, *args)
 
     def counting_entry(self, *args):
         calls["entry"] += 1
@@ -136,9 +154,10 @@ def test_attribution_takes_low_rank_hops_for_feature_rows(monkeypatch):
 
     monkeypatch.setattr(FrozenHops, "entry", counting_entry)
     monkeypatch.setattr(FrozenHops, "through", counting_through)
+    monkeypatch.setattr(FrozenHops, "final", counting_final)
     model = _model("llama", "hook_resid_mid", d_model=64)
     graph = circuit_atlas.attribute(model, prompt_ids(model, length=40, seed=4), max_feature_nodes=40,
                                     batch_size=8, progress=False)
     layers = graph.active_features[graph.selected_features, 0]
-    assert calls["entry"] > 0 and calls["through"] > 0
+    assert calls["entry"] > 0 and calls["through"] > 0 and calls["final"] > 0
     assert bool((layers > 0).any())

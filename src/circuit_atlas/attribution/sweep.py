@@ -159,23 +159,13 @@ class LayerSweep:
         """Yield `(layer, gradient at its output hook [B, P', d])` from the top layer down, then
         `("embedding", gradient at the embedding)`. Layers above the deepest target are skipped.
 
-        A batch of one layer's features starts in low-rank form (`frozen_hops`): the hop into
-        the targets' layer, then each hop below while it is cheaper than autograd's; from the
-        first dense hop on, autograd goes on layer by layer."""
+        A batch of one layer's features (or of logits) starts in low-rank form (`frozen_hops`):
+        the hop into the targets' layer (below the final norm), then each hop below while it is
+        cheaper than autograd's; from the first dense hop on, autograd goes on layer by layer."""
         frozen = self.frozen
         batch = int(injection.layers.shape[0])
         targets = set(torch.unique(injection.layers).tolist())
-        low_rank = None
-        if LOGIT_LAYER in targets:
-            cotangent = self._cotangent(injection, LOGIT_LAYER)
-            (above,) = self._grad([frozen.final_hidden], [cotangent], [frozen.residuals[-1]])
-            del cotangent
-            top = self.n_layers - 1
-        else:
-            above, top = None, max(targets)
-            if len(targets) == 1 and self.hops is not None:
-                low_rank = self.hops.entry(top, injection.positions, injection.vectors, self._length)
-                top = top if low_rank is None else top - 1
+        above, low_rank, top = self._start(injection, targets)
         for layer in range(top, -1, -1):
             if low_rank is not None:
                 above = self._batched(low_rank.dense(frozen.residuals[layer + 1].dtype))
@@ -207,6 +197,25 @@ class LayerSweep:
                                            dtype=frozen.embeddings.dtype, device=frozen.embeddings.device)
         else:
             yield "embedding", self._per_target(above, batch)
+
+    def _start(self, injection: Injection, targets: set[int]):
+        """(dense gradient, low-rank gradient, layer) where the sweep begins: at the residual
+        stream entering `layer + 1`, one of the two gradients set (or neither, when the deepest
+        targets read `layer` itself and autograd takes that hop with their cotangent)."""
+        if LOGIT_LAYER in targets:
+            if targets == {LOGIT_LAYER} and self.hops is not None:
+                low_rank = self.hops.final(injection.positions, injection.vectors, self._length)
+                if low_rank is not None:
+                    return None, low_rank, self.n_layers - 1
+            cotangent = self._cotangent(injection, LOGIT_LAYER)
+            (above,) = self._grad([self.frozen.final_hidden], [cotangent], [self.frozen.residuals[-1]])
+            return above, None, self.n_layers - 1
+        top = max(targets)
+        if len(targets) == 1 and self.hops is not None:
+            low_rank = self.hops.entry(top, injection.positions, injection.vectors, self._length)
+            if low_rank is not None:
+                return None, low_rank, top - 1
+        return None, None, top
 
     def _low_rank_hop(self, layer: int, gradient: LowRankGradient) -> LowRankGradient | None:
         """The hop through `layer` in low-rank form when it costs less than the dense one and its

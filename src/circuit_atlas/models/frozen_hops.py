@@ -17,6 +17,7 @@ the gradient near the target has a much smaller form:
 
   (`Γ` the pre-attention norm at unit scale, `W_v,h` the rows of `h`'s key/value head, `s_j` the
   frozen inverse scale of that norm at `j`, `A_h[p, :]` one row of the frozen pattern).
+- **Logit rows** (`FrozenHops.final`) start with rank 1 below the final norm.
 - **Each further layer** (`FrozenHops.through`) maps a rank-`r` gradient to rank `r·(1 + H)`: the
   output projection and norms act on the `r` basis vectors, the frozen pattern on the `r`
   coefficient columns (`Aᵀ·C`, per head), and the value projection on the `H·r` new vectors. It is
@@ -105,6 +106,24 @@ class FrozenHops:
         point[torch.arange(batch, device=at_mid.device), positions, 0] = 1.0
         spread = rows.transpose(1, 2) * hop.pre_attention.scale[:length, None].float()
         return LowRankGradient(torch.cat([point, spread], dim=2), torch.cat([at_mid[:, None], basis], dim=1))
+
+    def final(self, positions: torch.Tensor, vectors: torch.Tensor, length: int) -> LowRankGradient | None:
+        """The gradient at the residual stream entering the final norm from cotangents
+        `vectors [B, d]` at its output (logit rows), element `b` at `positions[b]`: rank 1."""
+        path = self.lm.adapter.final_norm
+        if path not in self.lm.norms or path not in self.record.norm_scales:
+            return None
+        module, kind = self.lm.norms[path]
+        scale = self.record.norm_scales[path]
+        scale = scale.movedim(norm_position_axis(self.record, path), 1).reshape(-1)
+        positions = positions.to(scale.device)
+        x = torch.zeros(vectors.shape, dtype=self.lm.dtype, device=vectors.device, requires_grad=True)
+        with torch.enable_grad():
+            out = apply_norm(kind, module, x, scale[positions, None]).output
+            (grad,) = torch.autograd.grad(out, x, vectors.to(out.dtype))
+        point = torch.zeros(vectors.shape[0], length, 1, device=vectors.device)
+        point[torch.arange(vectors.shape[0], device=vectors.device), positions, 0] = 1.0
+        return LowRankGradient(point, grad.float()[:, None])
 
     def through(self, layer: int, gradient: LowRankGradient) -> LowRankGradient | None:
         """The gradient at the residual stream entering `layer` from `gradient` at the one leaving
