@@ -225,6 +225,7 @@ def estimate_only(kind: str, length: int, args) -> dict:
         dtype=resolve_dtype(args.dtype) or torch.float32, row_device_is_host=args.device != "cpu",
         sweep_budget=SWEEP_BYTES["cpu" if args.device == "cpu" else "cuda"], d_mlp=args.d_mlp,
         n_features=args.features,
+        frozen_pass=False,  # these families and skip-free transcoders take every hop in closed form
     )
     weights = _weight_bytes(kind, args)
     return {"kind": kind, "tokens": length, "active": n_active, "plan": plan.parts(),

@@ -293,7 +293,7 @@ class ReplacementModel:
         while that is cheaper than a dense backward (`models/frozen_hops.py`). None where the
         model's layout has no closed form (then autograd takes every hop)."""
         has_skip = self.transcoders.has_skip
-        return FrozenHops.of(self.lm, run.record, self.input_hook, lambda layer: has_skip)
+        return FrozenHops.of(self.lm, run.record, self.input_hook, self.output_hook, lambda layer: has_skip)
 
     @torch.no_grad()
     def frozen_tangents(

@@ -95,6 +95,19 @@ def test_long_prompt_with_prefix_passes_tiny_attention_tiles_and_sliding_windows
     assert_same_graph(compact, dense)
 
 
+def test_gemma2_output_hook_before_the_post_mlp_norm():
+    """Rows taken wholly in closed form (no frozen pass) through Gemma-2's post-MLP norm."""
+    from circuit_atlas.models.tiny import tiny_language_model
+    from circuit_atlas.transcoders.random import random_transcoders
+
+    lm = tiny_language_model("gemma2", seed=3, n_layers=3, d_model=32, max_positions=64)
+    tc = random_transcoders("clt", n_layers=3, d_model=32, n_features=24, seed=5,
+                            input_hook="mlp.hook_in", output_hook="mlp.hook_out")
+    model = circuit_atlas.load(lm, tc)
+    compact, dense = _both(model, prompt_ids(model, length=30, seed=4), max_feature_nodes=40, batch_size=8)
+    assert_same_graph(compact, dense)
+
+
 def test_long_gemma3_prompt_with_per_head_norms_over_prefixes():
     """Gemma-3 (q/k norms whose scales put positions second, sliding window) at 72 tokens: the
     prefix passes replay those scales cut along positions, and the graph is the dense one."""

@@ -168,14 +168,14 @@ def test_long_prompts_use_prefix_passes_with_identical_rows(monkeypatch):
                             input_hook="hook_resid_mid", output_hook="hook_mlp_out")
     model = circuit_atlas.load(lm, tc)
     tokens = prompt_ids(model, length=90, seed=4)
-    lengths_used = []
-    original = model.frozen_forward
+    lengths_used = []  # the prefix each batch of rows ran over (closed-form hops build no frozen pass)
+    original = sweep_module.LayerSweep._use_length
 
-    def spy(*args, **kwargs):
-        lengths_used.append(kwargs.get("length"))
-        return original(*args, **kwargs)
+    def spy(self, reach):
+        lengths_used.append(original(self, reach))
+        return lengths_used[-1]
 
-    monkeypatch.setattr(model, "frozen_forward", spy)
+    monkeypatch.setattr(sweep_module.LayerSweep, "_use_length", spy)
     bucketed = circuit_atlas.attribute(model, tokens, max_feature_nodes=300, batch_size=32, progress=False)
     assert len(set(lengths_used)) > 1 and min(lengths_used) < 90  # prefixes were really used
     monkeypatch.setattr(rows_module, "MIN_BUCKETED_LENGTH", 10_000)  # the dense engine's prefixes

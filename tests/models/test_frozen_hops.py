@@ -32,10 +32,10 @@ LAYOUTS = [
 
 
 def _model(family: str, input_hook: str, n_layers: int = 3, d_model: int = 32, max_positions: int = 64,
-           skip: bool = False):
+           skip: bool = False, output_hook: str = "hook_mlp_out"):
     lm = tiny_language_model(family, seed=3, n_layers=n_layers, d_model=d_model, max_positions=max_positions)
     tc = random_transcoders("plt", n_layers=n_layers, d_model=d_model, n_features=16, seed=5, skip=skip,
-                            input_hook=input_hook, output_hook="hook_mlp_out")
+                            input_hook=input_hook, output_hook=output_hook)
     return circuit_atlas.load(lm, tc)
 
 
@@ -82,7 +82,9 @@ def test_hops_equal_autograd_through_the_frozen_pass(family, input_hook, compact
             assert moved.rank == entered.rank * (1 + hops.layer(layer - 1).n_heads)
             frozen = model.frozen_forward(run.tokens, batch_size=5, run=run, length=length)
             (below,) = torch.autograd.grad(frozen.residuals[layer], frozen.residuals[layer - 1], reference)
-            _close(moved.dense(torch.float32), below, f"{family} {input_hook} through {layer - 1} length {length}")
+            what = f"{family} {input_hook} through {layer - 1} length {length}"
+            _close(moved.dense(torch.float32), below, what)
+            _close(hops.through_dense(layer - 1, reference), below, what + " (dense)")
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2"])
@@ -97,6 +99,22 @@ def test_logit_rows_start_below_the_final_norm(family):
     (reference,) = torch.autograd.grad(frozen.final_hidden, frozen.residuals[-1], cotangent)
     assert start.rank == 1
     _close(start.dense(torch.float32), reference, f"{family} final norm")
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+@pytest.mark.parametrize("output_hook", ["hook_mlp_out", "mlp.hook_out"])
+def test_output_hook_gradient_equals_autograd(family, output_hook):
+    """Gemma's `mlp.hook_out` sits before the post-MLP norm: its gradient goes through that norm."""
+    model = _model(family, "hook_resid_mid", output_hook=output_hook)
+    run = model.run(prompt_ids(model, length=13, seed=2), compact=True)
+    hops = model.frozen_hops(run)
+    assert hops.complete
+    frozen = model.frozen_forward(run.tokens, batch_size=2, run=run, length=13)
+    gradient = torch.randn(2, 13, model.d_model, generator=torch.Generator().manual_seed(0))
+    for layer in range(model.n_layers):
+        (reference,) = torch.autograd.grad(frozen.residuals[layer + 1], frozen.outputs[layer], gradient,
+                                           retain_graph=True)
+        _close(hops.output_gradient(layer, gradient), reference, f"{family} {output_hook} layer {layer}")
 
 
 def test_sliding_window_and_soft_cap_rows_beyond_the_window():
@@ -133,10 +151,12 @@ def test_layers_with_a_skip_path_are_not_crossed_in_low_rank_form():
     entered = hops.entry(2, positions, vectors, 11)
     _close(entered.dense(torch.float32), _autograd_entry(model, run, 2, positions, vectors, 11), "entry")
     assert hops.through(1, entered) is None and hops.through_cost(1, 3, entered.rank, 11) is None
+    assert not hops.complete
 
 
 def test_attribution_takes_low_rank_hops_for_feature_rows(monkeypatch):
-    """The compact engine uses them (a silent fallback to autograd would only cost time)."""
+    """The compact engine uses them, and no frozen pass (a silent fallback to autograd would only
+    cost time, so nothing else would notice)."""
     calls = {"entry": 0, "through": 0, "final": 0}
     entry, through, final = FrozenHops.entry, FrozenHops.through, FrozenHops.final
 
@@ -155,9 +175,36 @@ def test_attribution_takes_low_rank_hops_for_feature_rows(monkeypatch):
     monkeypatch.setattr(FrozenHops, "entry", counting_entry)
     monkeypatch.setattr(FrozenHops, "through", counting_through)
     monkeypatch.setattr(FrozenHops, "final", counting_final)
+    frozen_passes = []
+    frozen_forward = circuit_atlas.ReplacementModel.frozen_forward
+    monkeypatch.setattr(circuit_atlas.ReplacementModel, "frozen_forward",
+                        lambda self, *a, **k: frozen_passes.append(1) or frozen_forward(self, *a, **k))
     model = _model("llama", "hook_resid_mid", d_model=64)
     graph = circuit_atlas.attribute(model, prompt_ids(model, length=40, seed=4), max_feature_nodes=40,
                                     batch_size=8, progress=False)
     layers = graph.active_features[graph.selected_features, 0]
     assert calls["entry"] > 0 and calls["through"] > 0 and calls["final"] > 0
+    assert not frozen_passes  # every hop in closed form: no autograd pass was built
     assert bool((layers > 0).any())
+
+
+@pytest.mark.parametrize("kind", ["rms", "rms_one_plus", "layernorm"])
+@pytest.mark.parametrize("normalized", [False, True])
+def test_frozen_norm_transpose_equals_autograd(kind, normalized):
+    """The closed-form transpose of every norm computation, against autograd through `apply_norm`."""
+    from circuit_atlas.models.frozen_hops import _Norm
+    from circuit_atlas.models.norms import apply_norm
+
+    generator = torch.Generator().manual_seed(0)
+    module = torch.nn.LayerNorm(8) if kind == "layernorm" else torch.nn.Module()
+    if kind != "layernorm":
+        module.weight = torch.nn.Parameter(torch.randn(8, generator=generator))
+    else:
+        module.weight.data = torch.randn(8, generator=generator)
+    scale = torch.rand(5, 1, generator=generator) + 0.5
+    cotangent = torch.randn(5, 8, generator=generator)
+    x = torch.randn(5, 8, generator=generator, requires_grad=True)
+    result = apply_norm(kind, module, x, scale)
+    (reference,) = torch.autograd.grad(result.normalized if normalized else result.output, x, cotangent)
+    actual = _Norm(module, kind, scale.flatten()).vjp(cotangent, scale, torch.float32, normalized=normalized)
+    _close(actual, reference, f"{kind} normalized={normalized}")

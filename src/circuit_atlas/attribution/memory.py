@@ -238,12 +238,15 @@ def plan_compact_memory(
     largest_block_slots: int | None = None,
     decoder_cache_limit: int = 0,
     fill_limit: int = 256 << 20,
+    frozen_pass: bool = True,
 ) -> CompactPlan:
     """The compact engine's memory, part by part (see the module notes for the constants).
 
     `row_device_is_host`: the model is on a GPU, the row store and graph in host memory.
     `expand_copies`: forward copies of the "expand" strategy (1 for "vmap").
     `sweep_budget`: bytes one batched backward may hold (None: the whole batch at once).
+    `frozen_pass`: whether rows need autograd's frozen pass (not when every hop has a closed
+    form, `FrozenHops.complete`).
     """
     item = torch.tensor([], dtype=dtype).element_size()
     L, P, d = n_layers, n_positions, d_model
@@ -267,7 +270,8 @@ def plan_compact_memory(
     clean = CLEAN_RUN_PER_LAYER * L * P * d * item + states + n_active * ACTIVE_BYTES
     device = {
         "clean run": clean,
-        "frozen pass": expand_copies * FROZEN_PER_LAYER * L * P * d * item + P * P,  # + the boolean mask
+        # + the boolean mask
+        "frozen pass": expand_copies * FROZEN_PER_LAYER * L * P * d * item + P * P if frozen_pass else 0,
         "decoder plan": n_decoder_slots * SLOT_BYTES,
         "decoder cache": cache,
     }
@@ -322,7 +326,14 @@ def plan_for_trace(trace, strategy: str) -> CompactPlan:
         sweep_budget=SWEEP_BYTES.get(trace.device.type, SWEEP_BYTES["cuda"]),
         d_mlp=getattr(trace.model.lm.text_config, "intermediate_size", None),
         n_features=int(trace.model.transcoders.n_features),
+        frozen_pass=not closed_form(trace),
     )
+
+
+def closed_form(trace) -> bool:
+    """Whether the compact engine's rows need no frozen pass (`FrozenHops.complete`)."""
+    hops = trace.model.frozen_hops(trace.run)
+    return hops is not None and hops.complete
 
 
 def attention_shape(config, d_model: int) -> AttentionShape:

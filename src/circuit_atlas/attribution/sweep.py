@@ -100,19 +100,26 @@ class LayerSweep:
         self.n_layers, self.n_positions = int(inputs.errors.shape[0]), int(inputs.errors.shape[1])
         self.step = prefix_step(self.n_positions)
         self._length = -1
-        self.frozen = None
+        self._frozen = None
+        self._frozen_length = -1
 
     @property
     def n_fixed(self) -> int:
         return (self.n_layers + 1) * self.n_positions
 
     def _use_length(self, reach: int) -> int:
-        length = min(self.n_positions, -(-reach // self.step) * self.step)
-        if length != self._length:
-            self.frozen = None  # free the previous pass before building the next
-            self.frozen = self.frozen_for(length)
-            self._length = length
-        return length
+        self._length = min(self.n_positions, -(-reach // self.step) * self.step)
+        return self._length
+
+    @property
+    def frozen(self):
+        """The frozen pass over the current prefix, built when autograd first needs it (batches
+        taken wholly in closed form never do) and kept while the prefix length stays."""
+        if self._frozen is None or self._frozen_length != self._length:
+            self._frozen = None  # free the previous pass before building the next
+            self._frozen = self.frozen_for(self._length)
+            self._frozen_length = self._length
+        return self._frozen
 
     def part_size(self, reach: int, item: int) -> int:
         """Targets per backward pass within the budget, for targets up to position `reach - 1`."""
@@ -162,9 +169,12 @@ class LayerSweep:
         A batch of one layer's features (or of logits) starts in low-rank form (`frozen_hops`):
         the hop into the targets' layer (below the final norm), then each hop below while it is
         cheaper than autograd's; from the first dense hop on, autograd goes on layer by layer."""
-        frozen = self.frozen
         batch = int(injection.layers.shape[0])
         targets = set(torch.unique(injection.layers).tolist())
+        if self.hops is not None and self.hops.complete and (len(targets) == 1):
+            yield from self._closed_form(injection, targets.pop())
+            return
+        frozen = self.frozen
         above, low_rank, top = self._start(injection, targets)
         for layer in range(top, -1, -1):
             if low_rank is not None:
@@ -197,6 +207,25 @@ class LayerSweep:
                                            dtype=frozen.embeddings.dtype, device=frozen.embeddings.device)
         else:
             yield "embedding", self._per_target(above, batch)
+
+    def _closed_form(self, injection: Injection, target: int):
+        """`_gradients` without autograd (`FrozenHops.complete`): low-rank hops while cheaper,
+        then `through_dense` hops, and no frozen pass at all."""
+        hops, length = self.hops, self._length
+        if target == LOGIT_LAYER:
+            low_rank, top = hops.final(injection.positions, injection.vectors, length), self.n_layers - 1
+        else:
+            low_rank, top = hops.entry(target, injection.positions, injection.vectors, length), target - 1
+        dtype = self.inputs.errors.dtype
+        dense = None
+        for layer in range(top, -1, -1):
+            gradient = dense if low_rank is None else low_rank.dense(dtype)  # entering layer + 1
+            yield layer, hops.output_gradient(layer, gradient)
+            if low_rank is not None:
+                low_rank = self._low_rank_hop(layer, low_rank)
+            dense = hops.through_dense(layer, gradient) if low_rank is None else None
+            del gradient
+        yield "embedding", dense if low_rank is None else low_rank.dense(dtype)
 
     def _start(self, injection: Injection, targets: set[int]):
         """(dense gradient, low-rank gradient, layer) where the sweep begins: at the residual

@@ -387,7 +387,7 @@ class FrozenAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return _apply_frozen_transposed(ctx.state, grad), None
+        return apply_frozen_transposed(ctx.state, grad), None
 
     @staticmethod
     def jvp(ctx, tangent: torch.Tensor, _state_tangent=None) -> torch.Tensor:
@@ -418,7 +418,7 @@ def _apply_frozen(state: AttentionState, value: torch.Tensor) -> torch.Tensor:
     return _concatenate(pieces, state.n_positions, value.new_zeros, (*lead, state.n_heads), head_dim)
 
 
-def _apply_frozen_transposed(state: AttentionState, grad: torch.Tensor) -> torch.Tensor:
+def apply_frozen_transposed(state: AttentionState, grad: torch.Tensor) -> torch.Tensor:
     """`Aᵀ · grad` summed within each key head's group; `grad` `[..., H, P, hd]` → `[..., KV, P, hd]`."""
     kv, rep = state.n_kv_heads, state.n_heads // state.n_kv_heads
     lead, head_dim = grad.shape[:-3], grad.shape[-1]
@@ -437,7 +437,7 @@ def per_head_transposed(state: AttentionState, coefficients: torch.Tensor) -> to
     """`[H, P, N]`: `A_hᵀ · coefficients` for every query head `h` separately (not summed within
     key-head groups), `coefficients` `[P, N]` float32 shared by all heads. Attribution's low-rank
     hops (`models/frozen_hops.py`) move position coefficients back through a frozen pattern this
-    way; one tile of `A` at a time, like `_apply_frozen_transposed`."""
+    way; one tile of `A` at a time, like `apply_frozen_transposed`."""
     out = coefficients.new_zeros(state.n_heads, state.n_positions, coefficients.shape[1])
     for block in state.blocks():
         rows = block.q1 - block.q0

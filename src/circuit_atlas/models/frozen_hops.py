@@ -42,9 +42,9 @@ from torch import nn
 
 from circuit_atlas.errors import UnsupportedArchitectureError
 from circuit_atlas.models import adapters as A
-from circuit_atlas.models.attention import AttentionState, per_head_transposed
+from circuit_atlas.models.attention import AttentionState, apply_frozen_transposed, per_head_transposed
 from circuit_atlas.models.freeze import ForwardRecord, norm_position_axis
-from circuit_atlas.models.norms import apply_norm
+from circuit_atlas.models.norms import gain_of
 from circuit_atlas.models.placement import is_dispatched
 
 
@@ -71,18 +71,32 @@ class FrozenHops:
     gradient below the target's layer would also flow through it; those layers keep autograd).
     """
 
-    def __init__(self, lm, record: ForwardRecord, input_hook: str, has_skip: Callable[[int], bool]):
-        self.lm, self.record, self.input_hook, self.has_skip = lm, record, input_hook, has_skip
+    def __init__(self, lm, record: ForwardRecord, input_hook: str, output_hook: str,
+                 has_skip: Callable[[int], bool]):
+        self.lm, self.record, self.has_skip = lm, record, has_skip
+        self.input_hook, self.output_hook = input_hook, output_hook
         self._layers: dict[int, _Layer | None] = {}
         self._states: dict[tuple[int, int], AttentionState] = {}
+        self._complete: bool | None = None
 
     @classmethod
-    def of(cls, lm, record: ForwardRecord, input_hook: str, has_skip: Callable[[int], bool]) -> "FrozenHops | None":
+    def of(cls, lm, record: ForwardRecord, input_hook: str, output_hook: str,
+           has_skip: Callable[[int], bool]) -> "FrozenHops | None":
         """None where this model has no closed form: no separate value projection, placed with a
         device_map, or a record of several prompts."""
         if lm.adapter.layer_value_projection is None or is_dispatched(lm.hf_model) or record.tokens.shape[0] != 1:
             return None
-        return cls(lm, record, input_hook, has_skip)
+        return cls(lm, record, input_hook, output_hook, has_skip)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every hop of every row has a closed form here (every layer's layout, no skip
+        paths, the final norm), so that a row needs no autograd pass at all (`through_dense`)."""
+        if self._complete is None:
+            layers = range(self.lm.n_layers)
+            self._complete = (all(self.layer(l) is not None and not self.has_skip(l) for l in layers)
+                              and self._final_norm() is not None)
+        return self._complete
 
     def layer(self, layer: int) -> "_Layer | None":
         if layer not in self._layers:
@@ -110,17 +124,11 @@ class FrozenHops:
     def final(self, positions: torch.Tensor, vectors: torch.Tensor, length: int) -> LowRankGradient | None:
         """The gradient at the residual stream entering the final norm from cotangents
         `vectors [B, d]` at its output (logit rows), element `b` at `positions[b]`: rank 1."""
-        path = self.lm.adapter.final_norm
-        if path not in self.lm.norms or path not in self.record.norm_scales:
+        norm = self._final_norm()
+        if norm is None:
             return None
-        module, kind = self.lm.norms[path]
-        scale = self.record.norm_scales[path]
-        scale = scale.movedim(norm_position_axis(self.record, path), 1).reshape(-1)
-        positions = positions.to(scale.device)
-        x = torch.zeros(vectors.shape, dtype=self.lm.dtype, device=vectors.device, requires_grad=True)
-        with torch.enable_grad():
-            out = apply_norm(kind, module, x, scale[positions, None]).output
-            (grad,) = torch.autograd.grad(out, x, vectors.to(out.dtype))
+        positions = positions.to(norm.scale.device)
+        grad = norm.vjp(vectors, norm.scale[positions, None], self.lm.dtype)
         point = torch.zeros(vectors.shape[0], length, 1, device=vectors.device)
         point[torch.arange(vectors.shape[0], device=vectors.device), positions, 0] = 1.0
         return LowRankGradient(point, grad.float()[:, None])
@@ -144,6 +152,45 @@ class FrozenHops:
         new_basis = vectors.transpose(1, 2).reshape(batch, n_heads * rank, -1)
         return LowRankGradient(torch.cat([gradient.coefficients, new_coefficients], dim=2),
                                torch.cat([gradient.basis, new_basis], dim=1))
+
+    def through_dense(self, layer: int, gradient: torch.Tensor) -> torch.Tensor:
+        """`[B, P', d]`: the same hop for a dense gradient `[B, P', d]` at the residual stream
+        leaving `layer` — what autograd through a frozen pass computes, without the pass: the
+        output projection's transpose, `Aᵀ·g` tile by tile (summed within key-head groups), the
+        value projection's transpose and the pre-attention norm, at every position."""
+        hop = self.layer(layer)
+        batch, length, d = gradient.shape
+        flat = gradient.reshape(batch * length, d)
+        post = None if hop.post_attention is None else hop.post_attention.scale[:length].repeat(batch)
+        heads = hop.head_cotangents(flat, post, dtype=gradient.dtype)  # [B·P', 1, H, hd]
+        heads = heads.view(batch, length, hop.n_heads, -1).transpose(1, 2)  # [B, H, P', hd]
+        if layer in self.record.attention_states:
+            values = apply_frozen_transposed(self._state(layer, length), heads)  # [B, KV, P', hd]
+        else:
+            pattern = self.record.attention_patterns[layer][0, :, :length, :length].to(heads.dtype)
+            moved = torch.matmul(pattern.transpose(1, 2), heads)  # [B, H, P', hd]
+            values = moved.view(batch, hop.n_kv_heads, -1, length, moved.shape[-1]).sum(2)
+        values = values.transpose(1, 2).reshape(batch * length, -1)  # [B·P', KV·hd]
+        back = hop.value_input(values, hop.pre_attention.scale[:length].repeat(batch))
+        return gradient + back.view(batch, length, d).to(gradient.dtype)
+
+    def output_gradient(self, layer: int, gradient: torch.Tensor) -> torch.Tensor:
+        """The gradient at `layer`'s output hook from `gradient [B, P', d]` at the residual stream
+        it is added to: the same tensor, or through the post-MLP norm (Gemma) when the hook is
+        before it."""
+        post = self.lm.adapter.layer_post_mlp_norm
+        if post is None or self.output_hook != A.HOOK_MLP_OUT_RAW:
+            return gradient
+        norm = self.layer(layer).norm(post)
+        batch, length, d = gradient.shape
+        scale = norm.scale[:length].repeat(batch)[:, None]
+        return norm.vjp(gradient.reshape(batch * length, d), scale, gradient.dtype).view(batch, length, d)
+
+    def _final_norm(self) -> "_Norm | None":
+        path = self.lm.adapter.final_norm
+        if path not in self.lm.norms or path not in self.record.norm_scales:
+            return None
+        return _norm_of(self.lm, self.record, path)
 
     # --- costs (multiply-adds, for choosing between this and autograd's dense hop) -----------------
     def through_cost(self, layer: int, batch: int, rank: int, length: int) -> tuple[float, float, int] | None:
@@ -195,6 +242,27 @@ class _Norm:
     kind: str
     scale: torch.Tensor  # [P] the frozen inverse scale at every position of the clean record
 
+    def vjp(self, cotangent: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
+            normalized: bool = False) -> torch.Tensor:
+        """`[N, d]` in `dtype`: cotangents `[N, d]` at the norm's output (or its pre-gain
+        `normalized` value) taken back to its input, with inverse scales `scale [N, 1]`. With the
+        scale frozen the norm is affine in its input; its transposed linear part is the gain, the
+        scale and (LayerNorm) the centring, which is symmetric."""
+        if normalized:
+            grad = cotangent.float() * scale
+        else:
+            grad = cotangent.float() * gain_of(self.kind, self.module).to(cotangent.device)
+            grad.mul_(scale)
+        if self.kind == "layernorm":
+            grad.sub_(grad.mean(-1, keepdim=True))
+        return grad.to(dtype)
+
+
+def _norm_of(lm, record: ForwardRecord, path: str) -> _Norm:
+    module, kind = lm.norms[path]
+    scale = record.norm_scales[path]
+    return _Norm(module, kind, scale.movedim(norm_position_axis(record, path), 1).reshape(-1))
+
 
 class _Layer:
     """One layer's modules and frozen constants."""
@@ -203,10 +271,11 @@ class _Layer:
         self.lm, self.record, self.layer = lm, record, layer
         self.value_projection, self.output_projection = value, output
         ad = lm.adapter
-        self.pre_attention = self._norm(ad.layer_pre_attention_norm)
-        self.pre_mlp = self._norm(ad.layer_pre_mlp_norm)
-        self.post_attention = self._norm(ad.layer_post_attention_norm) if ad.layer_post_attention_norm else None
-        head_dim = int(value.out_features // self._n_kv_heads())
+        self.pre_attention = self.norm(ad.layer_pre_attention_norm)
+        self.pre_mlp = self.norm(ad.layer_pre_mlp_norm)
+        self.post_attention = self.norm(ad.layer_post_attention_norm) if ad.layer_post_attention_norm else None
+        self.n_kv_heads = self._n_kv_heads()
+        head_dim = int(value.out_features // self.n_kv_heads)
         self.n_heads = int(output.in_features // head_dim)
         self.shape = (int(output.out_features), int(output.in_features), int(value.out_features), self.n_heads, head_dim)
 
@@ -230,11 +299,8 @@ class _Layer:
         config = self.lm.text_config
         return int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
 
-    def _norm(self, part: str) -> _Norm:
-        path = f"{self.lm.adapter.layers}.{self.layer}.{part}"
-        module, kind = self.lm.norms[path]
-        scale = self.record.norm_scales[path]
-        return _Norm(module, kind, scale.movedim(norm_position_axis(self.record, path), 1).reshape(-1))
+    def norm(self, part: str) -> _Norm:
+        return _norm_of(self.lm, self.record, f"{self.lm.adapter.layers}.{self.layer}.{part}")
 
     def post_scale(self, positions: torch.Tensor) -> torch.Tensor | None:
         return None if self.post_attention is None else self.post_attention.scale[positions]
@@ -245,27 +311,28 @@ class _Layer:
         if input_hook == A.HOOK_RESID_MID:
             return vectors
         norm = self.pre_mlp
-        x = torch.zeros(vectors.shape, dtype=self.lm.dtype, device=vectors.device, requires_grad=True)
-        with torch.enable_grad():
-            result = apply_norm(norm.kind, norm.module, x, norm.scale[positions, None])
-            value = result.normalized if input_hook == A.HOOK_LN2_NORMALIZED else result.output
-            (grad,) = torch.autograd.grad(value, x, vectors.to(value.dtype))
-        return grad
+        return norm.vjp(vectors, norm.scale[positions, None], self.lm.dtype,
+                        normalized=input_hook == A.HOOK_LN2_NORMALIZED)
 
-    def head_cotangents(self, vectors: torch.Tensor, post_scale: torch.Tensor | None) -> torch.Tensor:
-        """`[N, 1, H, hd]`: cotangents `vectors [N, d]` on the residual stream taken back to the
-        heads' outputs (the output projection's input), through the post-attention norm at
+    def head_cotangents(self, vectors: torch.Tensor, post_scale: torch.Tensor | None,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """`[N, 1, H, hd]` in `dtype`: cotangents `vectors [N, d]` on the residual stream taken back
+        to the heads' outputs (the output projection's input), through the post-attention norm at
         `post_scale [N]` (None: at unit scale, the caller scales the coefficients)."""
-        z = torch.zeros(vectors.shape[0], self.output_projection.in_features, dtype=self.lm.dtype,
-                        device=vectors.device, requires_grad=True)
-        with torch.enable_grad():
-            out = self.output_projection(z)
-            if self.post_attention is not None:
-                norm = self.post_attention
-                scale = post_scale[:, None] if post_scale is not None else torch.ones_like(out[:, :1], dtype=torch.float32)
-                out = apply_norm(norm.kind, norm.module, out, scale).output
-            (grad,) = torch.autograd.grad(out, z, vectors.to(out.dtype))
-        return grad.float().view(vectors.shape[0], 1, self.n_heads, -1)
+        if self.post_attention is not None:
+            scale = (post_scale[:, None] if post_scale is not None
+                     else torch.ones(vectors.shape[0], 1, dtype=torch.float32, device=vectors.device))
+            vectors = self.post_attention.vjp(vectors, scale, self.lm.dtype)
+        weight = self.output_projection.weight  # [d, H·hd]: the transpose is a plain product
+        grad = torch.matmul(vectors.to(weight.dtype), weight)
+        return grad.to(dtype).view(vectors.shape[0], 1, self.n_heads, -1)
+
+    def value_input(self, values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """`[N, d]`: cotangents `[N, KV·hd]` at the value projection's output taken back through
+        it and the pre-attention norm at inverse scales `scale [N]`."""
+        weight = self.value_projection.weight  # [KV·hd, d]
+        projected = torch.matmul(values.to(weight.dtype), weight)
+        return self.pre_attention.vjp(projected, scale[:, None], self.lm.dtype)
 
     def value_vectors(self, heads: torch.Tensor) -> torch.Tensor:
         """`[B, r, H, d]` float32: head cotangents `heads [B, r, H, hd]` taken back through the
@@ -275,13 +342,8 @@ class _Layer:
         group = n_heads // weight.shape[0]
         per_head = weight.repeat_interleave(group, dim=0)  # [H, hd, d]
         projected = torch.einsum("brhe,hed->brhd", heads, per_head)
-        norm = self.pre_attention
-        x = torch.zeros(batch * rank * n_heads, projected.shape[-1], dtype=self.lm.dtype, device=heads.device,
-                        requires_grad=True)
-        with torch.enable_grad():
-            unit = torch.ones(x.shape[0], 1, dtype=torch.float32, device=heads.device)
-            out = apply_norm(norm.kind, norm.module, x, unit).output
-            (grad,) = torch.autograd.grad(out, x, projected.reshape(x.shape[0], -1).to(out.dtype))
+        unit = torch.ones(batch * rank * n_heads, 1, dtype=torch.float32, device=heads.device)
+        grad = self.pre_attention.vjp(projected.reshape(unit.shape[0], -1), unit, self.lm.dtype)
         return grad.float().view(batch, rank, n_heads, -1)
 
 
