@@ -17,6 +17,11 @@ its last target (positions after it do not matter) and down from its deepest tar
 are formed from targets of one layer at neighbouring positions (`plan_batches`): a batch mixing
 layers and prefixes would pay the deepest layer and the longest prefix for every target (1.6× the
 work on the benchmark's rounds of 256 features).
+
+Where the model allows (`ReplacementModel.frozen_hops`), the hops are not autograd's: the first
+ones below a batch's targets in low-rank form (a gradient near its target is a few vectors times
+position coefficients), the rest closed-form on dense gradients, and then no frozen pass is built
+at all (`_closed_form`). Autograd remains for skip transcoders and layouts without a closed form.
 """
 
 from __future__ import annotations

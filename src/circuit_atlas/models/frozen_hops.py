@@ -24,12 +24,15 @@ the gradient near the target has a much smaller form:
   exact, and cheaper than the dense hop while `r` is small; the caller compares `flops` and stops
   (materialises the gradient and lets autograd go on) once it is not.
 
-For the issue's CPU shape (d 2048, 16 heads, 1024 tokens) the entry costs `H·P·d` per target
-instead of `P·d²`, and the next hop about a seventh of the dense one. Everything position-local
-runs through the model's own modules (norms, projections) with autograd on a few vectors, so
-biases, Gemma's `1 + w` gains and LayerNorm centring are the modules' business. Families without
-a separate value projection (GPT-2's fused `c_attn`), models placed with a `device_map`, and
-layers whose MLP has a skip path (below the target's layer) keep the autograd path.
+For a 4-layer model of d 2048 and 16 heads at 1024 tokens the entry costs `H·P·d` per target
+instead of `P·d²`, and the next hop about a seventh of the dense one. The dense hops after those
+(`through_dense`) compute what autograd would, from the same frozen constants, so a row needs
+no frozen forward pass at all where every layer has a closed form (`FrozenHops.complete`).
+
+The pieces are the layer's own weights (output and value projections, read as the linear maps
+they are) and the frozen norms' transposes (gain, frozen inverse scale, LayerNorm's centring).
+Families without a separate value projection (GPT-2's fused `c_attn`), models placed with a
+`device_map`, and layers whose MLP has a skip path (below the target's layer) keep autograd.
 """
 
 from __future__ import annotations
@@ -115,11 +118,9 @@ class FrozenHops:
         heads = hop.head_cotangents(at_mid, hop.post_scale(positions))  # [B, 1, H, hd]
         rows = self._pattern_rows(layer, positions, length)  # [B, H, length]
         basis = hop.value_vectors(heads)[:, 0]  # [B, H, d]
-        batch = positions.shape[0]
-        point = torch.zeros(batch, length, 1, device=at_mid.device)
-        point[torch.arange(batch, device=at_mid.device), positions, 0] = 1.0
         spread = rows.transpose(1, 2) * hop.pre_attention.scale[:length, None].float()
-        return LowRankGradient(torch.cat([point, spread], dim=2), torch.cat([at_mid[:, None], basis], dim=1))
+        return LowRankGradient(torch.cat([_points(positions, length), spread], dim=2),
+                               torch.cat([at_mid[:, None], basis], dim=1))
 
     def final(self, positions: torch.Tensor, vectors: torch.Tensor, length: int) -> LowRankGradient | None:
         """The gradient at the residual stream entering the final norm from cotangents
@@ -129,9 +130,7 @@ class FrozenHops:
             return None
         positions = positions.to(norm.scale.device)
         grad = norm.vjp(vectors, norm.scale[positions, None], self.lm.dtype)
-        point = torch.zeros(vectors.shape[0], length, 1, device=vectors.device)
-        point[torch.arange(vectors.shape[0], device=vectors.device), positions, 0] = 1.0
-        return LowRankGradient(point, grad.float()[:, None])
+        return LowRankGradient(_points(positions, length), grad.float()[:, None])
 
     def through(self, layer: int, gradient: LowRankGradient) -> LowRankGradient | None:
         """The gradient at the residual stream entering `layer` from `gradient` at the one leaving
@@ -345,6 +344,13 @@ class _Layer:
         unit = torch.ones(batch * rank * n_heads, 1, dtype=torch.float32, device=heads.device)
         grad = self.pre_attention.vjp(projected.reshape(unit.shape[0], -1), unit, self.lm.dtype)
         return grad.float().view(batch, rank, n_heads, -1)
+
+
+def _points(positions: torch.Tensor, length: int) -> torch.Tensor:
+    """`[B, length, 1]` coefficients: 1 at each element's own position, 0 elsewhere."""
+    out = torch.zeros(positions.shape[0], length, 1, device=positions.device)
+    out[torch.arange(positions.shape[0], device=positions.device), positions, 0] = 1.0
+    return out
 
 
 def pattern_rows(state: AttentionState, positions: torch.Tensor, length: int) -> torch.Tensor:
