@@ -2,6 +2,8 @@
 // there (its strongest query-side x key-side term pairs, docs/attention.md). The node panel's edge
 // rows get a "heads" button (`rowButton`); the answers come from explanations stored beside the
 // graph or, when the server holds the graph's model, are computed on demand (server/attention.py).
+// Clicking an edge on the graph canvas opens it too (`edgeAction` / `openEdge`), and the shown
+// edge and head live in the URL (`urlState`; `setGraph`'s `restore` reopens them).
 
 import { api } from "./api.js";
 import { clear, edgeColor, el, fmt, nodeKind, showToken } from "./util.js";
@@ -16,59 +18,140 @@ export class AttentionPanel {
     this.status = null; // GET /attention for the open graph
     this.stored = new Set(); // "source→target" of the stored edges
     this.edge = null; // the edge shown: {source, target, data}
+    this.head = null; // the chosen head, "layer.head"
+    this.pending = null; // an edge and head from the URL, opened once the graph is ready
     this.ticket = 0;
-    this.hide();
+    this._close();
   }
 
-  /** A new graph: forget the shown edge and ask what the server can explain for it. */
-  async setGraph(graphId) {
+  /**
+   * A new graph: forget the shown edge and ask what the server can explain for it. `restore`
+   * ({source, target, head}, from the URL) is opened once both that answer and the graph's
+   * view (`viewLoaded`) are in; ids that name no explainable edge are dropped quietly.
+   */
+  async setGraph(graphId, restore = null) {
     this.graphId = graphId;
     this.status = null;
+    this.statusKnown = false;
+    this.viewGraphId = null;
     this.stored = new Set();
-    this.hide();
+    this.pending = restore && restore.source && restore.target ? { ...restore, graphId } : null;
+    this._close();
     try {
       const status = await api.attention(graphId);
       if (graphId !== this.graphId) return;
       this.status = status;
       this.stored = new Set(status.edges.map((e) => `${e.source}→${e.target}`));
     } catch {
+      if (graphId !== this.graphId) return;
       this.status = null; // the panel stays hidden; the graph itself reports its own errors
     }
+    this.statusKnown = true;
     if (this.app.state.clickedId) this.app.nodePanel.show(this.app.state.clickedId);
+    this._restore();
+  }
+
+  /** The graph's view (its nodes) is on the canvas: a pending URL edge can be checked now. */
+  viewLoaded(graphId) {
+    this.viewGraphId = graphId;
+    this._restore();
+  }
+
+  _restore() {
+    const want = this.pending;
+    if (!want || want.graphId !== this.graphId || !this.statusKnown || this.viewGraphId !== this.graphId) return;
+    this.pending = null;
+    if (!this.openEdge(want.source, want.target, want.head)) this.app.writeUrl();
   }
 
   get available() {
     return Boolean(this.status && (this.status.stored || this.status.computable));
   }
 
+  /**
+   * Whether the server can answer for the edge source → target (node objects with node_id,
+   * feature_type, ctx_idx): null if not, else {samePosition, stored}. Sources are features,
+   * errors and embeddings, targets features and logits; edges between positions need a stored
+   * explanation or a server that holds the model.
+   */
+  explainable(source, target) {
+    if (!this.available || !source || !target) return null;
+    if (!SOURCE_KINDS.has(nodeKind(source)) || !TARGET_KINDS.has(nodeKind(target))) return null;
+    const samePosition = source.ctx_idx === target.ctx_idx;
+    const stored = this.stored.has(`${source.node_id}→${target.node_id}`);
+    if (!samePosition && !this.status.computable && !stored) return null;
+    return { samePosition, stored };
+  }
+
+  /** The graph canvas's `edgeAction`: what clicking the drawn edge `link` does, or null. */
+  edgeAction(link) {
+    const byId = this.app.canvas.byId;
+    const answer = byId && this.explainable(byId.get(link.source), byId.get(link.target));
+    if (!answer) return null;
+    return answer.samePosition ? "why no head carries it" : "its attention heads";
+  }
+
+  /**
+   * Show the edge between two node ids (the canvas's edges, the URL), choosing `head`
+   * ("layer.head") when it is one of the edge's explained heads. Returns false, doing nothing,
+   * when the edge cannot be explained: unknown ids, wrong kinds, nothing stored or computable.
+   * Ends outside the current view are accepted only for stored edges (those are known to exist).
+   */
+  openEdge(sourceId, targetId, head = null) {
+    if (typeof sourceId !== "string" || typeof targetId !== "string") return false;
+    const byId = this.app.canvas.byId;
+    const source = byId && byId.get(sourceId);
+    const target = byId && byId.get(targetId);
+    let answer = this.explainable(source, target);
+    if (!answer && (!source || !target) && this.available && this.stored.has(`${sourceId}→${targetId}`)) {
+      answer = { samePosition: false, stored: true };
+    }
+    if (!answer) return false;
+    this.showEdge(sourceId, targetId, answer.samePosition ? source.ctx_idx : null, head);
+    return true;
+  }
+
+  /** The panel's part of the URL: the shown (or still pending) edge and head, or null. */
+  urlState() {
+    if (this.edge) return { source: this.edge.source, target: this.edge.target, head: this.head };
+    if (this.pending) return { source: this.pending.source, target: this.pending.target, head: this.pending.head };
+    return null;
+  }
+
   /** The "heads" button of a node-panel edge row, or null when the server cannot explain it.
    * `node` is the panel's node; `direction` "incoming" (row → node) or "outgoing". */
   rowButton(row, node, direction) {
-    if (!this.available) return null;
     const [source, target] = direction === "incoming" ? [row, node] : [node, row];
-    if (!SOURCE_KINDS.has(nodeKind(source)) || !TARGET_KINDS.has(nodeKind(target))) return null;
-    const samePosition = source.ctx_idx === target.ctx_idx;
-    const key = `${source.node_id}→${target.node_id}`;
-    if (!samePosition && !this.status.computable && !this.stored.has(key)) return null;
+    const answer = this.explainable(source, target);
+    if (!answer) return null;
     return el(
       "button",
       {
-        class: `small heads-button${this.stored.has(key) ? " stored" : ""}`,
+        class: `small heads-button${answer.stored ? " stored" : ""}`,
         "data-testid": "edge-heads",
-        title: samePosition
+        title: answer.samePosition
           ? "Both ends at one position: why no head carries this edge"
           : "Which attention heads carry this edge, and why they attend there",
         onclick: (e) => {
           e.stopPropagation();
-          this.showEdge(source.node_id, target.node_id, samePosition ? source.ctx_idx : null);
+          this.showEdge(source.node_id, target.node_id, answer.samePosition ? source.ctx_idx : null);
         },
       },
       "heads",
     );
   }
 
+  /** Close the panel (its Close button); the URL forgets the edge. */
   hide() {
+    this._close();
+    this.app.writeUrl();
+  }
+
+  _close() {
+    this.ticket += 1; // answers still on their way are dropped
     this.edge = null;
+    this.head = null;
+    delete this.root.dataset.ready;
     clear(this.root).hidden = true;
   }
 
@@ -95,9 +178,12 @@ export class AttentionPanel {
   }
 
   // -- the edge's heads -------------------------------------------------------------------------
-  async showEdge(source, target, samePosition = null) {
+  async showEdge(source, target, samePosition = null, wantedHead = null) {
     const ticket = ++this.ticket;
     this.edge = { source, target, data: null };
+    this.head = null;
+    delete this.root.dataset.ready;
+    this.app.writeUrl();
     if (samePosition !== null) {
       this.frame(
         el(
@@ -121,7 +207,8 @@ export class AttentionPanel {
     if (ticket !== this.ticket) return;
     this.edge.data = data;
     this.renderEdge(data, null);
-    const first = data.heads.find((h) => h.explained);
+    const explained = data.heads.filter((h) => h.explained);
+    const first = explained.find((h) => `${h.layer}.${h.head}` === wantedHead) || explained[0];
     if (first) this.showHead(first);
     this.root.scrollIntoView({ block: "nearest" });
   }
@@ -163,6 +250,8 @@ export class AttentionPanel {
     const data = this.edge && this.edge.data;
     if (!data) return;
     const ticket = ++this.ticket;
+    this.head = `${head.layer}.${head.head}`;
+    this.app.writeUrl();
     this.renderEdge(data, head);
     const box = this.root.querySelector(".attn-explanation");
     box.append(el("div", { class: "empty small" }, `Explaining L${head.layer}.H${head.head}…`));

@@ -13,18 +13,22 @@
 //
 // Coordinates: the layout's positions are "world" coordinates; `this.view` maps them to the
 // screen (view.js), and hit-testing uses the mapped positions, so hover and clicks work at any
-// zoom. Long prompts make the world wider than the pane: the view then scrolls along it, and an
+// zoom. Edges are hit-tested too (edge-hits.js), only on pointer events and only where the
+// `edgeAction` callback says a click would do something with them; nodes keep priority. Long
+// prompts make the world wider than the pane: the view then scrolls along it, and an
 // overview strip under the token labels shows where the nodes are and which part is in view.
 
 import { insideCorners, placeLogitLabels, placeTokenLabels } from "./axis.js";
+import { EdgeIndex, segmentDistance2 } from "./edge-hits.js";
 import { edgeStyle, packEdges, traceEdges } from "./edges.js";
 import { glyphSprite } from "./glyphs.js";
 import { canvasMeasurer } from "./labels.js";
 import { GUTTER, NODE_BOX, SCROLL_STRIP, computeLayout } from "./layout.js";
-import { el, fmt, nodeKind, showToken } from "./util.js";
+import { edgeColor, el, fmt, nodeKind, showToken } from "./util.js";
 import { ViewTransform, wheelPixels } from "./view.js";
 
 const HIT_RADIUS = 9;
+const EDGE_HIT = 4; // pixels from an edge's line that still count as on it
 const GRID = 24;
 const SETTLE_MS = 140; // repaint the base this long after the last wheel / drag event
 const DRAG_START = 4; // pixels the pointer must move before a press becomes a pan
@@ -37,11 +41,17 @@ const LOGIT_FONT = "11px ui-monospace, SFMono-Regular, Menlo, monospace";
 const ROW_FONT = "11px system-ui, sans-serif";
 
 export class GraphCanvas {
-  constructor(container, { onHover, onClick, labelOf }) {
+  /**
+   * `edgeAction(link)`: a short text saying what clicking the edge does ("attention heads"), or
+   * null when nothing would (the edge is then not hit-tested); `onEdgeClick(link)` does it.
+   */
+  constructor(container, { onHover, onClick, labelOf, edgeAction, onEdgeClick }) {
     this.container = container;
     this.onHover = onHover;
     this.onClick = onClick;
     this.labelOf = labelOf;
+    this.edgeAction = edgeAction;
+    this.onEdgeClick = onEdgeClick;
     this.stack = el("div", { class: "graph-stack" });
     this.base = el("canvas", { class: "graph-base", "data-testid": "graph-canvas" });
     this.overlay = el("canvas", { class: "graph-overlay", "data-testid": "graph-overlay" });
@@ -60,13 +70,15 @@ export class GraphCanvas {
     this.sx = new Float64Array(0); // screen position of node i (canvas pixels); NaN: not drawn
     this.sy = new Float64Array(0);
     this.hovered = null;
+    this.hoveredEdge = null; // the link under the pointer, drawn highlighted on the overlay
+    this._edgeIndex = null; // EdgeIndex of the current layout, built on first use
     this.decor = { pinned: new Set(), clicked: null, matches: new Set(), grouped: new Set() };
     this.measure = {
       token: canvasMeasurer(TOKEN_FONT),
       number: canvasMeasurer(NUMBER_FONT),
       logit: canvasMeasurer(LOGIT_FONT),
     };
-    this.stats = { firstDrawMs: null, drawnMs: null, lastPaintMs: null, maxSliceMs: 0, slices: 0 };
+    this.stats = { firstDrawMs: null, drawnMs: null, lastPaintMs: null, maxSliceMs: 0, slices: 0, edgeIndexMs: null };
     this._job = null; // the base repaint in progress
     this._frame = null;
     this._settle = null;
@@ -145,6 +157,7 @@ export class GraphCanvas {
     this.edgeAlpha = Math.min(1, Math.max(0.35, Math.sqrt(1500 / Math.max(kept.length, 1))));
     this._adjacency = null; // incoming / outgoing links per node, built when first needed
     this.hovered = null;
+    this.hoveredEdge = null;
     this._focusCache = new Map();
     if (!sameGraph) {
       this.expanded = new Set();
@@ -453,6 +466,55 @@ export class GraphCanvas {
     return best >= 0 ? this.nodes[best].node_id : null;
   }
 
+  /**
+   * The link whose drawn line passes within EDGE_HIT pixels of canvas point (x, y) and that
+   * `edgeAction` accepts: the nearest (the stronger on a tie), or null. While a node is selected
+   * its edges are drawn over a veil and are the only candidates; otherwise every drawn edge is,
+   * found through the layout's EdgeIndex (built on the first call after a new layout).
+   */
+  _edgeAt(x, y) {
+    if (!this.edgeAction || !this.layout || !this.links.length || !this._inPlot(x, y)) return null;
+    let best = null;
+    let bestDist = EDGE_HIT * EDGE_HIT;
+    const consider = (link, a, b) => {
+      const ax = this.sx[a];
+      const bx = this.sx[b];
+      if (a === undefined || b === undefined || ax !== ax || bx !== bx) return; // not drawn
+      const d = segmentDistance2(x, y, ax, this.sy[a], bx, this.sy[b]);
+      if (d > bestDist || (d === bestDist && best && Math.abs(link.weight) <= Math.abs(best.weight))) return;
+      if (!this.edgeAction(link)) return;
+      best = link;
+      bestDist = d;
+    };
+    const focus = this.decor.clicked;
+    if (focus && this._at(focus)) {
+      for (const link of this._focusLinks(focus).links) {
+        consider(link, this.index.get(link.source), this.index.get(link.target));
+      }
+      return best;
+    }
+    const { kx, ky, tx, ty } = this.view;
+    const { source, target } = this.edges;
+    this._edgeIndexNow().near(
+      (x - EDGE_HIT - tx) / kx,
+      (y - EDGE_HIT - ty) / ky,
+      (x + EDGE_HIT - tx) / kx,
+      (y + EDGE_HIT - ty) / ky,
+      (j) => consider(this.links[j], source[j], target[j]),
+    );
+    return best;
+  }
+
+  /** The current layout's EdgeIndex (world coordinates: zoom and pan keep it valid). */
+  _edgeIndexNow() {
+    if (!this._edgeIndex || this._edgeIndexLayout !== this.layout) {
+      this._edgeIndex = new EdgeIndex(this._world.x, this._world.y, this.edges.source, this.edges.target);
+      this._edgeIndexLayout = this.layout;
+      this.stats.edgeIndexMs = this._edgeIndex.buildMs;
+    }
+    return this._edgeIndex;
+  }
+
   /** The token label under a point in the bottom strip (its text, or its column), or null. */
   _tokenAt(x, y) {
     if (!this.labels || y < this.layout.height - this.layout.band || this._inStrip(y)) return null;
@@ -517,7 +579,12 @@ export class GraphCanvas {
     if (!this.layout) return;
     const { x, y } = this._local(event);
     const id = this._inPlot(x, y) ? this._hit(x, y) || this._logitLabelAt(x, y) : null;
-    if (id) this._setHover(id, event);
+    if (id) {
+      this._setHover(id, event);
+      return;
+    }
+    const edge = this._edgeAt(x, y);
+    if (edge) this._setHover(null, event, null, edge);
     else this._setHover(null, event, this._tokenAt(x, y));
   }
 
@@ -554,14 +621,19 @@ export class GraphCanvas {
     this.zoomBy(Math.exp(-wheelPixels(event) * ZOOM_PER_PIXEL), { x, y });
   }
 
-  _setHover(id, event, token = null) {
-    this.overlay.style.cursor = id || token?.gap ? "pointer" : this.view.isFit && this.view.isHome ? "default" : "grab";
+  _setHover(id, event, token = null, edge = null) {
+    this.overlay.style.cursor =
+      id || edge || token?.gap ? "pointer" : this.view.isFit && this.view.isHome ? "default" : "grab";
     if (id !== this.hovered) {
       this.hovered = id;
       this.onHover && this.onHover(id);
       this._requestOverlay();
     }
-    this._showTooltip(id, event, token);
+    if (edge !== this.hoveredEdge) {
+      this.hoveredEdge = edge;
+      this._requestOverlay();
+    }
+    this._showTooltip(id, event, token, edge);
   }
 
   _tokenTooltip(token) {
@@ -581,7 +653,15 @@ export class GraphCanvas {
     return [`“${token.full}”`, `position ${token.pos} · ${count} node${count === 1 ? "" : "s"}`];
   }
 
-  _showTooltip(id, event, token) {
+  _edgeTooltip(edge) {
+    const name = (nodeId) => this.labelOf(this.byId.get(nodeId)) || nodeId;
+    return [
+      `${name(edge.source)} → ${name(edge.target)}`,
+      `${edge.source} → ${edge.target} · weight ${fmt(edge.weight, 3)} · click: ${this.edgeAction(edge)}`,
+    ];
+  }
+
+  _showTooltip(id, event, token, edge = null) {
     let parts = null;
     if (id && event) {
       const node = this.byId.get(id);
@@ -593,6 +673,8 @@ export class GraphCanvas {
       if (kind !== "logit") detail.push(`pos ${node.ctx_idx}`);
       if (node.influence !== null && node.influence !== undefined) detail.push(`infl ${fmt(node.influence, 3)}`);
       parts = [label || kind, `${id}${detail.length ? " · " + detail.join(" · ") : ""}`];
+    } else if (edge && event) {
+      parts = this._edgeTooltip(edge);
     } else if (token && event) {
       parts = this._tokenTooltip(token);
     }
@@ -621,6 +703,11 @@ export class GraphCanvas {
     const { x, y } = this._local(event);
     const id = this.layout && this._inPlot(x, y) ? this._hit(x, y) || this._logitLabelAt(x, y) : null;
     if (!id && this.layout) {
+      const edge = this._edgeAt(x, y);
+      if (edge) {
+        this.onEdgeClick && this.onEdgeClick(edge);
+        return;
+      }
       const token = this._tokenAt(x, y);
       if (token && token.gap) {
         this.expandGap(token.pos);
@@ -986,6 +1073,32 @@ export class GraphCanvas {
     }
   }
 
+  /** The edge under the pointer: its line, wide, over a white halo, and its ends' rings. */
+  _drawEdgeHighlight(ctx, link) {
+    const a = this._at(link.source);
+    const b = this._at(link.target);
+    if (!a || !b) return;
+    ctx.globalAlpha = 1;
+    ctx.lineCap = "round";
+    for (const [colour, width] of [["rgba(255, 255, 255, 0.9)", 6], [edgeColor(link.weight), 3]]) {
+      ctx.strokeStyle = colour;
+      ctx.lineWidth = width;
+      ctx.beginPath();
+      ctx.moveTo(a.x, a.y);
+      ctx.lineTo(b.x, b.y);
+      ctx.stroke();
+    }
+    ctx.lineCap = "butt";
+    ctx.strokeStyle = "#1f2933";
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    for (const p of [a, b]) {
+      ctx.moveTo(p.x + 6, p.y);
+      ctx.arc(p.x, p.y, 6, 0, Math.PI * 2);
+    }
+    ctx.stroke();
+  }
+
   _drawOverlay() {
     if (!this.layout) return;
     const ctx = this.overlay.getContext("2d");
@@ -1002,6 +1115,7 @@ export class GraphCanvas {
       const shown = this._drawFocus(ctx, focus);
       this._drawRings(ctx, [...decorated].filter((id) => !shown.has(id)));
     }
+    if (this.hoveredEdge) this._drawEdgeHighlight(ctx, this.hoveredEdge);
     this._drawLogitLabels(ctx);
     ctx.restore();
     this._drawAxes(ctx);

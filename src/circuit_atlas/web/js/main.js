@@ -35,6 +35,9 @@ class App {
     this.canvas = new GraphCanvas($("#graph"), {
       onClick: (id, mods) => this.onNodeClick(id, mods),
       labelOf: (node) => this.displayName(node),
+      // Drawn edges the attention panel can explain are clickable (attention-panel.js).
+      edgeAction: (link) => this.attention.edgeAction(link),
+      onEdgeClick: (link) => this.attention.openEdge(link.source, link.target),
     });
     this.nodePanel = new NodePanel($("#node-panel"), this);
     this.attention = new AttentionPanel($("#attention-panel"), this);
@@ -176,7 +179,7 @@ class App {
     this.showThresholds();
     this.steer.setGraph(graphId);
     this.suggestions.setGraph(graphId);
-    this.attention.setGraph(graphId);
+    this.attention.setGraph(graphId, url.attention);
     try {
       s.annotations = await api.annotations(graphId);
     } catch (error) {
@@ -222,6 +225,7 @@ class App {
     s.doc = doc;
     this.canvas.setGraph(s.doc);
     performance.mark("atlas-graph-set");
+    this.attention.viewLoaded(s.graphId);
     const view = s.doc.view || {};
     document.body.dataset.nodeCount = String(view.n_nodes ?? s.doc.nodes.length);
     document.body.dataset.linkCount = String(view.n_links ?? s.doc.links.length);
@@ -260,6 +264,7 @@ class App {
       pinnedIds: s.pinned,
       supernodes: [...s.supernodes.values()],
       clickedId: s.clickedId,
+      attention: this.attention ? this.attention.urlState() : null,
     });
   }
 
