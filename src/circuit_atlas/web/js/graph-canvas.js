@@ -42,16 +42,18 @@ const ROW_FONT = "11px system-ui, sans-serif";
 
 export class GraphCanvas {
   /**
-   * `edgeAction(link)`: a short text saying what clicking the edge does ("attention heads"), or
-   * null when nothing would (the edge is then not hit-tested); `onEdgeClick(link)` does it.
+   * `edgeAction(link)`: a short text saying what clicking the edge does ("its attention heads"),
+   * or null when nothing would (the edge is then not hit); `onEdgeClick(link)` does it;
+   * `edgeActions()`: false when no edge of the graph has an action (no hit-testing at all).
    */
-  constructor(container, { onHover, onClick, labelOf, edgeAction, onEdgeClick }) {
+  constructor(container, { onHover, onClick, labelOf, edgeAction, onEdgeClick, edgeActions }) {
     this.container = container;
     this.onHover = onHover;
     this.onClick = onClick;
     this.labelOf = labelOf;
     this.edgeAction = edgeAction;
     this.onEdgeClick = onEdgeClick;
+    this.edgeActions = edgeActions;
     this.stack = el("div", { class: "graph-stack" });
     this.base = el("canvas", { class: "graph-base", "data-testid": "graph-canvas" });
     this.overlay = el("canvas", { class: "graph-overlay", "data-testid": "graph-overlay" });
@@ -474,6 +476,7 @@ export class GraphCanvas {
    */
   _edgeAt(x, y) {
     if (!this.edgeAction || !this.layout || !this.links.length || !this._inPlot(x, y)) return null;
+    if (this.edgeActions && !this.edgeActions()) return null;
     let best = null;
     let bestDist = EDGE_HIT * EDGE_HIT;
     const consider = (link, a, b) => {

@@ -38,6 +38,7 @@ class App {
       // Drawn edges the attention panel can explain are clickable (attention-panel.js).
       edgeAction: (link) => this.attention.edgeAction(link),
       onEdgeClick: (link) => this.attention.openEdge(link.source, link.target),
+      edgeActions: () => this.attention.available,
     });
     this.nodePanel = new NodePanel($("#node-panel"), this);
     this.attention = new AttentionPanel($("#attention-panel"), this);
