@@ -14,7 +14,12 @@ served from a temporary data folder by the real server and opened in Debian's Ch
   is driven by one input event per frame (60 frames each): pan (pointer drag), zoom (wheel in,
   then out), hover (the pointer jumping between nodes). Reported: median, 95th percentile and
   worst frame interval (16.7 ms is the display's own rate), over the interaction and the
-  repaint that follows it (1 s after the last event). Also the longest base-painting slice.
+  repaint that follows it (1 s after the last event). Also the longest base-painting slice;
+* edge hover: the pointer jumping between points midway between two nodes, with every edge
+  made hit-testable (as the attention panel makes the edges it can explain): each move asks the
+  edge index (edge-hits.js) for the edge under the pointer, highlights it and shows its
+  tooltip. The index is built in slices over the frames after the graph is painted (here, in
+  the recorded frames just before the moves); its build time and longest slice are reported.
 
 Goal (issue 14): first draw under 1.5 s and frames under 50 ms.
 
@@ -71,6 +76,20 @@ async ([kind, frames]) => {
       await frame();
       o.dispatchEvent(new WheelEvent("wheel", { clientX: cx, clientY: cy, deltaY: i < frames / 2 ? -60 : 60, bubbles: true, cancelable: true }));
     }
+  } else if (kind === "edges") {
+    c.edgeActions = () => true;
+    c.edgeAction = () => "benchmark";
+    // As the attention panel does once it knows it can explain edges; the frames recorded here
+    // include the index's build slices.
+    c.prepareEdgeIndex();
+    while (!(c._edgeIndex && c._edgeIndex.ready)) await frame();
+    const nodes = c.screenPositions().filter((p) => p.visible);
+    for (let i = 0; i < frames; i++) {
+      await frame();
+      const p = nodes[(i * 37) % nodes.length], q = nodes[(i * 53 + 11) % nodes.length];
+      pointer("pointermove", (p.x + q.x) / 2, (p.y + q.y) / 2, 0);
+    }
+    pointer("pointermove", r.left + 2, r.top + 2, 0);
   } else {
     const nodes = c.screenPositions().filter((p) => p.visible);
     for (let i = 0; i < frames; i++) {
@@ -112,11 +131,13 @@ def measure(page, url: str, graph_id: str) -> dict:
         })"""
     )
     out = dict(first)
-    for kind in ("pan", "zoom", "hover"):
+    for kind in ("pan", "zoom", "hover", "edges"):
         page.evaluate("window.__atlas.canvas.home(); window.__atlas.canvas.stats.maxSliceMs = 0")
         page.wait_for_function("!window.__atlas.canvas.viewState().pending")
         out[kind] = _stats(page.evaluate(DRIVE, [kind, 60]))
         out[f"{kind}_slice"] = page.evaluate("window.__atlas.canvas.stats.maxSliceMs")
+    out["edge_index"] = page.evaluate("window.__atlas.canvas.stats.edgeIndexMs")
+    out["edge_index_slice"] = page.evaluate("window.__atlas.canvas.stats.maxIndexSliceMs")
     page.evaluate("window.__atlas.canvas.fit()")
     page.wait_for_function("!window.__atlas.canvas.viewState().pending", timeout=30_000)
     out["fit_repaint"] = page.evaluate("window.__atlas.canvas.stats.lastPaintMs")
@@ -165,16 +186,18 @@ def main() -> None:
     med = lambda rows, f: statistics.median(f(r) for r in rows)  # noqa: E731
     print(f"\nmedians of {args.runs} runs, {args.width}×{args.height} window; frame intervals in ms "
           "(median / p95 / worst)")
-    print("| graph | nodes | edges | first draw (first visit) | first draw | all edges drawn | pan | zoom | hover | longest slice | fit repaint |")
-    print("|---|---:|---:|---:|---:|---:|---|---|---|---:|---:|")
+    print("| graph | nodes | edges | first draw (first visit) | first draw | all edges drawn | pan | zoom | hover "
+          "| edge hover | edge index (longest slice) | longest slice | fit repaint |")
+    print("|---|---:|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|")
     for name, rows in results.items():
         frames = []
-        for kind in ("pan", "zoom", "hover"):
+        for kind in ("pan", "zoom", "hover", "edges"):
             frames.append(" / ".join(f"{med(rows, lambda r: r[kind][s]):.0f}" for s in ("median", "p95", "max")))
-        slice_ms = med(rows, lambda r: max(r["pan_slice"], r["zoom_slice"], r["hover_slice"]))
+        slice_ms = med(rows, lambda r: max(r[f"{kind}_slice"] for kind in ("pan", "zoom", "hover", "edges")))
         print(f"| {name} | {rows[0]['nodes']} | {rows[0]['links']} | {cold[name] / 1000:.2f} s "
               f"| {med(rows, lambda r: r['first']) / 1000:.2f} s "
-              f"| {med(rows, lambda r: r['drawn']) / 1000:.2f} s | {frames[0]} | {frames[1]} | {frames[2]} "
+              f"| {med(rows, lambda r: r['drawn']) / 1000:.2f} s | {frames[0]} | {frames[1]} | {frames[2]} | {frames[3]} "
+              f"| {med(rows, lambda r: r['edge_index']):.0f} ms ({med(rows, lambda r: r['edge_index_slice']):.0f} ms) "
               f"| {slice_ms:.0f} ms | {med(rows, lambda r: r['fit_repaint']):.0f} ms |")
 
 

@@ -47,6 +47,7 @@ export class AttentionPanel {
       this.status = null; // the panel stays hidden; the graph itself reports its own errors
     }
     this.statusKnown = true;
+    if (this.available) this.app.canvas.prepareEdgeIndex(); // its edges become clickable
     if (this.app.state.clickedId) this.app.nodePanel.show(this.app.state.clickedId);
     this._restore();
   }

@@ -3,13 +3,15 @@
 // worth measuring among tens of thousands. `EdgeIndex` files every edge under the cells of a
 // uniform grid over the layout's world coordinates that its segment crosses. The world positions
 // change only with the layout (thresholds, pane size, opened runs), never with zoom or pan, so
-// the index is built once per layout, on the first hover or click that needs it, and a query
-// reads only the cells around the pointer. Nothing here runs in the paint loop.
+// the index is built once per layout, and a query reads only the cells around the pointer. The
+// build can be spread over idle frames (`build(budgetMs)`, a few ms at a time, after the graph
+// is painted); a query before it is done finishes it at once.
 
 const MIN_CELL = 24; // world pixels
 const MAX_COLUMNS = 256;
 const MAX_ROWS = 64;
 const ENTRY_BUDGET = 400_000; // grid entries at most (cells crossed, summed over the edges)
+const BUILD_CHUNK = 2000; // edges between two looks at the clock
 
 /** Squared distance from point (px, py) to segment (ax, ay)–(bx, by). */
 export function segmentDistance2(px, py, ax, ay, bx, by) {
@@ -41,14 +43,48 @@ export class EdgeIndex {
       this._cells(this.cellW * scale, this.cellH * scale);
       total = this._estimate();
     }
-    const counts = this._walk(null);
+    // Two passes over the edges: count the entries of each cell, then file the edges.
     // Compressed rows: cell c holds the edges entries[offsets[c] .. offsets[c + 1]).
-    this.offsets = counts;
-    this.entries = new Int32Array(counts[counts.length - 1]);
-    this._walk(counts.slice(0, -1));
+    this.offsets = new Int32Array(this.columns * this.rows + 1);
+    this.entries = null;
+    this.next = null; // while filing: each cell's first free entry
+    this.phase = "count"; // "count" | "file" | "ready"
+    this.cursor = 0; // the next edge of the current pass
     this.seen = new Int32Array(source.length); // query stamps: each edge measured once per query
     this.query = 0;
     this.buildMs = performance.now() - start;
+  }
+
+  get ready() {
+    return this.phase === "ready";
+  }
+
+  /** Build for about `budgetMs` (Infinity: to the end); returns whether the index is ready. */
+  build(budgetMs = Infinity) {
+    const start = performance.now();
+    while (this.phase !== "ready") {
+      const end = Math.min(this.source.length, this.cursor + BUILD_CHUNK);
+      this._walk(this.cursor, end);
+      this.cursor = end;
+      if (end === this.source.length) this._endPass();
+      if (performance.now() - start > budgetMs) break;
+    }
+    this.buildMs += performance.now() - start;
+    return this.ready;
+  }
+
+  _endPass() {
+    this.cursor = 0;
+    if (this.phase === "count") {
+      const offsets = this.offsets;
+      for (let c = 1; c < offsets.length; c += 1) offsets[c] += offsets[c - 1];
+      this.entries = new Int32Array(offsets[offsets.length - 1]);
+      this.next = offsets.slice(0, -1);
+      this.phase = "file";
+    } else {
+      this.next = null;
+      this.phase = "ready";
+    }
   }
 
   /** The world box of the drawn nodes, and the first (finest) cell size. */
@@ -107,17 +143,15 @@ export class EdgeIndex {
 
   /**
    * Walk every (edge, cell crossed) pair: per column the segment spans, the rows of its part
-   * inside that column. Without `next`: count the pairs per cell and return the counts' running
-   * sums (offsets, one more than the cells; the last is the total). With `next` (each cell's
-   * first free entry): file the edges in `this.entries`.
+   * inside that column, for edges [from, to). Counting: add one to the cell's count (kept one
+   * place on, in `offsets`, for the running sums). Filing: put the edge in the cell's next entry.
    */
-  _walk(next) {
-    const { wx, wy, source, target, cellW, cellH, x0, y0, rows, columns } = this;
-    const counts = next ? null : new Int32Array(columns * rows + 1);
-    const entries = this.entries;
+  _walk(from, to) {
+    const { wx, wy, source, target, cellW, cellH, x0, y0, rows, columns, entries, next } = this;
+    const counts = this.phase === "count" ? this.offsets : null;
     const lastRow = rows - 1;
     const column = (x) => Math.min(columns - 1, Math.max(0, Math.floor((x - x0) / cellW)));
-    for (let j = 0; j < source.length; j += 1) {
+    for (let j = from; j < to; j += 1) {
       let ax = wx[source[j]];
       let ay = wy[source[j]];
       let bx = wx[target[j]];
@@ -136,15 +170,13 @@ export class EdgeIndex {
         const r0 = Math.min(lastRow, Math.max(0, Math.floor((low - y0) / cellH)));
         const r1 = Math.min(lastRow, Math.max(0, Math.floor((high - y0) / cellH)));
         const base = c * rows;
-        if (next) {
-          for (let r = r0; r <= r1; r += 1) entries[next[base + r]++] = j;
-        } else {
+        if (counts) {
           for (let r = r0; r <= r1; r += 1) counts[base + r + 1] += 1;
+        } else {
+          for (let r = r0; r <= r1; r += 1) entries[next[base + r]++] = j;
         }
       }
     }
-    if (counts) for (let c = 1; c < counts.length; c += 1) counts[c] += counts[c - 1];
-    return counts;
   }
 
   /**
@@ -152,6 +184,7 @@ export class EdgeIndex {
    * [x0, x1] × [y0, y1] (a superset of the edges that pass through it).
    */
   near(x0, y0, x1, y1, visit) {
+    if (!this.ready) this.build();
     this.query += 1;
     const stamp = this.query;
     const c0 = this._column(x0);

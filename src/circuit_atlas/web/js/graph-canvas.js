@@ -80,7 +80,7 @@ export class GraphCanvas {
       number: canvasMeasurer(NUMBER_FONT),
       logit: canvasMeasurer(LOGIT_FONT),
     };
-    this.stats = { firstDrawMs: null, drawnMs: null, lastPaintMs: null, maxSliceMs: 0, slices: 0, edgeIndexMs: null };
+    this.stats = { firstDrawMs: null, drawnMs: null, lastPaintMs: null, maxSliceMs: 0, slices: 0, edgeIndexMs: null, maxIndexSliceMs: 0 };
     this._job = null; // the base repaint in progress
     this._frame = null;
     this._settle = null;
@@ -498,24 +498,47 @@ export class GraphCanvas {
     }
     const { kx, ky, tx, ty } = this.view;
     const { source, target } = this.edges;
-    this._edgeIndexNow().near(
+    const index = this._edgeIndexNow();
+    index.near(
       (x - EDGE_HIT - tx) / kx,
       (y - EDGE_HIT - ty) / ky,
       (x + EDGE_HIT - tx) / kx,
       (y + EDGE_HIT - ty) / ky,
       (j) => consider(this.links[j], source[j], target[j]),
     );
+    this.stats.edgeIndexMs = index.buildMs; // a query finishes a build still under way
     return best;
   }
 
-  /** The current layout's EdgeIndex (world coordinates: zoom and pan keep it valid). */
+  /** The current layout's EdgeIndex, perhaps not built yet (world coordinates: zoom and pan
+   * keep it valid). */
   _edgeIndexNow() {
     if (!this._edgeIndex || this._edgeIndexLayout !== this.layout) {
       this._edgeIndex = new EdgeIndex(this._world.x, this._world.y, this.edges.source, this.edges.target);
       this._edgeIndexLayout = this.layout;
-      this.stats.edgeIndexMs = this._edgeIndex.buildMs;
     }
     return this._edgeIndex;
+  }
+
+  /**
+   * Build the layout's EdgeIndex a slice per animation frame while nothing else is painted (the
+   * end of each base repaint calls this), so the first hover finds it ready. Only when some
+   * edge can be clicked (`edgeActions`).
+   */
+  prepareEdgeIndex() {
+    if (this._indexFrame || !this.layout || !this.links.length || !this.edgeAction) return;
+    if (this.edgeActions && !this.edgeActions()) return;
+    if (this._edgeIndex && this._edgeIndexLayout === this.layout && this._edgeIndex.ready) return;
+    this._indexFrame = requestAnimationFrame(() => {
+      this._indexFrame = null;
+      if (this._job || !this.layout) return; // a base repaint first: its end calls this again
+      const start = performance.now();
+      const index = this._edgeIndexNow();
+      index.build(SLICE_MS / 2);
+      this.stats.edgeIndexMs = index.buildMs;
+      this.stats.maxIndexSliceMs = Math.max(this.stats.maxIndexSliceMs, performance.now() - start);
+      this.prepareEdgeIndex();
+    });
   }
 
   /** The token label under a point in the bottom strip (its text, or its column), or null. */
@@ -823,6 +846,7 @@ export class GraphCanvas {
     this.base.style.transform = "";
     this._job = null;
     this.stats.lastPaintMs = performance.now() - job.start;
+    this.prepareEdgeIndex();
     if (this.stats.drawnMs === null && this._loadStart !== undefined) {
       this.stats.drawnMs = performance.now() - this._loadStart;
       performance.mark("atlas-drawn");
