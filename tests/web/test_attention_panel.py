@@ -171,6 +171,8 @@ def test_clicking_a_drawn_edge_opens_its_heads_and_the_url_keeps_them(page, atte
     x, y = _point_on_edge(page, SOURCE, TARGET, explainable)
     panel = page.locator("[data-testid=attention-panel]")
     assert panel.is_hidden()
+    # the edge index is built in idle frames once the graph is painted, before any hover
+    page.wait_for_function("window.__atlas.canvas._edgeIndex && window.__atlas.canvas._edgeIndex.ready")
 
     # hovering: a pointer, the edge highlighted, and a tooltip naming both ends and the weight
     page.mouse.move(x, y)

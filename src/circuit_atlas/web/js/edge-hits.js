@@ -11,7 +11,7 @@ const MIN_CELL = 24; // world pixels
 const MAX_COLUMNS = 256;
 const MAX_ROWS = 64;
 const ENTRY_BUDGET = 400_000; // grid entries at most (cells crossed, summed over the edges)
-const BUILD_CHUNK = 2000; // edges between two looks at the clock
+const BUILD_CHUNK = 500; // edges between two looks at the clock
 
 /** Squared distance from point (px, py) to segment (ax, ay)–(bx, by). */
 export function segmentDistance2(px, py, ax, ay, bx, by) {
