@@ -311,3 +311,21 @@ def test_edge_index_finds_every_edge_near_a_point(page, attention_site) -> None:
     assert result["near"] > 10_000 and result["missed"] == 0
     assert result["coarse"] >= 1  # the budget's coarsening was exercised
     assert result["d"] == 25 and result["e"] == 25
+
+
+
+
+def test_url_reopens_a_stored_edge_whose_end_is_pruned_from_the_view(page, attention_site) -> None:
+    """A stored edge is known to exist, so the URL reopens it even when its target is not in the
+    view (pruned; its heads come from the stored files)."""
+    source, target = "E_127_7", "0_557_8"
+    stored = attention_site["attention"].edge(source, target)
+    assert stored is not None
+    heads = [f"{h['layer']}.{h['head']}" for h in stored["heads"] if h.get("explanation") is not None]
+    head = heads[-1]
+    _open_graph(page, f"{attention_site['url']}?graph=dallas&pruningThreshold=0.6&attentionSource={source}"
+                      f"&attentionTarget={target}&attentionHead={head}")
+    assert page.evaluate(f"window.__atlas.canvas.byId.has('{target}')") is False
+    page.wait_for_selector(f"[data-testid=attention-panel][data-ready='{head}']", timeout=15_000)
+    assert page.locator("[data-testid=attention-heads] li").count() == len(stored["heads"])
+    assert _attention_params(page)["attentionHead"] == [head]
