@@ -158,6 +158,21 @@ def _point_on_edge(page, source: str, target: str, avoid: set[tuple[str, str]]) 
     raise AssertionError(f"no clear point on the edge {source} -> {target}")
 
 
+def _overlay_alpha(page, x: float, y: float) -> int:
+    """The opacity of the overlay canvas (where highlights are drawn) at client point (x, y)."""
+    return page.evaluate(
+        """([x, y]) => {
+            const overlay = window.__atlas.canvas.overlay;
+            const box = overlay.getBoundingClientRect();
+            const sx = overlay.width / box.width, sy = overlay.height / box.height;
+            const px = overlay.getContext("2d").getImageData(Math.round((x - box.left) * sx),
+                                                             Math.round((y - box.top) * sy), 1, 1);
+            return px.data[3];
+        }""",
+        [x, y],
+    )
+
+
 def _attention_params(page) -> dict[str, list[str]]:
     query = parse_qs(urlsplit(page.url).query)
     return {k: v for k, v in query.items() if k.startswith("attention")}
@@ -202,10 +217,15 @@ def test_clicking_a_drawn_edge_opens_its_heads_and_the_url_keeps_them(page, atte
     assert "chosen" in panel.locator("li[data-head='0.3']").get_attribute("class")
     assert page.evaluate("[window.__atlas.attention.edge.source, window.__atlas.attention.edge.target]") == [SOURCE, TARGET]
 
+    # while the panel is open its edge stays marked on the graph (the pointer elsewhere)
+    page.mouse.move(5, 5)
+    assert _overlay_alpha(page, x, y) > 0
+
     # closing forgets it
     panel.locator("[data-testid=attention-close]").click()
     assert panel.is_hidden()
     assert _attention_params(page) == {}
+    assert _overlay_alpha(page, x, y) == 0
 
     # nodes keep priority over the edges that meet them: clicking the target selects it
     target = page.evaluate(f"window.__atlas.canvas.screenPosition('{TARGET}')")

@@ -150,10 +150,16 @@ export class AttentionPanel {
 
   _close() {
     this.ticket += 1; // answers still on their way are dropped
+    if (this.edge) this.mark(null);
     this.edge = null;
     this.head = null;
     delete this.root.dataset.ready;
     clear(this.root).hidden = true;
+  }
+
+  /** Mark the shown edge on the graph (null: unmark), so the heads are seen to belong to a line. */
+  mark(edge) {
+    if (this.app.canvas) this.app.canvas.setDecorations({ shownEdge: edge });
   }
 
   frame(...children) {
@@ -182,6 +188,7 @@ export class AttentionPanel {
   async showEdge(source, target, samePosition = null, wantedHead = null) {
     const ticket = ++this.ticket;
     this.edge = { source, target, data: null };
+    this.mark({ source, target });
     this.head = null;
     delete this.root.dataset.ready;
     this.app.writeUrl();

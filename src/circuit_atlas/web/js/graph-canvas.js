@@ -74,7 +74,8 @@ export class GraphCanvas {
     this.hovered = null;
     this.hoveredEdge = null; // the link under the pointer, drawn highlighted on the overlay
     this._edgeIndex = null; // EdgeIndex of the current layout, built on first use
-    this.decor = { pinned: new Set(), clicked: null, matches: new Set(), grouped: new Set() };
+    // `shownEdge`: {source, target} of the edge the attention panel shows, marked while it is open
+    this.decor = { pinned: new Set(), clicked: null, matches: new Set(), grouped: new Set(), shownEdge: null };
     this.measure = {
       token: canvasMeasurer(TOKEN_FONT),
       number: canvasMeasurer(NUMBER_FONT),
@@ -1100,6 +1101,17 @@ export class GraphCanvas {
     }
   }
 
+  /** The drawn link the attention panel shows (looked up once per edge and graph), or null. */
+  _shownLink() {
+    const shown = this.decor.shownEdge;
+    if (!shown) return null;
+    const cached = this._shownCache;
+    if (cached && cached.edge === shown && cached.links === this.links) return cached.link;
+    const link = this.links.find((l) => l.source === shown.source && l.target === shown.target) || null;
+    this._shownCache = { edge: shown, links: this.links, link };
+    return link;
+  }
+
   /** The edge under the pointer: its line, wide, over a white halo, and its ends' rings. */
   _drawEdgeHighlight(ctx, link) {
     const a = this._at(link.source);
@@ -1142,6 +1154,8 @@ export class GraphCanvas {
       const shown = this._drawFocus(ctx, focus);
       this._drawRings(ctx, [...decorated].filter((id) => !shown.has(id)));
     }
+    const shown = this._shownLink();
+    if (shown && shown !== this.hoveredEdge) this._drawEdgeHighlight(ctx, shown);
     if (this.hoveredEdge) this._drawEdgeHighlight(ctx, this.hoveredEdge);
     this._drawLogitLabels(ctx);
     ctx.restore();
