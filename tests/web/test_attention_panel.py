@@ -198,6 +198,7 @@ def test_clicking_a_drawn_edge_opens_its_heads_and_the_url_keeps_them(page, atte
     text = tooltip.inner_text()
     assert f"{SOURCE} → {TARGET}" in text and f"{weight:.3f}" in text and "heads" in text
     assert page.evaluate("getComputedStyle(window.__atlas.canvas.overlay).cursor") == "pointer"
+    assert page.locator("[data-testid=edge-click-help]").is_visible()  # the status bar says so
     shot(page, "attention-edge-hover")
 
     page.mouse.click(x, y)

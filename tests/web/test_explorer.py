@@ -43,6 +43,9 @@ def _rows(page, direction: str) -> list[str]:
 
 def test_click_shows_connections_and_feature_details(page, site, shot) -> None:
     _open(page, f"{site['url']}?graph=demo")
+    # no model and no stored explanations here: edges are not clickable, and the status bar is silent
+    page.wait_for_function("window.__atlas.attention.statusKnown === true", timeout=15_000)
+    assert page.locator("[data-testid=edge-click-help]").is_hidden()
     api_view = httpx.get(f"{site['url']}api/graphs/demo").json()
     assert int(page.get_attribute("body", "data-node-count")) == len(api_view["nodes"])
     # A feature without a bundle label, so the feature panel falls back to the store's.

@@ -48,6 +48,8 @@ export class AttentionPanel {
     }
     this.statusKnown = true;
     if (this.available) this.app.canvas.prepareEdgeIndex(); // its edges become clickable
+    const help = document.getElementById("edge-click-help");
+    if (help) help.hidden = !this.available; // the status bar says so only where it works
     if (this.app.state.clickedId) this.app.nodePanel.show(this.app.state.clickedId);
     this._restore();
   }
