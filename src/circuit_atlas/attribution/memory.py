@@ -19,7 +19,7 @@ from circuit_atlas.attribution.fill import FILL_COPY_FACTOR
 from circuit_atlas.models.attention import BLOCK_ELEMENTS, LIVE_ROW_ELEMENTS
 from circuit_atlas.replacement import DECODE_BYTES, ENCODE_BYTES
 from circuit_atlas.attribution.store import FILL_STEP, RowStore, capacity_columns, n_row_groups
-from circuit_atlas.attribution.sweep import SWEEP_GRADIENTS
+from circuit_atlas.attribution.sweep import CLOSED_FORM_GRADIENTS, SWEEP_GRADIENTS
 from circuit_atlas.errors import MemoryBudgetError
 
 # Saved tensors per layer and position in the frozen forward, in units of d_model (residual,
@@ -256,7 +256,8 @@ def plan_compact_memory(
     drops = columns < n_active
     states = L * P * ((attention.n_heads + attention.n_kv_heads) * attention.head_dim * item
                       + attention.n_heads * 8 + 16)
-    per_target = SWEEP_GRADIENTS * P * d * item + (n_active + n_fixed) * 4
+    gradients = SWEEP_GRADIENTS if frozen_pass else CLOSED_FORM_GRADIENTS
+    per_target = gradients * P * d * item + (n_active + n_fixed) * 4
     part = batch_size if sweep_budget is None or expand_copies > 1 else max(1, min(batch_size, sweep_budget // per_target))
     block = BLOCK_BYTES if largest_block_slots is None else largest_block_slots * d * item
     gather = 3 * min(block, n_decoder_slots * d * item)  # rows, gradients and products of one block

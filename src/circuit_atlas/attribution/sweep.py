@@ -38,6 +38,10 @@ from circuit_atlas.models.frozen_hops import FrozenHops, LowRankGradient
 # Gradients alive during one layer's batched backward, in units of batch × prefix × d_model × item
 # (from above, at the output hook, the injected cotangent, and the layer's internals; measured).
 SWEEP_GRADIENTS = 6
+# The same for the closed-form hops (`FrozenHops.through_dense`): the gradient, the heads'
+# cotangents, the transposed attention's pieces and their concatenation, the value projection's
+# input and the norm transpose's float32 copy (counted from the code, in float32).
+CLOSED_FORM_GRADIENTS = 8
 # Prompts up to this length run every batch over the whole prompt.
 MIN_PREFIX_LENGTH = 64
 # Prefix lengths are multiples of the prompt length / this (consecutive batches share passes).
@@ -132,7 +136,8 @@ class LayerSweep:
             return 1 << 30
         length = min(self.n_positions, -(-reach // self.step) * self.step)
         d_model = int(self.inputs.errors.shape[2])
-        per_target = SWEEP_GRADIENTS * length * d_model * item + (self.inputs.n_active + self.n_fixed) * 4
+        gradients = CLOSED_FORM_GRADIENTS if self.hops is not None and self.hops.complete else SWEEP_GRADIENTS
+        per_target = gradients * length * d_model * item + (self.inputs.n_active + self.n_fixed) * 4
         return max(1, self.budget // per_target)
 
     def rows_in_parts(self, injection: Injection):
