@@ -86,9 +86,10 @@ def test_edge_heads_and_a_heads_pairs(page, attention_site, shot) -> None:
 def test_same_position_edge_says_why_no_heads(page, attention_site) -> None:
     page.goto(f"{attention_site['url']}?graph=dallas&clickedId={TARGET}")
     page.wait_for_selector("body[data-ready='1']", timeout=30_000)
-    same = page.evaluate(
+    same = page.wait_for_function(  # the node panel's rows come after the graph is ready
         """() => [...document.querySelectorAll("[data-testid=edges-incoming] li")]
-              .map(li => li.dataset.nodeId).find(id => id.endsWith('_8'))""")
+              .map(li => li.dataset.nodeId).find(id => id.endsWith('_8')) || null""",
+        timeout=15_000).json_value()
     assert same is not None
     _row_button(page, same).click()
     note = page.locator("[data-testid=attention-note]")
